@@ -1,0 +1,45 @@
+# titanic-web: `make run` serves, `make test` tests; both set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODEL := model/artifacts/model.joblib
+FLASK := $(BIN)/flask --app titanic_web
+HOST ?= 127.0.0.1
+PORT ?= 8000
+export HOST PORT
+
+.PHONY: run test install model db clean help
+
+help:
+	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
+	@echo "make test   set up, then run the whole test suite"
+	@echo "make model  train the model now (also: $(FLASK) train)"
+	@echo "make clean  remove the virtualenv, the trained model and instance/"
+
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+$(MODEL): $(STAMP)
+	$(FLASK) train
+
+model: $(STAMP)
+	$(FLASK) train
+
+db: $(STAMP)
+	$(FLASK) init-db
+
+run: $(STAMP) $(MODEL) db
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: $(STAMP) $(MODEL)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) model/artifacts instance .pytest_cache

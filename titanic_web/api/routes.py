@@ -1,0 +1,111 @@
+"""API views: parse the body, validate with the schema, predict, answer."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Response, current_app, jsonify, request
+from sqlalchemy import text
+
+from titanic_web import csvio, get_service
+from titanic_web.api import bp
+from titanic_web.errors import ApiError
+from titanic_web.extensions import db
+from titanic_web.schema import validate_passengers
+from titanic_web.service import ModelUnavailable
+
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv", "application/csv")
+
+
+def _json_passengers(max_rows: int) -> list[Any]:
+    data = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        body = json.loads(data)
+    except UnicodeDecodeError:
+        raise ApiError(400, "malformed JSON: the body must be UTF-8 text") from None
+    except ValueError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if isinstance(body, dict):
+        return [body]
+    if not isinstance(body, list):
+        raise ApiError(400, "the body must be one passenger (a JSON object) or an array of them")
+    if not body:
+        raise ApiError(400, "the array is empty: send at least one passenger")
+    if len(body) > max_rows:
+        raise ApiError(413, f"{len(body)} passengers in one request; the limit is {max_rows} (MAX_ROWS)")
+    return validate_passengers(body)
+
+
+def _csv_passengers(max_rows: int) -> list[Any]:
+    data = request.get_data(cache=False)
+    try:
+        return csvio.read_passengers(csvio.decode(data), max_rows=max_rows)
+    except csvio.CsvError as exc:
+        raise ApiError(413 if exc.too_large else 400, str(exc)) from None
+
+
+@bp.post("/predict")
+def predict() -> Any:
+    """Predict one passenger, an array of them, or a CSV file of them."""
+    max_rows = current_app.config["MAX_ROWS"]
+    if request.mimetype in JSON_TYPES or request.mimetype.endswith("+json"):
+        passengers = _json_passengers(max_rows)
+    elif request.mimetype in CSV_TYPES:
+        passengers = _csv_passengers(max_rows)
+    else:
+        raise ApiError(
+            415,
+            f"unsupported Content-Type {request.mimetype or '(none)'!r}: "
+            "send application/json (a passenger or an array) or text/csv (competition layout)",
+        )
+    try:
+        version, answers = get_service(current_app).predict(passengers, source="api")
+    except ModelUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+
+    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
+        body = csvio.submission((a.passenger_id, a.survived) for a in answers)
+        return Response(body, mimetype="text/csv", headers={"X-Model-Version": version})
+    return jsonify({"model_version": version, "predictions": [a.as_dict() for a in answers]})
+
+
+@bp.get("/health")
+def health() -> Any:
+    """Liveness: the process answers."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready() -> Any:
+    """Readiness: a model is loaded and the database answers."""
+    service = get_service(current_app)
+    model: dict[str, Any] = {"loaded": service.predictor is not None}
+    if service.predictor is not None:
+        model["version"] = service.predictor.version
+    else:
+        model["error"] = service.model_error
+    database: dict[str, Any]
+    try:
+        db.session.execute(text("SELECT 1"))
+        database = {"status": "ok"}
+    except Exception as exc:  # any driver error means "not ready", never a 500
+        current_app.logger.warning("readiness: database check failed: %s", exc)
+        db.session.rollback()
+        database = {"status": "error", "error": type(exc).__name__}
+    ok = model["loaded"] and database["status"] == "ok"
+    return jsonify({"status": "ready" if ok else "not ready", "model": model, "database": database}), (
+        200 if ok else 503
+    )
+
+
+@bp.get("/model")
+def model_card() -> Any:
+    """The loaded model's card: version, data, metrics, features."""
+    service = get_service(current_app)
+    try:
+        predictor = service.require_predictor()
+    except ModelUnavailable as exc:
+        raise ApiError(503, str(exc)) from None
+    return jsonify(predictor.card)

@@ -1,0 +1,81 @@
+"""Flask commands: train, predict, init-db."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask, current_app
+
+from titanic_web import csvio
+from titanic_web.extensions import db
+from titanic_web.predictor import ModelError, Predictor
+from titanic_web.schema import InputError
+
+
+@click.command("train")
+@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Training CSV in the competition layout [default: TRAIN_DATA, model/data/train.csv].")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the artifact and its card [default: MODEL_DIR, model/artifacts].")
+def train_command(data_path: Path | None, out_dir: Path | None) -> None:
+    """Cross-validate the candidate pipelines, fit the best, write artifact + model card."""
+    from titanic_web.training import TrainingError, train
+
+    try:
+        result = train(
+            data_path=data_path or Path(current_app.config["TRAIN_DATA"]),
+            out_dir=out_dir or Path(current_app.config["MODEL_DIR"]),
+            progress=click.echo,
+        )
+    except TrainingError as exc:
+        raise click.ClickException(str(exc)) from None
+    cv = result.card["cv"]
+    click.echo(
+        f"model {result.card['version']}: {result.card['estimator']}, "
+        f"CV accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, ROC AUC {cv['roc_auc_mean']:.4f}"
+    )
+    click.echo("Running servers keep their model until restarted.")
+
+
+@click.command("predict")
+@click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the submission here instead of standard output.")
+def predict_command(csv_file: Path, output: Path | None) -> None:
+    """Write a Kaggle submission (PassengerId,Survived) for a test.csv-layout file."""
+    try:
+        predictor = Predictor.from_dir(Path(current_app.config["MODEL_DIR"]))
+        passengers = csvio.read_passengers(csvio.decode(csv_file.read_bytes()), max_rows=sys.maxsize)
+    except (ModelError, csvio.CsvError) as exc:
+        raise click.ClickException(str(exc)) from None
+    except InputError as exc:
+        lines = [f"  line {e.line}: {e.field or 'row'} {e.message}" for e in exc.errors[:20]]
+        more = f"\n  ... and {len(exc.errors) - 20} more" if len(exc.errors) > 20 else ""
+        raise click.ClickException(f"{csv_file}: {len(exc.errors)} invalid value(s)\n" + "\n".join(lines) + more) from None
+    predictions = predictor.predict(passengers)
+    body = csvio.submission((p.get("PassengerId"), r.survived) for p, r in zip(passengers, predictions))
+    if output is None:
+        click.echo(body, nl=False)
+    else:
+        output.write_text(body)
+        survived = sum(r.survived for r in predictions)
+        click.echo(
+            f"wrote {output}: {len(predictions)} passengers, {survived} predicted to survive "
+            f"(model {predictor.version})",
+            err=True,
+        )
+
+
+@click.command("init-db")
+def init_db_command() -> None:
+    """Create the tables that do not exist yet (existing ones are left as they are)."""
+    db.create_all()
+    click.echo(f"database ready: {db.engine.url.render_as_string(hide_password=True)}")
+
+
+def register(app: Flask) -> None:
+    """Add the commands to `flask --app titanic_web ...`."""
+    for command in (train_command, predict_command, init_db_command):
+        app.cli.add_command(command)

@@ -1,0 +1,75 @@
+"""Settings from the environment, with safe defaults; every one is listed in the README."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+#: The project checkout: model/ lives beside the package.
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "model" / "artifacts"
+DEFAULT_TRAIN_DATA = PROJECT_ROOT / "model" / "data" / "train.csv"
+
+
+class ConfigError(Exception):
+    """A setting has a value that cannot be used."""
+
+
+def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {text!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def load_secret_key(instance_path: Path) -> str:
+    """Return SECRET_KEY from the environment, or one generated once and kept in instance/.
+
+    Every gunicorn worker reads the same file, so sessions and CSRF tokens made by
+    one worker are valid in all of them; creation is atomic, so racing workers agree.
+    """
+    from_env = os.environ.get("SECRET_KEY")
+    if from_env:
+        return from_env
+    path = instance_path / "secret_key"
+    if not path.exists():
+        instance_path.mkdir(parents=True, exist_ok=True)
+        tmp = instance_path / f".secret_key.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        try:
+            os.link(tmp, path)  # fails if another worker got there first: theirs wins
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    key = path.read_text().strip()
+    if not key:
+        raise ConfigError(f"{path} is empty: delete it to have a new key generated, or set SECRET_KEY")
+    return key
+
+
+def settings_from_env(instance_path: Path) -> dict[str, Any]:
+    """Read every setting from the environment; the defaults suit a local install."""
+    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'titanic.db'}"
+    return {
+        "SECRET_KEY": None,  # filled in by create_app unless the caller's config has one
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "MODEL_DIR": Path(os.environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
+        "TRAIN_DATA": Path(os.environ.get("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
+        "MAX_ROWS": _int_env("MAX_ROWS", 10_000),
+        "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+        # Flask-WTF's default token lifetime is an hour; a form left open longer gets
+        # a friendly "submit again" page, never a bare 400.
+        "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT", 3600),
+        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+    }

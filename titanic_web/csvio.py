@@ -1,0 +1,99 @@
+"""Passengers in and out of the competition's CSV layouts (test.csv in, submission out)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from typing import Any
+
+from titanic_web import schema
+from titanic_web.schema import FieldError, InputError
+
+
+class CsvError(ValueError):
+    """The body is not a readable CSV file (encoding, no header, too many rows)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+def decode(data: bytes) -> str:
+    """Decode an upload as UTF-8 (a byte-order mark is allowed).
+
+    :raise CsvError: the bytes are not UTF-8.
+    """
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CsvError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
+
+
+def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
+    """Parse and validate a competition-layout CSV; return clean passengers in order.
+
+    Errors name the CSV line (the header is line 1).
+
+    :raise CsvError: no header, or more than max_rows passengers.
+    :raise InputError: unknown or missing columns, or invalid cells.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise CsvError("the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,...") from None
+    except csv.Error as exc:
+        raise CsvError(f"line 1: {exc}") from None
+    header_errors = [
+        FieldError(None, name, schema.unknown_field_message(name), line=1)
+        for name in header
+        if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
+    ]
+    header_errors += [
+        FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
+        for f in schema.FIELDS
+        if f.required and f.name not in header
+    ]
+    if header_errors:
+        raise InputError(header_errors)
+
+    passengers: list[dict[str, Any]] = []
+    errors: list[FieldError] = []
+    index = 0
+    try:
+        for cells in reader:
+            if not any(c.strip() for c in cells):
+                continue  # blank line
+            if index >= max_rows:
+                raise CsvError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
+            line = reader.line_num
+            if len(cells) != len(header):
+                errors.append(
+                    FieldError(index, None, f"has {len(cells)} cells, the header has {len(header)}", line=line)
+                )
+                passengers.append({})
+                index += 1
+                continue
+            raw = schema.parse_text_row(dict(zip(header, cells)))
+            clean, row_errors = schema.validate_passenger(raw, index=index)
+            errors.extend(FieldError(e.index, e.field, e.message, line=line) for e in row_errors)
+            passengers.append(clean)
+            index += 1
+    except csv.Error as exc:
+        raise CsvError(f"line {reader.line_num}: {exc}") from None
+    if errors:
+        raise InputError(errors)
+    if not passengers:
+        raise CsvError("the CSV file has a header but no passengers")
+    return passengers
+
+
+def submission(rows: Iterable[tuple[int | None, int]]) -> str:
+    """A Kaggle submission: PassengerId,Survived per line."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["PassengerId", "Survived"])
+    for passenger_id, survived in rows:
+        writer.writerow(["" if passenger_id is None else passenger_id, survived])
+    return out.getvalue()

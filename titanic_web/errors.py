@@ -1,0 +1,103 @@
+"""One error shape per audience: JSON under /api/, an HTML page elsewhere.
+
+Handlers live on the app, not the blueprints, because routing errors (404,
+405) are raised before any blueprint is chosen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, RequestEntityTooLarge
+
+from titanic_web.extensions import db
+from titanic_web.schema import InputError
+
+
+class ApiError(Exception):
+    """An error a client must fix or wait out: the handler answers it as JSON."""
+
+    def __init__(self, status: int, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.extra = extra
+
+
+def wants_json() -> bool:
+    """Requests to the API get JSON errors; pages get HTML."""
+    return request.path == "/api" or request.path.startswith("/api/") or request.path == "/metrics"
+
+
+def json_error(status: int, message: str, **extra: Any) -> tuple[Response, int]:
+    """The API's error body: code, error (the status phrase), message, and extras."""
+    from http import HTTPStatus
+
+    body = {"code": status, "error": HTTPStatus(status).phrase, "message": message, **extra}
+    return jsonify(body), status
+
+
+def _http_message(exc: HTTPException) -> str:
+    if isinstance(exc, MethodNotAllowed):
+        allowed = ", ".join(sorted(m for m in (exc.valid_methods or []) if m not in ("HEAD", "OPTIONS")))
+        message = f"{request.method} is not allowed on {request.path}; use {allowed or 'another method'}"
+        if request.path.rstrip("/") == "/api/predict":
+            message += (
+                ": POST one passenger as a JSON object, several as a JSON array,"
+                " or a competition-layout CSV as text/csv"
+            )
+        return message
+    if isinstance(exc, RequestEntityTooLarge):
+        from flask import current_app
+
+        limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        return f"request body is larger than the limit of {limit} bytes (MAX_CONTENT_LENGTH)"
+    return exc.description or exc.name
+
+
+def register(app: Flask) -> None:
+    """Install the app-wide error handlers."""
+
+    @app.errorhandler(ApiError)
+    def handle_api_error(exc: ApiError) -> Any:
+        return json_error(exc.status, exc.message, **exc.extra)
+
+    @app.errorhandler(InputError)
+    def handle_input_error(exc: InputError) -> Any:
+        count = len(exc.errors)
+        return json_error(
+            422,
+            f"{count} invalid field{'s' if count != 1 else ''}; nothing was stored",
+            errors=[e.as_dict() for e in exc.errors],
+        )
+
+    @app.errorhandler(CSRFError)
+    def handle_csrf_error(exc: CSRFError) -> Any:
+        if wants_json():
+            return json_error(400, exc.description)
+        from titanic_web.web import render_expired_form
+
+        return render_expired_form(exc.description)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(exc: HTTPException) -> Any:
+        status = exc.code or 500
+        message = _http_message(exc)
+        if wants_json():
+            response, _ = json_error(status, message)
+            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+                response.headers["Allow"] = ", ".join(exc.valid_methods)
+            return response, status
+        return render_template("error.html", status=status, title=exc.name, message=message), status
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(exc: Exception) -> Any:
+        # Never show internals: log the trace, answer a plain 500.
+        app.logger.exception("unhandled error on %s %s", request.method, request.path)
+        db.session.rollback()
+        message = "internal error; it has been logged"
+        if wants_json():
+            return json_error(500, message)
+        return render_template("error.html", status=500, title=InternalServerError.name, message=message), 500

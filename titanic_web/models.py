@@ -1,0 +1,47 @@
+"""Tables: every prediction, and the features the model saw for it, joined by its uuid."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, SmallInteger, String, Uuid
+from sqlalchemy.orm import Mapped, mapped_column
+
+from titanic_web.extensions import db
+
+SOURCES = ("api", "form", "batch")
+
+
+def now_utc() -> datetime:
+    """Current time, timezone-aware (a callable default: evaluated per row)."""
+    return datetime.now(timezone.utc)
+
+
+class PredictionRow(db.Model):
+    """One passenger's prediction, as answered."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    passenger_id: Mapped[int | None] = mapped_column(Integer)
+    survived: Mapped[int] = mapped_column(SmallInteger)
+    probability: Mapped[float] = mapped_column(Float)
+    model_version: Mapped[str] = mapped_column(String(64), index=True)
+    source: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, index=True)
+
+
+class FeatureRow(db.Model):
+    """The engineered features and the raw input behind one prediction."""
+
+    __tablename__ = "feature_store"
+
+    prediction_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True
+    )
+    features: Mapped[dict[str, Any]] = mapped_column(JSON)
+    raw_input: Mapped[dict[str, Any]] = mapped_column(JSON)
+    model_version: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)

@@ -1,0 +1,113 @@
+"""Load a verified model artifact and predict; knows nothing of Flask or databases."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import joblib
+import numpy as np
+import sklearn
+
+from titanic_web import features
+from titanic_web.training import ARTIFACT_NAME, CARD_NAME
+
+
+class ModelError(Exception):
+    """The model artifact is missing, tampered with or incompatible."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One passenger's prediction and the features the model saw."""
+
+    survived: int
+    probability: float
+    features: dict[str, Any]
+
+
+class Predictor:
+    """A fitted pipeline together with the model card that vouches for it."""
+
+    def __init__(self, pipeline: Any, card: Mapping[str, Any]) -> None:
+        self.pipeline = pipeline
+        self.card = dict(card)
+        self.version: str = str(card["version"])
+        self.threshold: float = float(card.get("threshold", 0.5))
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> Predictor:
+        """Load the artifact and card in a model directory.
+
+        :raise ModelError: missing files, a sha256 mismatch or another scikit-learn.
+        """
+        card_path = directory / CARD_NAME
+        artifact_path = directory / ARTIFACT_NAME
+        if not card_path.is_file() or not artifact_path.is_file():
+            raise ModelError(
+                f"no trained model in {directory}: run `flask --app titanic_web train` to create one"
+            )
+        try:
+            card = json.loads(card_path.read_text())
+            expected = card["artifact_sha256"]
+            trained_with = card["libraries"]["scikit-learn"]
+            card["version"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelError(f"model card {card_path} is unreadable ({exc}); retrain the model") from exc
+        blob = artifact_path.read_bytes()
+        actual = hashlib.sha256(blob).hexdigest()
+        if actual != expected:
+            raise ModelError(
+                f"model artifact {artifact_path} does not match its card (sha256 {actual[:12]}..., "
+                f"card says {str(expected)[:12]}...): refusing to load it; retrain the model"
+            )
+        if trained_with != sklearn.__version__:
+            raise ModelError(
+                f"model artifact was written by scikit-learn {trained_with}, this is {sklearn.__version__}: "
+                "retrain it with `flask --app titanic_web train`"
+            )
+        # Safe to unpickle only now: the bytes are the ones the card vouches for.
+        pipeline = joblib.load(artifact_path)
+        return cls(pipeline, card)
+
+    @overload
+    def predict(self, passengers: Mapping[str, Any]) -> Prediction: ...
+
+    @overload
+    def predict(self, passengers: Sequence[Mapping[str, Any]]) -> list[Prediction]: ...
+
+    def predict(
+        self, passengers: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    ) -> Prediction | list[Prediction]:
+        """Predict one passenger (returns one Prediction) or many (returns a list, in order).
+
+        Passengers are validated mappings of the schema's fields.
+        """
+        if isinstance(passengers, Mapping):
+            return self._predict_many([passengers])[0]
+        return self._predict_many(passengers)
+
+    def _predict_many(self, passengers: Sequence[Mapping[str, Any]]) -> list[Prediction]:
+        if not passengers:
+            return []
+        raw = features.raw_frame(passengers)
+        engineered = self.pipeline[0].transform(raw)
+        probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]
+        rows = engineered.astype(object).where(engineered.notna(), None).to_dict("records")
+        return [
+            Prediction(
+                survived=int(p >= self.threshold),
+                probability=float(p),
+                features={k: _plain(v) for k, v in row.items()},
+            )
+            for p, row in zip(probabilities, rows)
+        ]
+
+
+def _plain(value: Any) -> Any:
+    """Make a feature value JSON-friendly (numpy scalars to Python)."""
+    return value.item() if isinstance(value, np.generic) else value

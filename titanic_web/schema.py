@@ -1,0 +1,243 @@
+"""The passenger input: one definition of fields, types, ranges and defaults.
+
+The JSON API validates parsed JSON values with :func:`validate_passengers`; the
+HTML form and CSV uploads hand in text, which :func:`parse_text_row` turns into
+the same values first. The form's fields are built from :data:`FIELDS` too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Field:
+    """One passenger field, as the Kaggle competition names it."""
+
+    name: str
+    kind: type  # int, float or str
+    label: str
+    hint: str
+    required: bool = False
+    nullable: bool = False  # may be null: the competition data has gaps here
+    default: Any = None  # value when omitted
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[tuple[Any, str], ...] = ()  # (value, label)
+    max_length: int | None = None
+    form_default: Any = None  # what the HTML form starts with
+    placeholder: str = ""
+
+    def describe(self) -> str:
+        """Say in words what a valid value is, for error messages."""
+        if self.choices:
+            return "one of " + ", ".join(repr(value) for value, _ in self.choices)
+        noun = {int: "a whole number", float: "a number", str: "text"}[self.kind]
+        if self.minimum is not None and self.maximum is not None:
+            return f"{noun} from {_num(self.minimum)} to {_num(self.maximum)}"
+        if self.minimum is not None:
+            return f"{noun} of at least {_num(self.minimum)}"
+        if self.max_length is not None:
+            return f"{noun} of at most {self.max_length} characters"
+        return noun
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("PassengerId", int, "Passenger id", "Optional; echoed back with the prediction.", placeholder="e.g. 892", minimum=1, maximum=2**31 - 1, nullable=True),
+    Field("Pclass", int, "Ticket class", "1st, 2nd or 3rd class.", required=True, form_default=3, minimum=1, maximum=3,
+          choices=((1, "1st class"), (2, "2nd class"), (3, "3rd class"))),
+    Field("Sex", str, "Sex", "As recorded on the passenger list.", required=True, form_default="female",
+          choices=(("male", "male"), ("female", "female"))),
+    Field("Name", str, "Name", 'As "Surname, Title. Given names"; the title matters.', default="", placeholder="Kelly, Mrs. Anna", max_length=200),
+    Field("Age", float, "Age", "Years; fractions below 1. Leave empty if unknown.", nullable=True, form_default=30, minimum=0, maximum=120),
+    Field("SibSp", int, "Siblings / spouses aboard", "How many travelled with the passenger.", default=0, form_default=0, minimum=0, maximum=20),
+    Field("Parch", int, "Parents / children aboard", "How many travelled with the passenger.", default=0, form_default=0, minimum=0, maximum=20),
+    Field("Ticket", str, "Ticket", "Ticket number; shared tickets mark travelling groups.", default="", placeholder="A/5 21171", max_length=50),
+    Field("Fare", float, "Fare", "Price of the whole ticket, in pounds. Leave empty if unknown.", nullable=True, form_default=8.05, minimum=0, maximum=10_000),
+    Field("Cabin", str, "Cabin", "Deck letter first. Leave empty if unknown.", nullable=True, placeholder="C85", max_length=50),
+    Field("Embarked", str, "Port of embarkation", "Where the passenger boarded.", nullable=True, form_default="S",
+          choices=(("C", "Cherbourg"), ("Q", "Queenstown"), ("S", "Southampton"))),
+)
+FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+FIELD_NAMES: tuple[str, ...] = tuple(FIELDS_BY_NAME)
+#: Columns a CSV upload may carry beyond the input fields (train.csv's label).
+IGNORED_CSV_COLUMNS = frozenset({"Survived"})
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A problem with one field of one passenger (index None: the whole request)."""
+
+    index: int | None
+    field: str | None
+    message: str
+    line: int | None = None  # the CSV line, for uploads
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"index": self.index, "field": self.field, "message": self.message}
+        if self.line is not None:
+            out["line"] = self.line
+        return out
+
+
+class InputError(Exception):
+    """Schema check failed: the request answers 422 and stores nothing."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = list(errors)
+
+
+def suggest(name: str) -> str | None:
+    """Return the field name a misspelt or miscased one probably meant."""
+    for known in FIELD_NAMES:
+        if known.lower() == name.lower():
+            return known
+    matches = difflib.get_close_matches(name, FIELD_NAMES, n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+def unknown_field_message(name: str) -> str:
+    """Error text for a field the schema does not know, with the close match if any."""
+    close = suggest(name)
+    hint = f"; did you mean '{close}'?" if close else f"; known fields: {', '.join(FIELD_NAMES)}"
+    return f"unknown field '{name}'{hint}"
+
+
+def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
+    """Return (clean value, None) or (None, message) for one present value."""
+    if value is None:
+        if field.nullable:
+            return None, None
+        if field.required:
+            return None, f"is required: {field.describe()}"
+        return None, f"may be omitted but not null: {field.describe()}"
+    if field.kind is str:
+        if not isinstance(value, str):
+            return None, f"must be {field.describe()}, got {type(value).__name__}"
+        value = value.strip()
+        if field.nullable and value == "" and not field.choices:
+            return None, None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None, f"must be {field.describe()}, got {_json_type(value)}"
+    elif field.kind is int:
+        if isinstance(value, float):
+            if not value.is_integer():
+                return None, f"must be {field.describe()}, got {value}"
+            value = int(value)
+    else:
+        value = float(value)
+        if not math.isfinite(value):
+            return None, f"must be {field.describe()}, got {value}"
+    if field.choices:
+        allowed = [c for c, _ in field.choices]
+        if value not in allowed:
+            return None, f"must be {field.describe()}, got {value!r}"
+        return value, None
+    if field.minimum is not None and value < field.minimum:
+        return None, f"must be {field.describe()}, got {_num(value) if not isinstance(value, str) else value}"
+    if field.maximum is not None and value > field.maximum:
+        return None, f"must be {field.describe()}, got {_num(value)}"
+    if field.max_length is not None and isinstance(value, str) and len(value) > field.max_length:
+        return None, f"must be {field.describe()}, got {len(value)} characters"
+    return value, None
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f"text {value!r}"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def validate_passenger(raw: Any, *, index: int = 0) -> tuple[dict[str, Any], list[FieldError]]:
+    """Check one passenger; return its clean values (every field present) and errors."""
+    if not isinstance(raw, Mapping):
+        return {}, [FieldError(index, None, f"a passenger must be a JSON object, got {_json_type(raw)}")]
+    errors: list[FieldError] = []
+    clean: dict[str, Any] = {}
+    for name in raw:
+        if name not in FIELDS_BY_NAME:
+            errors.append(FieldError(index, str(name), unknown_field_message(str(name))))
+    for field in FIELDS:
+        if field.name not in raw:
+            if field.required:
+                errors.append(FieldError(index, field.name, f"is required: {field.describe()}"))
+            clean[field.name] = field.default
+            continue
+        value, message = check_value(field, raw[field.name])
+        if message:
+            errors.append(FieldError(index, field.name, message))
+        clean[field.name] = value
+    return clean, errors
+
+
+def validate_passengers(raws: Sequence[Any]) -> list[dict[str, Any]]:
+    """Check every passenger and return the clean ones, or raise for all problems at once.
+
+    :raise InputError: any passenger is invalid; it lists every error found.
+    """
+    clean_rows: list[dict[str, Any]] = []
+    errors: list[FieldError] = []
+    for index, raw in enumerate(raws):
+        clean, row_errors = validate_passenger(raw, index=index)
+        clean_rows.append(clean)
+        errors.extend(row_errors)
+    if errors:
+        raise InputError(errors)
+    return clean_rows
+
+
+def parse_text(field: Field, text: str | None) -> Any:
+    """Turn a form or CSV cell into a JSON-like value; "" means missing (None).
+
+    A cell that is not a number where one is wanted is kept as text, so that
+    validation reports it with the field's rule.
+    """
+    if text is None:
+        return None
+    text = text.strip()
+    if text == "":
+        return None
+    if field.kind is str:
+        return text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if field.kind is int and number.is_integer():
+        return int(number)
+    return number
+
+
+def parse_text_row(row: Mapping[str, str | None]) -> dict[str, Any]:
+    """Turn a row of text cells (form or CSV) into JSON-like values.
+
+    Empty cells of optional fields count as omitted, so they take the default;
+    unknown columns are kept so that validation names them.
+    """
+    parsed: dict[str, Any] = {}
+    for name, text in row.items():
+        field = FIELDS_BY_NAME.get(name)
+        if field is None:
+            if name not in IGNORED_CSV_COLUMNS:
+                parsed[name] = text
+            continue
+        value = parse_text(field, text)
+        if value is None and not field.nullable and not field.required:
+            continue  # empty optional cell: the default applies
+        parsed[name] = value
+    return parsed

@@ -1,0 +1,83 @@
+"""The one prediction flow shared by the form and the API: predict, then record."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from titanic_web.predictor import ModelError, Predictor
+from titanic_web.recorder import Record, Recorder
+
+
+class ModelUnavailable(Exception):
+    """No usable model is loaded; the message says why and how to fix it."""
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One passenger's answer, as returned to the client and stored."""
+
+    id: uuid.UUID
+    passenger_id: int | None
+    survived: int
+    probability: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "PassengerId": self.passenger_id,
+            "survived": self.survived,
+            "probability": round(self.probability, 4),
+        }
+
+
+class PredictionService:
+    """Holds the loaded model and the recorder; answers validated passengers."""
+
+    def __init__(self, *, predictor: Predictor | None, recorder: Recorder, model_error: str | None = None) -> None:
+        self.predictor = predictor
+        self.recorder = recorder
+        self.model_error = model_error
+
+    @classmethod
+    def from_model_dir(cls, model_dir: Path, *, recorder: Recorder) -> PredictionService:
+        """Load the model in model_dir; a missing or bad model is kept as an error, not raised."""
+        try:
+            return cls(predictor=Predictor.from_dir(model_dir), recorder=recorder)
+        except ModelError as exc:
+            return cls(predictor=None, recorder=recorder, model_error=str(exc))
+
+    def require_predictor(self) -> Predictor:
+        """Return the loaded predictor.
+
+        :raise ModelUnavailable: no model could be loaded.
+        """
+        if self.predictor is None:
+            raise ModelUnavailable(self.model_error or "no model loaded")
+        return self.predictor
+
+    def predict(self, passengers: Sequence[Mapping[str, Any]], *, source: str) -> tuple[str, list[Answer]]:
+        """Predict validated passengers, record every answer, and return them in order."""
+        predictor = self.require_predictor()
+        predictions = predictor.predict(passengers)
+        records = [
+            Record(
+                id=uuid.uuid4(),
+                passenger_id=passenger.get("PassengerId"),
+                survived=p.survived,
+                probability=p.probability,
+                model_version=predictor.version,
+                source=source,
+                features=p.features,
+                raw_input=dict(passenger),
+            )
+            for passenger, p in zip(passengers, predictions)
+        ]
+        self.recorder.record(records)
+        return predictor.version, [
+            Answer(id=r.id, passenger_id=r.passenger_id, survived=r.survived, probability=r.probability)
+            for r in records
+        ]

@@ -1,0 +1,237 @@
+"""Training: data -> cross-validated candidates -> fitted model -> artifact + model card.
+
+Everything is seeded, single-threaded and ordered, so the same data and code
+give the same artifact bytes and therefore the same model version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import pandas as pd
+import sklearn
+from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_validate
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+from titanic_web import features
+
+ARTIFACT_NAME = "model.joblib"
+CARD_NAME = "model.json"
+SEED = 0
+FOLDS = 5
+
+#: The numeric features of the compact candidates: the ones that carry signal
+#: on this data without letting the trees chase noise in SibSp/Parch/raw Fare.
+COMPACT_NUMERIC = ("Pclass", "Age", "FamilySize", "IsAlone", "CabinKnown", "FarePerPerson", "TicketGroupSize")
+COMPACT_CATEGORICAL = ("Sex", "Title", "Embarked")
+
+
+class TrainingError(Exception):
+    """The training data cannot be used (missing file, columns or labels)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A named way to build an unfitted pipeline."""
+
+    name: str
+    build: Callable[[], Pipeline]
+
+
+def _pipeline(
+    model: Any, *, numeric: Sequence[str], categorical: Sequence[str], scale: bool = False
+) -> Pipeline:
+    numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
+    if scale:
+        numeric_steps.append(("scale", StandardScaler()))
+    columns = ColumnTransformer(
+        [
+            ("numeric", Pipeline(numeric_steps), list(numeric)),
+            ("categorical", OneHotEncoder(handle_unknown="ignore", sparse_output=False), list(categorical)),
+        ]
+    )
+    return Pipeline([("features", features.PassengerFeatures()), ("columns", columns), ("model", model)])
+
+
+CANDIDATES: tuple[Candidate, ...] = (
+    Candidate(
+        "logistic_regression",
+        lambda: _pipeline(
+            LogisticRegression(max_iter=1000),
+            numeric=features.NUMERIC_FEATURES,
+            categorical=features.CATEGORICAL_FEATURES,
+            scale=True,
+        ),
+    ),
+    Candidate(
+        "random_forest",
+        lambda: _pipeline(
+            RandomForestClassifier(n_estimators=300, max_depth=6, min_samples_leaf=3, random_state=SEED),
+            numeric=COMPACT_NUMERIC,
+            categorical=COMPACT_CATEGORICAL,
+        ),
+    ),
+    Candidate(
+        "gradient_boosting",
+        lambda: _pipeline(
+            GradientBoostingClassifier(
+                n_estimators=200, learning_rate=0.05, max_depth=3, subsample=0.8, random_state=SEED
+            ),
+            numeric=features.NUMERIC_FEATURES,
+            categorical=features.CATEGORICAL_FEATURES,
+        ),
+    ),
+    Candidate(
+        "gradient_boosting_compact",
+        lambda: _pipeline(
+            GradientBoostingClassifier(
+                n_estimators=200, learning_rate=0.05, max_depth=3, subsample=0.8, random_state=SEED
+            ),
+            numeric=COMPACT_NUMERIC,
+            categorical=COMPACT_CATEGORICAL,
+        ),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What `train` wrote."""
+
+    artifact_path: Path
+    card_path: Path
+    card: dict[str, Any]
+
+
+def sha256_file(path: Path) -> str:
+    """Return the hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_training_data(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a competition-layout train.csv into raw feature columns and labels.
+
+    :raise TrainingError: the file is missing or lacks a column or a label.
+    """
+    if not path.is_file():
+        raise TrainingError(f"training data not found: {path}")
+    frame = pd.read_csv(path)
+    missing = [c for c in ("Survived", *features.RAW_COLUMNS) if c not in frame.columns]
+    if missing:
+        raise TrainingError(f"{path}: missing column(s) {', '.join(missing)}")
+    if frame["Survived"].isna().any() or not frame["Survived"].isin([0, 1]).all():
+        raise TrainingError(f"{path}: every Survived value must be 0 or 1")
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    return features.raw_frame(records), frame["Survived"].to_numpy(dtype=int)
+
+
+def _describe(pipeline: Pipeline) -> dict[str, Any]:
+    model = pipeline.named_steps["model"]
+    params = {k: v for k, v in sorted(model.get_params().items()) if isinstance(v, (int, float, str, bool, type(None)))}
+    columns = pipeline.named_steps["columns"]
+    used = [name for _, _, cols in columns.transformers for name in cols if isinstance(cols, list)]
+    return {"estimator": type(model).__name__, "params": params, "features": used}
+
+
+def _dump_bytes(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    joblib.dump(obj, buffer)
+    return buffer.getvalue()
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def train(
+    *,
+    data_path: Path,
+    out_dir: Path,
+    candidates: Sequence[Candidate] = CANDIDATES,
+    progress: Callable[[str], None] = lambda message: None,
+) -> TrainResult:
+    """Cross-validate the candidates, fit the best on all data, write artifact and card.
+
+    :raise TrainingError: the training data cannot be used.
+    """
+    started = time.perf_counter()
+    X, y = load_training_data(data_path)
+    progress(f"training data: {data_path} ({len(y)} passengers, {y.mean():.1%} survived)")
+    folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
+    scores: dict[str, dict[str, float]] = {}
+    for candidate in candidates:
+        result = cross_validate(candidate.build(), X, y, cv=folds, scoring=("accuracy", "roc_auc"))
+        scores[candidate.name] = {
+            "accuracy_mean": round(float(result["test_accuracy"].mean()), 6),
+            "accuracy_std": round(float(result["test_accuracy"].std()), 6),
+            "roc_auc_mean": round(float(result["test_roc_auc"].mean()), 6),
+            "roc_auc_std": round(float(result["test_roc_auc"].std()), 6),
+        }
+        s = scores[candidate.name]
+        progress(
+            f"  {candidate.name:<28} accuracy {s['accuracy_mean']:.4f} ± {s['accuracy_std']:.4f}"
+            f"  ROC AUC {s['roc_auc_mean']:.4f}"
+        )
+    # Best accuracy wins; ties go to the earlier (simpler) candidate.
+    best = max(candidates, key=lambda c: (scores[c.name]["accuracy_mean"], -candidates.index(c)))
+    progress(f"best: {best.name}; fitting on all {len(y)} passengers")
+    pipeline = best.build().fit(X, y)
+
+    blob = _dump_bytes(pipeline)
+    artifact_sha = hashlib.sha256(blob).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifact_path = out_dir / ARTIFACT_NAME
+    card_path = out_dir / CARD_NAME
+    card = {
+        "version": artifact_sha[:12],
+        "artifact": ARTIFACT_NAME,
+        "artifact_sha256": artifact_sha,
+        "training_data": {
+            "file": data_path.name,
+            "sha256": sha256_file(data_path),
+            "rows": int(len(y)),
+            "survival_rate": round(float(y.mean()), 6),
+        },
+        "libraries": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "joblib": joblib.__version__,
+        },
+        "cv": {"folds": FOLDS, "seed": SEED, "stratified": True, **scores[best.name]},
+        "candidates": scores,
+        "chosen": best.name,
+        **_describe(pipeline),
+        "threshold": 0.5,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "training_seconds": round(time.perf_counter() - started, 3),
+    }
+    # Artifact first, card last: a card always describes bytes that are on disk.
+    _write_atomic(artifact_path, blob)
+    _write_atomic(card_path, (json.dumps(card, indent=2) + "\n").encode())
+    progress(f"wrote {artifact_path} and {card_path} (version {card['version']})")
+    return TrainResult(artifact_path=artifact_path, card_path=card_path, card=card)

@@ -1,0 +1,9 @@
+"""The HTML blueprint: the passenger form and its result."""
+
+from flask import Blueprint
+
+bp = Blueprint("web", __name__)
+
+from titanic_web.web.views import render_expired_form  # noqa: E402  (registers the views on bp)
+
+__all__ = ["bp", "render_expired_form"]
