@@ -27,6 +27,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     )
     app.config.from_mapping(settings_from_env(Path(app.instance_path)))
     app.config.update(config or {})  # the caller's settings (tests) win
+    app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the documented field order
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(app.instance_path))
     _prepare_sqlite_folder(app)

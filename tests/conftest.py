@@ -1,0 +1,87 @@
+"""Shared fixtures: one trained model per run, a fresh app and database per test."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from titanic_web import create_app
+from titanic_web.config import PROJECT_ROOT
+from titanic_web.extensions import db
+from titanic_web.models import FeatureRow, PredictionRow
+from titanic_web.training import train
+
+TRAIN_CSV = PROJECT_ROOT / "model" / "data" / "train.csv"
+TEST_CSV = PROJECT_ROOT / "model" / "data" / "test.csv"
+
+#: A valid passenger in the API's JSON form (PassengerId 892 of test.csv).
+PASSENGER: dict[str, Any] = {
+    "PassengerId": 892,
+    "Pclass": 3,
+    "Name": "Kelly, Mr. James",
+    "Sex": "male",
+    "Age": 34.5,
+    "SibSp": 0,
+    "Parch": 0,
+    "Ticket": "330911",
+    "Fare": 7.8292,
+    "Cabin": None,
+    "Embarked": "Q",
+}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train the real model once per test run into a temporary folder."""
+    out = tmp_path_factory.mktemp("model")
+    train(data_path=TRAIN_CSV, out_dir=out)
+    return out
+
+
+@pytest.fixture
+def app(model_dir: Path, tmp_path: Path) -> Iterator[Flask]:
+    """A fresh app with its own SQLite file; CSRF stays on, as in production."""
+    app = create_app(
+        {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret",
+            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
+            "MODEL_DIR": model_dir,
+        }
+    )
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app: Flask) -> Any:
+    return app.test_cli_runner()
+
+
+def csrf_token(html: str) -> str:
+    """The CSRF token of the form on a rendered page."""
+    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
+    assert match, "no CSRF token on the page"
+    return match.group(1)
+
+
+def count_rows(app: Flask) -> tuple[int, int]:
+    """(predictions, feature_store) row counts."""
+    with app.app_context():
+        predictions = db.session.scalar(db.select(db.func.count()).select_from(PredictionRow))
+        features = db.session.scalar(db.select(db.func.count()).select_from(FeatureRow))
+    return int(predictions or 0), int(features or 0)
