@@ -12,3 +12,6 @@ errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 # Each worker loads the model itself: nothing is shared through fork.
 preload_app = False
+# gunicorn's control socket is one fixed path per user: two servers on one
+# machine (or a server and the system tests) would replace each other's. Unused here.
+control_socket_disable = True

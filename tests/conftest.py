@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from flask_migrate import upgrade
 
 from titanic_web import create_app
 from titanic_web.config import PROJECT_ROOT
@@ -44,22 +45,34 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def build_app(model_dir: Path, db_file: Path, *, tables: bool = True, **overrides: Any) -> Flask:
+    """An app like production's, on its own SQLite file; the schema comes from the migrations."""
+    config: dict[str, Any] = {
+        "TESTING": True,
+        "SECRET_KEY": "test-secret",
+        "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_file}",
+        "MODEL_DIR": model_dir,
+    }
+    config.update(overrides)
+    app = create_app(config)
+    if tables:
+        with app.app_context():
+            upgrade()
+    return app
+
+
+def close_app(app: Flask) -> None:
+    """Release the app's database connections."""
+    with app.app_context():
+        db.engine.dispose()
+
+
 @pytest.fixture
 def app(model_dir: Path, tmp_path: Path) -> Iterator[Flask]:
     """A fresh app with its own SQLite file; CSRF stays on, as in production."""
-    app = create_app(
-        {
-            "TESTING": True,
-            "SECRET_KEY": "test-secret",
-            "SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'test.db'}",
-            "MODEL_DIR": model_dir,
-        }
-    )
-    with app.app_context():
-        db.create_all()
+    app = build_app(model_dir, tmp_path / "test.db")
     yield app
-    with app.app_context():
-        db.engine.dispose()
+    close_app(app)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ from typing import Any
 
 from flask import Flask
 
-from titanic_web.config import load_secret_key, settings_from_env
-from titanic_web.extensions import csrf, db
+from titanic_web.config import PROJECT_ROOT, load_secret_key, settings_from_env
+from titanic_web.extensions import csrf, db, migrate
 from titanic_web.recorder import Recorder
 from titanic_web.service import PredictionService
 
@@ -34,6 +34,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     db.init_app(app)
+    migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
     _load_model(app)
     _register_blueprints(app)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from titanic_web import csvio
 from titanic_web.extensions import db
@@ -15,6 +16,7 @@ from titanic_web.schema import InputError
 
 
 @click.command("train")
+@with_appcontext
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Training CSV in the competition layout [default: TRAIN_DATA, model/data/train.csv].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
@@ -40,6 +42,7 @@ def train_command(data_path: Path | None, out_dir: Path | None) -> None:
 
 
 @click.command("predict")
+@with_appcontext
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the submission here instead of standard output.")
@@ -69,10 +72,20 @@ def predict_command(csv_file: Path, output: Path | None) -> None:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
-    """Create the tables that do not exist yet (existing ones are left as they are)."""
-    db.create_all()
-    click.echo(f"database ready: {db.engine.url.render_as_string(hide_password=True)}")
+    """Create the database or upgrade it to the latest schema (same as `flask db upgrade`)."""
+    from flask_migrate import stamp, upgrade
+    from sqlalchemy import inspect
+
+    tables = set(inspect(db.engine).get_table_names())
+    if {"predictions", "feature_store"} <= tables and "alembic_version" not in tables:
+        # Made by create_all before migrations existed: same schema, so record it as current.
+        stamp()
+        click.echo("existing tables adopted as the latest schema")
+    else:
+        upgrade()
+    click.echo(f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}")
 
 
 def register(app: Flask) -> None:

@@ -124,7 +124,7 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
         if not isinstance(value, str):
             return None, f"must be {field.describe()}, got {type(value).__name__}"
         value = value.strip()
-        if field.nullable and value == "" and not field.choices:
+        if field.nullable and value == "":  # blank text means unknown, as in the CSV files
             return None, None
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
         return None, f"must be {field.describe()}, got {_json_type(value)}"

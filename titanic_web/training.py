@@ -136,12 +136,23 @@ def load_training_data(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     """
     if not path.is_file():
         raise TrainingError(f"training data not found: {path}")
-    frame = pd.read_csv(path)
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise TrainingError(f"{path}: not a readable CSV file ({exc})") from None
     missing = [c for c in ("Survived", *features.RAW_COLUMNS) if c not in frame.columns]
     if missing:
         raise TrainingError(f"{path}: missing column(s) {', '.join(missing)}")
-    if frame["Survived"].isna().any() or not frame["Survived"].isin([0, 1]).all():
+    if frame.empty:
+        raise TrainingError(f"{path}: no passengers, only a header")
+    labels = frame["Survived"]
+    if labels.dtype == bool or labels.isna().any() or not labels.isin([0, 1]).all():
         raise TrainingError(f"{path}: every Survived value must be 0 or 1")
+    smallest = int(labels.value_counts().min()) if labels.nunique() == 2 else 0
+    if smallest < FOLDS:
+        raise TrainingError(
+            f"{path}: {FOLDS}-fold cross-validation needs at least {FOLDS} survivors and {FOLDS} victims"
+        )
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     return features.raw_frame(records), frame["Survived"].to_numpy(dtype=int)
 

@@ -6,12 +6,13 @@ import json
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
-from sqlalchemy import text
+from sqlalchemy import select
 
 from titanic_web import csvio, get_service
 from titanic_web.api import bp
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
+from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.schema import validate_passengers
 from titanic_web.service import ModelUnavailable
 
@@ -28,8 +29,8 @@ def _json_passengers(max_rows: int) -> list[Any]:
     except ValueError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     if isinstance(body, dict):
-        return [body]
-    if not isinstance(body, list):
+        body = [body]
+    elif not isinstance(body, list):
         raise ApiError(400, "the body must be one passenger (a JSON object) or an array of them")
     if not body:
         raise ApiError(400, "the array is empty: send at least one passenger")
@@ -88,7 +89,9 @@ def ready() -> Any:
         model["error"] = service.model_error
     database: dict[str, Any]
     try:
-        db.session.execute(text("SELECT 1"))
+        # Touch the table, not just the connection: a missing schema is not ready.
+        db.session.execute(select(PredictionRow.id).limit(1))
+        db.session.execute(select(FeatureRow.prediction_id).limit(1))
         database = {"status": "ok"}
     except Exception as exc:  # any driver error means "not ready", never a 500
         current_app.logger.warning("readiness: database check failed: %s", exc)

@@ -7,6 +7,7 @@ from typing import Any
 from flask_wtf import FlaskForm
 from wtforms import Field as WTField
 from wtforms import SelectField, StringField
+from wtforms.fields.choices import SelectChoice
 from wtforms.validators import ValidationError
 
 from titanic_web import schema
@@ -36,9 +37,9 @@ def _field(spec: schema.Field) -> WTField:
         render_kw["placeholder"] = spec.placeholder
     default = "" if spec.form_default is None else str(spec.form_default)
     if spec.choices:
-        choices = [(str(value), label) for value, label in spec.choices]
+        choices = [SelectChoice(str(value), label) for value, label in spec.choices]
         if not spec.required:
-            choices.insert(0, ("", "unknown"))
+            choices.insert(0, SelectChoice("", "unknown"))
         return SelectField(spec.label, choices=choices, default=default, validators=[SchemaRule(spec)],
                            description=spec.hint, render_kw=render_kw)
     if spec.kind in (int, float):

@@ -1,0 +1,534 @@
+"""The JSON API end to end: /api/predict (JSON and CSV), its errors, and the status routes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from titanic_web import features
+from titanic_web.extensions import db
+from titanic_web.models import FeatureRow, PredictionRow
+from titanic_web.predictor import Predictor
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV, count_rows
+from tests.integration.helpers import csv_with_cell, kaggle_rows
+
+#: Two more test.csv passengers (893, 894) with the same layout as PASSENGER.
+WILKES: dict[str, Any] = {
+    "PassengerId": 893, "Pclass": 3, "Name": "Wilkes, Mrs. James (Ellen Needs)", "Sex": "female",
+    "Age": 47.0, "SibSp": 1, "Parch": 0, "Ticket": "363272", "Fare": 7.0, "Cabin": None, "Embarked": "S",
+}
+MYLES: dict[str, Any] = {
+    "PassengerId": 894, "Pclass": 2, "Name": "Myles, Mr. Thomas Francis", "Sex": "male",
+    "Age": 62.0, "SibSp": 0, "Parch": 0, "Ticket": "240276", "Fare": 9.6875, "Cabin": None, "Embarked": "Q",
+}
+ANSWER_KEYS = ["id", "PassengerId", "survived", "probability"]
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def expected(predictor: Predictor, passengers: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(survived, probability rounded as the API rounds) straight from the model."""
+    return [(p.survived, round(p.probability, 4)) for p in predictor.predict(passengers)]
+
+
+def answered(body: dict[str, Any]) -> list[tuple[int, float]]:
+    return [(p["survived"], p["probability"]) for p in body["predictions"]]
+
+
+def stored(app: Flask, prediction_id: str) -> tuple[PredictionRow | None, FeatureRow | None]:
+    """The two rows stored for one answered prediction (detached copies)."""
+    key = uuid.UUID(prediction_id)
+    with app.app_context():
+        row = db.session.get(PredictionRow, key)
+        feature = db.session.get(FeatureRow, key)
+        db.session.expunge_all()
+    return row, feature
+
+
+def assert_json_error(response: Any, status: int) -> dict[str, Any]:
+    """The response is the API's JSON error shape with this status."""
+    assert response.status_code == status, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "application/json", response.get_data(as_text=True)[:500]
+    body = response.get_json()
+    assert body["code"] == status
+    assert isinstance(body["message"], str) and body["message"]
+    return body
+
+
+def post_csv(client: FlaskClient, data: bytes | str, **kwargs: Any) -> Any:
+    if isinstance(data, str):
+        data = data.encode()
+    return client.post("/api/predict", data=data, content_type="text/csv", **kwargs)
+
+
+# -- one passenger ------------------------------------------------------------------------------
+
+
+def test_predict_one_answers_contract_shape(client: FlaskClient, predictor: Predictor) -> None:
+    response = client.post("/api/predict", json=PASSENGER)
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert list(body) == ["model_version", "predictions"]
+    assert body["model_version"] == predictor.version
+    assert len(body["predictions"]) == 1
+    answer = body["predictions"][0]
+    assert list(answer) == ANSWER_KEYS
+    assert str(uuid.UUID(answer["id"])) == answer["id"]
+    assert answer["PassengerId"] == 892
+    assert answer["survived"] in (0, 1)
+    assert 0.0 <= answer["probability"] <= 1.0
+    assert answered(body) == expected(predictor, [PASSENGER])
+
+
+def test_predict_one_stores_prediction_and_features(client: FlaskClient, app: Flask) -> None:
+    body = client.post("/api/predict", json=PASSENGER).get_json()
+    answer = body["predictions"][0]
+
+    assert count_rows(app) == (1, 1)
+    row, feature = stored(app, answer["id"])
+    assert row is not None and feature is not None
+    assert row.passenger_id == 892
+    assert row.survived == answer["survived"]
+    assert row.probability == pytest.approx(answer["probability"], abs=5e-5)
+    assert row.model_version == body["model_version"]
+    assert row.source == "api"
+    assert row.created_at is not None
+    assert feature.model_version == body["model_version"]
+    assert feature.raw_input == PASSENGER  # PASSENGER is already clean: every field, right types
+    assert set(feature.features) == set(features.FEATURES)
+    assert feature.features["Sex"] == "male"
+    assert feature.features["Pclass"] == 3
+
+
+@pytest.mark.parametrize("wrap", [False, True], ids=["object", "array"])
+def test_predict_stores_the_clean_input_with_defaults(client: FlaskClient, app: Flask, wrap: bool) -> None:
+    passenger = {"Pclass": 1, "Sex": " female ", "Age": 29}
+    response = client.post("/api/predict", json=[passenger] if wrap else passenger)
+
+    assert response.status_code == 200, response.get_json()
+    answer = response.get_json()["predictions"][0]
+    assert answer["PassengerId"] is None
+    _, feature = stored(app, answer["id"])
+    assert feature is not None
+    assert feature.raw_input == {
+        "PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "", "Age": 29.0, "SibSp": 0,
+        "Parch": 0, "Ticket": "", "Fare": None, "Cabin": None, "Embarked": None,
+    }
+
+
+def test_predict_array_keeps_order_and_stores_each(client: FlaskClient, app: Flask, predictor: Predictor) -> None:
+    passengers = [MYLES, PASSENGER, WILKES]
+    response = client.post("/api/predict", json=passengers)
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [p["PassengerId"] for p in body["predictions"]] == [894, 892, 893]
+    assert answered(body) == expected(predictor, passengers)
+    ids = [p["id"] for p in body["predictions"]]
+    assert len(set(ids)) == 3
+    assert count_rows(app) == (3, 3)
+    for answer, passenger in zip(body["predictions"], passengers):
+        row, feature = stored(app, answer["id"])
+        assert row is not None and feature is not None
+        assert row.passenger_id == passenger["PassengerId"]
+        assert feature.raw_input == passenger
+
+
+def test_one_passenger_predicts_as_inside_an_array(client: FlaskClient) -> None:
+    alone = client.post("/api/predict", json=PASSENGER).get_json()["predictions"][0]
+    among = client.post("/api/predict", json=[WILKES, PASSENGER, MYLES]).get_json()["predictions"][1]
+
+    assert among["PassengerId"] == alone["PassengerId"] == 892
+    assert (among["survived"], among["probability"]) == (alone["survived"], alone["probability"])
+    assert among["id"] != alone["id"]
+
+
+def test_json_with_charset_parameter_is_accepted(client: FlaskClient) -> None:
+    response = client.post(
+        "/api/predict", data=json.dumps(PASSENGER), content_type="application/json; charset=utf-8"
+    )
+    assert response.status_code == 200, response.get_json()
+
+
+# -- CSV ----------------------------------------------------------------------------------------
+
+
+def test_csv_body_predicts_every_passenger(client: FlaskClient, app: Flask, predictor: Predictor) -> None:
+    response = post_csv(client, TEST_CSV.read_bytes())
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert len(body["predictions"]) == 418
+    assert [p["PassengerId"] for p in body["predictions"]] == list(range(892, 1310))
+    assert answered(body) == expected(predictor, kaggle_rows(TEST_CSV))
+    assert count_rows(app) == (418, 418)
+
+
+def test_csv_with_accept_csv_answers_a_kaggle_submission(client: FlaskClient, predictor: Predictor) -> None:
+    response = post_csv(client, TEST_CSV.read_bytes(), headers={"Accept": "text/csv"})
+
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    assert response.mimetype == "text/csv"
+    rows = list(csv.reader(io.StringIO(response.get_data(as_text=True))))
+    assert rows[0] == ["PassengerId", "Survived"]
+    assert len(rows) == 1 + 418
+    assert [int(r[0]) for r in rows[1:]] == list(range(892, 1310))
+    survived = [int(r[1]) for r in rows[1:]]
+    assert set(survived) <= {0, 1}
+    assert survived == [s for s, _ in expected(predictor, kaggle_rows(TEST_CSV))]
+
+
+def test_csv_with_survived_column_is_accepted(client: FlaskClient, app: Flask) -> None:
+    response = post_csv(client, TRAIN_CSV.read_bytes())
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert [p["PassengerId"] for p in body["predictions"]] == list(range(1, 892))
+    assert count_rows(app) == (891, 891)
+
+
+def test_csv_bad_cell_reports_its_line(client: FlaskClient, app: Flask) -> None:
+    response = post_csv(client, csv_with_cell(4, "Age", "old"))
+
+    body = assert_json_error(response, 422)
+    assert body["errors"] == [
+        {"index": 2, "field": "Age", "message": body["errors"][0]["message"], "line": 4}
+    ]
+    assert "number" in body["errors"][0]["message"]
+    assert count_rows(app) == (0, 0)
+
+
+def test_csv_row_with_missing_cells_reports_its_line(client: FlaskClient, app: Flask) -> None:
+    text = "PassengerId,Pclass,Sex,Age\n1,3,male,22\n\n2,1,female\n"
+    body = assert_json_error(post_csv(client, text), 422)
+
+    assert [(e["line"], e["index"]) for e in body["errors"]] == [(4, 1)]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    ("header", "bad", "hint"),
+    [
+        ("PassengerId,Pclass,Name,Sex,Agee,SibSp,Parch,Ticket,Fare,Cabin,Embarked", "Agee", "'Age'"),
+        ("PassengerId,Pclass,Name,Sex,Age,SibSp,Parch,Ticket,Fare,Cabin,Embarked,Lifeboat", "Lifeboat", "known fields"),
+    ],
+)
+def test_csv_unknown_header_column_is_named(client: FlaskClient, app: Flask, header: str, bad: str, hint: str) -> None:
+    rows = TEST_CSV.read_text().splitlines()[1:4]
+    if bad == "Lifeboat":
+        rows = [r + ",13" for r in rows]
+    body = assert_json_error(post_csv(client, "\n".join([header, *rows]) + "\n"), 422)
+
+    assert len(body["errors"]) == 1
+    error = body["errors"][0]
+    assert (error["field"], error["line"]) == (bad, 1)
+    assert bad in error["message"] and hint in error["message"]
+    assert count_rows(app) == (0, 0)
+
+
+def test_csv_without_required_column_is_rejected(client: FlaskClient, app: Flask) -> None:
+    body = assert_json_error(post_csv(client, "PassengerId,Pclass,Age\n1,3,22\n"), 422)
+
+    assert [(e["field"], e["line"]) for e in body["errors"]] == [("Sex", 1)]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"PassengerId,Pclass,Sex\n", b"PassengerId,Pclass,Sex\n1,3,m\xe4le\n"],
+    ids=["empty", "header-only", "not-utf8"],
+)
+def test_unreadable_csv_is_400(client: FlaskClient, app: Flask, data: bytes) -> None:
+    assert_json_error(post_csv(client, data), 400)
+    assert count_rows(app) == (0, 0)
+
+
+# -- bad requests -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"Pclass": 3, "Sex": "male"', b"{'Pclass': 3}", b"", b"{\"Name\": \"\xff\"}"],
+    ids=["truncated", "single-quotes", "empty", "not-utf8"],
+)
+def test_malformed_json_is_400(client: FlaskClient, app: Flask, data: bytes) -> None:
+    body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 400)
+    assert "JSON" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize("value", ['"a passenger"', "42", "3.5", "null", "true"])
+def test_top_level_json_scalar_is_400(client: FlaskClient, app: Flask, value: str) -> None:
+    body = assert_json_error(client.post("/api/predict", data=value, content_type="application/json"), 400)
+    assert "object" in body["message"] or "array" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+def test_empty_array_is_400(client: FlaskClient, app: Flask) -> None:
+    body = assert_json_error(client.post("/api/predict", json=[]), 400)
+    assert "empty" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_or_missing_content_type_is_415(client: FlaskClient, app: Flask, content_type: str | None) -> None:
+    kwargs = {} if content_type is None else {"content_type": content_type}
+    response = client.post("/api/predict", data=json.dumps(PASSENGER), **kwargs)
+
+    body = assert_json_error(response, 415)
+    assert "application/json" in body["message"] and "text/csv" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+def test_too_many_rows_is_413(make_app: Any) -> None:
+    app = make_app(MAX_ROWS=3)
+    client = app.test_client()
+
+    assert client.post("/api/predict", json=[PASSENGER] * 3).status_code == 200
+    body = assert_json_error(client.post("/api/predict", json=[PASSENGER] * 4), 413)
+    assert "MAX_ROWS" in body["message"]
+    assert count_rows(app) == (3, 3)  # only the accepted request
+
+
+def test_csv_with_too_many_rows_is_413(make_app: Any) -> None:
+    app = make_app(MAX_ROWS=3)
+    client = app.test_client()
+    lines = TEST_CSV.read_text().splitlines()
+
+    assert post_csv(client, "\n".join(lines[:4]) + "\n").status_code == 200
+    body = assert_json_error(post_csv(client, "\n".join(lines[:5]) + "\n"), 413)
+    assert "MAX_ROWS" in body["message"]
+    assert count_rows(app) == (3, 3)
+
+
+def test_body_above_max_content_length_is_413(make_app: Any) -> None:
+    app = make_app(MAX_CONTENT_LENGTH=2000)
+    client = app.test_client()
+    small = json.dumps([PASSENGER] * 2)
+    large = json.dumps([PASSENGER] * 20)
+    assert len(small) < 2000 < len(large)
+
+    assert client.post("/api/predict", data=small, content_type="application/json").status_code == 200
+    body = assert_json_error(client.post("/api/predict", data=large, content_type="application/json"), 413)
+    assert "MAX_CONTENT_LENGTH" in body["message"]
+    assert_json_error(post_csv(client, TEST_CSV.read_bytes()), 413)
+    assert count_rows(app) == (2, 2)
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "fragment"),
+    [
+        ({"Embarkd": "S"}, "Embarkd", "'Embarked'"),
+        ({"age": 30}, "age", "'Age'"),
+        ({"Age": 200}, "Age", "0 to 120"),
+        ({"Pclass": 4}, "Pclass", "1"),
+        ({"SibSp": -1}, "SibSp", "0"),
+        ({"Fare": -5}, "Fare", "0"),
+        ({"Embarked": "X"}, "Embarked", "'S'"),
+        ({"Age": "thirty"}, "Age", "number"),
+        ({"Pclass": "3"}, "Pclass", "got text"),
+        ({"Pclass": 2.5}, "Pclass", "got 2.5"),
+        ({"SibSp": 1.5}, "SibSp", "whole number"),
+        ({"SibSp": True}, "SibSp", "got true"),
+        ({"Name": 17}, "Name", "text"),
+        ({"Sex": None}, "Sex", "required"),
+        ({"Sex": ...}, "Sex", "required"),
+        ({"Pclass": ...}, "Pclass", "required"),
+    ],
+    ids=[
+        "unknown-close", "unknown-case", "age-range", "pclass-range", "sibsp-negative", "fare-negative",
+        "embarked-choice", "age-type", "pclass-text", "pclass-fraction", "sibsp-fraction", "sibsp-bool", "name-type",
+        "sex-null", "sex-missing", "pclass-missing",
+    ],
+)
+@pytest.mark.parametrize("wrap", [False, True], ids=["object", "array"])
+def test_invalid_passenger_is_422_naming_the_field(
+    client: FlaskClient, app: Flask, change: dict[str, Any], field: str, fragment: str, wrap: bool
+) -> None:
+    passenger = {**PASSENGER, **change}
+    passenger = {k: v for k, v in passenger.items() if v is not ...}
+
+    body = assert_json_error(client.post("/api/predict", json=[passenger] if wrap else passenger), 422)
+
+    assert body["errors"] == [{"index": 0, "field": field, "message": body["errors"][0]["message"]}]
+    assert fragment in body["errors"][0]["message"]
+    assert count_rows(app) == (0, 0)
+
+
+def test_non_object_in_array_is_422(client: FlaskClient, app: Flask) -> None:
+    body = assert_json_error(client.post("/api/predict", json=[PASSENGER, 7]), 422)
+
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, None)]
+    assert count_rows(app) == (0, 0)
+
+
+def test_batch_with_bad_third_passenger_stores_nothing(client: FlaskClient, app: Flask) -> None:
+    batch = [PASSENGER, WILKES, {**MYLES, "Age": 200}]
+
+    body = assert_json_error(client.post("/api/predict", json=batch), 422)
+
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(2, "Age")]
+    assert count_rows(app) == (0, 0)
+
+
+def test_every_invalid_passenger_is_reported_at_once(client: FlaskClient, app: Flask) -> None:
+    batch = [{**PASSENGER, "Pclass": 0}, WILKES, {**MYLES, "Sex": "m", "Fare": "free"}]
+
+    body = assert_json_error(client.post("/api/predict", json=batch), 422)
+
+    assert sorted((e["index"], e["field"]) for e in body["errors"]) == [(0, "Pclass"), (2, "Fare"), (2, "Sex")]
+    assert count_rows(app) == (0, 0)
+
+
+# -- routing errors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["get", "put", "delete"])
+def test_wrong_method_on_predict_is_405_json(client: FlaskClient, method: str) -> None:
+    response = getattr(client, method)("/api/predict")
+
+    body = assert_json_error(response, 405)
+    assert "POST" in body["message"] and "JSON" in body["message"]  # the hint says what to send
+    allowed = {m.strip() for m in response.headers["Allow"].split(",")}
+    assert "POST" in allowed and method.upper() not in allowed
+
+
+@pytest.mark.parametrize("method", ["get", "post"])
+def test_unknown_api_path_is_404_json(client: FlaskClient, method: str) -> None:
+    assert_json_error(getattr(client, method)("/api/nope"), 404)
+
+
+# -- status routes -------------------------------------------------------------------------------
+
+
+def test_health(client: FlaskClient) -> None:
+    response = client.get("/api/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"status": "ok"}
+
+
+def test_ready_reports_model_and_database(client: FlaskClient, model_dir: Path) -> None:
+    card = json.loads((model_dir / "model.json").read_text())
+    response = client.get("/api/ready")
+
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body["model"]["loaded"] is True
+    assert body["model"]["version"] == card["version"]
+    assert body["database"]["status"] == "ok"
+
+
+def test_model_card(client: FlaskClient, model_dir: Path) -> None:
+    card = json.loads((model_dir / "model.json").read_text())
+    response = client.get("/api/model")
+
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body == card
+    assert body["version"] and body["cv"]["accuracy_mean"] > 0.5
+
+
+# -- no model, broken database, unexpected errors -------------------------------------------------
+
+
+def test_without_model_predict_is_503_and_says_to_train(make_app: Any, no_model_dir: Path) -> None:
+    app = make_app(MODEL_DIR=no_model_dir)
+    client = app.test_client()
+
+    body = assert_json_error(client.post("/api/predict", json=PASSENGER), 503)
+    assert "train" in body["message"]
+    assert_json_error(post_csv(client, TEST_CSV.read_bytes()), 503)
+    assert count_rows(app) == (0, 0)
+
+
+def test_without_model_ready_and_card_are_503(make_app: Any, no_model_dir: Path) -> None:
+    client = make_app(MODEL_DIR=no_model_dir).test_client()
+
+    response = client.get("/api/ready")
+    assert response.status_code == 503
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert body["model"]["loaded"] is False
+    assert "train" in body["model"]["error"]
+    assert body["database"]["status"] == "ok"
+    assert "train" in assert_json_error(client.get("/api/model"), 503)["message"]
+
+
+def _drop_tables(app: Flask, db_file: Path) -> None:
+    with app.app_context():
+        db.drop_all()
+
+
+def _drop_feature_store(app: Flask, db_file: Path) -> None:
+    with app.app_context():
+        FeatureRow.__table__.drop(db.engine)
+
+
+def _corrupt_file(app: Flask, db_file: Path) -> None:
+    with app.app_context():
+        db.engine.dispose()  # pooled connections would keep the old file open
+    db_file.write_bytes(b"this is not a database\n" * 512)
+
+
+def _directory_instead(app: Flask, db_file: Path) -> None:
+    with app.app_context():
+        db.engine.dispose()
+    db_file.unlink()
+    db_file.mkdir()
+
+
+@pytest.mark.parametrize(
+    "breakage",
+    [_drop_tables, _drop_feature_store, _corrupt_file, _directory_instead],
+    ids=["tables-dropped", "feature-store-dropped", "file-corrupt", "file-is-directory"],
+)
+def test_ready_is_503_json_when_database_unusable(make_app: Any, tmp_path: Path, breakage: Any) -> None:
+    app = make_app()
+    db_file = Path(app.config["SQLALCHEMY_DATABASE_URI"].removeprefix("sqlite:///"))
+    assert db_file.is_file() and str(db_file).startswith(str(tmp_path))
+    breakage(app, db_file)
+
+    response = app.test_client().get("/api/ready")
+
+    assert response.mimetype == "application/json", response.get_data(as_text=True)[:300]
+    assert response.status_code == 503, response.get_json()
+    body = response.get_json()
+    assert body["database"]["status"] == "error"
+    assert body["model"]["loaded"] is True
+
+
+def test_predict_with_tables_dropped_answers_json(client: FlaskClient, app: Flask) -> None:
+    _drop_tables(app, Path())
+
+    response = client.post("/api/predict", json=PASSENGER)
+
+    assert response.mimetype == "application/json", response.get_data(as_text=True)[:300]
+    assert "<html" not in response.get_data(as_text=True).lower()
+
+
+def test_unexpected_error_is_json_500_without_internals(
+    client: FlaskClient, app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def explode(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret internal detail /srv/app/model.py")
+
+    monkeypatch.setattr(app.extensions["titanic"], "predict", explode)
+
+    response = client.post("/api/predict", json=PASSENGER)
+
+    body = assert_json_error(response, 500)
+    text = response.get_data(as_text=True)
+    for leak in ("Traceback", "RuntimeError", "secret internal detail", ".py", 'File "'):
+        assert leak not in text
+    assert count_rows(app) == (0, 0)
+    assert body["message"]

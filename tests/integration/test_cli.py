@@ -1,0 +1,139 @@
+"""The flask commands: predict, train, init-db."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Flask
+
+from titanic_web.extensions import db
+from titanic_web.predictor import Predictor
+from tests.conftest import PASSENGER, TEST_CSV, count_rows
+from tests.integration.helpers import csv_with_cell, kaggle_rows
+
+
+def invoke(app: Flask, *args: str) -> Any:
+    """Run `flask --app titanic_web ARGS` through the app's test runner (no context pushed for it)."""
+    return app.test_cli_runner().invoke(args=list(args))
+
+
+def read_submission(path: Path) -> list[list[str]]:
+    with path.open(newline="") as fh:
+        return list(csv.reader(fh))
+
+
+def table_names(app: Flask) -> set[str]:
+    with app.app_context():
+        return set(sa.inspect(db.engine).get_table_names())
+
+
+def test_predict_writes_a_kaggle_submission(app: Flask, tmp_path: Path, predictor: Predictor) -> None:
+    out = tmp_path / "out.csv"
+
+    result = invoke(app, "predict", str(TEST_CSV), "-o", str(out))
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    rows = read_submission(out)
+    assert rows[0] == ["PassengerId", "Survived"]
+    assert len(rows) == 1 + 418
+    assert [int(r[0]) for r in rows[1:]] == list(range(892, 1310))
+    survived = [int(r[1]) for r in rows[1:]]
+    assert set(survived) <= {0, 1}
+    assert survived == [p.survived for p in predictor.predict(kaggle_rows(TEST_CSV))]
+    assert "418" in result.output and predictor.version in result.output
+
+
+def test_predict_without_output_writes_to_stdout(app: Flask) -> None:
+    result = invoke(app, "predict", str(TEST_CSV))
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    lines = result.stdout.splitlines()
+    assert lines[0] == "PassengerId,Survived"
+    assert len(lines) == 1 + 418
+
+
+def test_predict_bad_cell_names_the_line(app: Flask, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text(csv_with_cell(7, "Pclass", "4"))
+    out = tmp_path / "out.csv"
+
+    result = invoke(app, "predict", str(bad), "-o", str(out))
+
+    assert result.exit_code != 0
+    assert "line 7" in result.output
+    assert "Pclass" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_predict_without_model_says_to_train(make_app: Any, no_model_dir: Path, tmp_path: Path) -> None:
+    app = make_app(MODEL_DIR=no_model_dir)
+    out = tmp_path / "out.csv"
+
+    result = invoke(app, "predict", str(TEST_CSV), "-o", str(out))
+
+    assert result.exit_code != 0
+    assert "train" in result.output
+    assert "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_train_with_missing_data_file_fails_clearly(app: Flask, tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere" / "train.csv"
+    out_dir = tmp_path / "artifacts"
+
+    result = invoke(app, "train", "--data", str(missing), "--out", str(out_dir))
+
+    assert result.exit_code != 0
+    assert str(missing) in result.output
+    assert "not found" in result.output
+    assert "Traceback" not in result.output
+    assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+def test_init_db_creates_both_tables(make_app: Any) -> None:
+    app = make_app(tables=False)
+    assert not {"predictions", "feature_store"} & table_names(app)
+
+    result = invoke(app, "init-db")
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert {"predictions", "feature_store"} <= table_names(app)
+
+
+def test_init_db_schema_matches_the_models(make_app: Any) -> None:
+    """The tables init-db makes are the ones the code writes to (columns and nullability)."""
+    app = make_app(tables=False)
+    assert invoke(app, "init-db").exit_code == 0, "init-db failed"
+
+    with app.app_context():
+        inspector = sa.inspect(db.engine)
+        for name in ("predictions", "feature_store"):
+            made = {c["name"]: c["nullable"] for c in inspector.get_columns(name)}
+            declared = {c.name: c.nullable for c in db.metadata.tables[name].columns}
+            assert made == declared, name
+
+
+def test_init_db_twice_keeps_rows(make_app: Any) -> None:
+    app = make_app(tables=False)
+    assert invoke(app, "init-db").exit_code == 0, "init-db failed"
+    assert app.test_client().post("/api/predict", json=PASSENGER).status_code == 200
+
+    result = invoke(app, "init-db")
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert count_rows(app) == (1, 1)
+
+
+def test_init_db_adopts_a_database_made_by_create_all(app: Flask, client: Any) -> None:
+    """A database set up before migrations existed (db.create_all, as the shared `app` fixture does)."""
+    assert client.post("/api/predict", json=PASSENGER).status_code == 200
+
+    result = invoke(app, "init-db")
+
+    assert result.exit_code == 0, repr(result.exception)
+    assert count_rows(app) == (1, 1)
+    assert client.post("/api/predict", json=PASSENGER).status_code == 200

@@ -1,0 +1,109 @@
+"""The application factory: settings from the environment, the caller's config on top."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from flask import Flask
+
+from titanic_web import create_app, get_service
+from titanic_web.config import ConfigError
+
+SETTINGS_ENV = ("DATABASE_URL", "MODEL_DIR", "TRAIN_DATA", "MAX_ROWS", "MAX_CONTENT_LENGTH", "CSRF_TIME_LIMIT",
+                "LOG_LEVEL", "SECRET_KEY")
+
+
+@pytest.fixture(autouse=True)
+def instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_dir: Path) -> Path:
+    """Point the app's instance folder at tmp_path and start from a clean environment."""
+    folder = tmp_path / "instance"
+    monkeypatch.setattr(Flask, "auto_find_instance_path", lambda self: str(folder))
+    for name in SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODEL_DIR", str(model_dir))
+    return folder
+
+
+def test_config() -> None:
+    assert not create_app().testing
+    assert create_app({"TESTING": True}).testing
+
+
+def test_the_instance_folder_is_prepared(instance: Path) -> None:
+    app = create_app()
+    assert app.instance_path == str(instance)
+    assert instance.is_dir()
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{instance / 'titanic.db'}"
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("MAX_ROWS", "5")
+    app = create_app()
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'env.db'}"
+    assert app.config["MAX_ROWS"] == 5
+
+
+def test_the_callers_config_wins_over_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("MAX_ROWS", "5")
+    monkeypatch.setenv("SECRET_KEY", "from-env")
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'mine.db'}", "MAX_ROWS": 7, "SECRET_KEY": "mine"}
+    )
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'mine.db'}"
+    assert app.config["MAX_ROWS"] == 7
+    assert app.config["SECRET_KEY"] == "mine"
+
+
+@pytest.mark.parametrize("text", ["abc", "0"])
+def test_a_bad_max_rows_stops_the_app(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    monkeypatch.setenv("MAX_ROWS", text)
+    with pytest.raises(ConfigError, match="MAX_ROWS"):
+        create_app()
+
+
+def test_secret_key_from_the_environment_wins_over_the_file(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    instance.mkdir()
+    (instance / "secret_key").write_text("from-file")
+    monkeypatch.setenv("SECRET_KEY", "from-env")
+    assert create_app().config["SECRET_KEY"] == "from-env"
+
+
+def test_without_a_secret_key_every_app_shares_the_generated_one(instance: Path) -> None:
+    first = create_app().config["SECRET_KEY"]
+    second = create_app().config["SECRET_KEY"]
+    assert first and first == second
+    path = instance / "secret_key"
+    assert path.read_text() == first
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_an_empty_key_file_stops_the_app(instance: Path) -> None:
+    instance.mkdir()
+    (instance / "secret_key").write_text("")
+    with pytest.raises(ConfigError, match="secret_key is empty"):
+        create_app()
+
+
+def test_the_model_is_loaded(model_dir: Path) -> None:
+    service = get_service(create_app())
+    assert service.predictor is not None
+    assert service.model_error is None
+    assert service.require_predictor().version == json.loads((model_dir / "model.json").read_text())["version"]
+
+
+def test_a_missing_model_is_kept_as_an_error_not_raised(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "no-model"))
+    service = get_service(create_app())
+    assert service.predictor is None
+    assert service.model_error and "flask --app titanic_web train" in service.model_error
+
+
+def test_the_api_and_the_form_are_registered() -> None:
+    app = create_app()
+    assert {"web", "api"} <= set(app.blueprints)
+    assert any(rule.rule.startswith("/api/") for rule in app.url_map.iter_rules())

@@ -1,0 +1,192 @@
+"""Feature engineering: titles, decks, family and ticket groups, the same in training and serving."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+import pytest
+
+from titanic_web import features
+from titanic_web.features import FEATURES, PassengerFeatures, deck_of, raw_frame, title_of
+from titanic_web.training import ARTIFACT_NAME
+from tests.conftest import PASSENGER, TRAIN_CSV
+
+
+def passenger(**changes: Any) -> dict[str, Any]:
+    return {**PASSENGER, **changes}
+
+
+def frame(*passengers: dict[str, Any]) -> pd.DataFrame:
+    return raw_frame(passengers)
+
+
+@pytest.mark.parametrize(
+    ("name", "title"),
+    [
+        ("Braund, Mr. Owen Harris", "Mr"),
+        ("Cumings, Mrs. John Bradley (Florence Briggs Thayer)", "Mrs"),
+        ("Heikkinen, Miss. Laina", "Miss"),
+        ("Palsson, Master. Gosta Leonard", "Master"),
+        ("Sagesser, Mlle. Emma", "Miss"),
+        ("Aubart, Mme. Leontine Pauline", "Mrs"),
+        ("O'Donoghue, Ms. Bridget", "Miss"),
+        ("Minahan, Dr. William Edward", "Rare"),
+        ("Byles, Rev. Thomas Roussel Davids", "Rare"),
+        ("Weir, Col. John", "Rare"),
+        ("Rothes, the Countess. of (Lucy Noel Martha Dyer-Edwards)", "Rare"),
+        ("Reuchlin, Jonkheer. John George", "Rare"),
+        ("John Smith", "Unknown"),
+        ("Smith, John", "Unknown"),
+        ("", "Unknown"),
+        (None, "Unknown"),
+    ],
+)
+def test_title_of(name: str | None, title: str) -> None:
+    assert title_of(name) == title
+
+
+@pytest.mark.parametrize(
+    ("cabin", "deck"),
+    [("C85", "C"), ("b5", "B"), (" E10", "E"), ("F G73", "F"), ("A", "A"), ("G6", "G"),
+     ("T", "U"), ("85", "U"), ("", "U"), (None, "U")],
+)
+def test_deck_of(cabin: str | None, deck: str) -> None:
+    assert deck_of(cabin) == deck
+
+
+def test_raw_frame_has_the_raw_columns_and_nan_for_missing_keys() -> None:
+    raw = raw_frame([{"Pclass": 1, "Sex": "male"}])
+    assert list(raw.columns) == list(features.RAW_COLUMNS)
+    assert raw.loc[0, "Pclass"] == 1
+    assert raw["Age"].isna().all()
+
+
+def test_output_columns_are_the_features_in_order() -> None:
+    step = PassengerFeatures().fit(frame(PASSENGER))
+    out = step.transform(frame(PASSENGER, passenger(Ticket="X")))
+    assert list(out.columns) == list(FEATURES)
+    assert list(step.get_feature_names_out()) == list(FEATURES)
+    assert len(out) == 2
+
+
+def test_output_keeps_the_input_index() -> None:
+    raw = frame(PASSENGER, PASSENGER)
+    raw.index = [10, 20]
+    out = PassengerFeatures().fit(raw).transform(raw)
+    assert list(out.index) == [10, 20]
+
+
+@pytest.mark.parametrize(
+    ("sibsp", "parch", "family", "alone"),
+    [(0, 0, 1, 1.0), (1, 0, 2, 0.0), (0, 2, 3, 0.0), (3, 2, 6, 0.0)],
+)
+def test_family_size_and_is_alone(sibsp: int, parch: int, family: int, alone: float) -> None:
+    row = passenger(SibSp=sibsp, Parch=parch)
+    out = PassengerFeatures().fit(frame(row)).transform(frame(row))
+    assert out.loc[0, "FamilySize"] == family
+    assert out.loc[0, "IsAlone"] == alone
+
+
+def test_missing_sibsp_and_parch_count_as_zero() -> None:
+    out = PassengerFeatures().fit(frame(PASSENGER)).transform(raw_frame([{"Pclass": 3, "Sex": "male"}]))
+    assert (out.loc[0, "SibSp"], out.loc[0, "Parch"], out.loc[0, "FamilySize"], out.loc[0, "IsAlone"]) == (0, 0, 1, 1)
+
+
+@pytest.mark.parametrize(("cabin", "known", "deck"), [("C85", 1.0, "C"), (None, 0.0, "U"), ("", 0.0, "U"), ("T", 1.0, "U")])
+def test_cabin_known_and_deck(cabin: str | None, known: float, deck: str) -> None:
+    row = passenger(Cabin=cabin)
+    out = PassengerFeatures().fit(frame(row)).transform(frame(row))
+    assert out.loc[0, "CabinKnown"] == known
+    assert out.loc[0, "Deck"] == deck
+
+
+def test_title_sex_and_embarked_pass_through() -> None:
+    row = passenger(Name="Heikkinen, Miss. Laina", Sex="female", Embarked="S")
+    out = PassengerFeatures().fit(frame(row)).transform(frame(row, passenger(Embarked=None)))
+    assert list(out["Title"]) == ["Miss", "Mr"]
+    assert list(out["Sex"]) == ["female", "male"]
+    assert list(out["Embarked"]) == ["S", "Unknown"]
+
+
+# --- ticket groups: the known passengers on the ticket plus the passenger itself ---
+
+
+SHARED = [
+    passenger(Ticket="T", Name="A, Mr. A", Fare=30.0),
+    passenger(Ticket="T", Name="B, Mrs. B", Fare=30.0),
+    passenger(Ticket="T", Name="C, Miss. C", Fare=30.0),
+]
+
+
+def test_fit_counts_the_passengers_on_each_ticket() -> None:
+    step = PassengerFeatures().fit(frame(*SHARED, passenger(Ticket="U"), passenger(Ticket=None), passenger(Ticket=" ")))
+    assert step.ticket_counts_ == {"T": 3, "U": 1}
+
+
+def test_fit_transform_counts_each_training_passenger_once() -> None:
+    out = PassengerFeatures().fit_transform(frame(*SHARED))
+    assert list(out["TicketGroupSize"]) == [3, 3, 3]
+    assert list(out["FarePerPerson"]) == [10.0, 10.0, 10.0]
+
+
+def test_a_new_passenger_on_a_known_ticket_joins_the_group() -> None:
+    step = PassengerFeatures().fit(frame(*SHARED))
+    out = step.transform(frame(passenger(Ticket="T", Fare=40.0)))
+    assert out.loc[0, "TicketGroupSize"] == 4
+    assert out.loc[0, "FarePerPerson"] == 10.0
+
+
+def test_a_new_passenger_on_an_unknown_ticket_is_a_group_of_its_family() -> None:
+    step = PassengerFeatures().fit(frame(*SHARED))
+    out = step.transform(frame(passenger(Ticket="NEW", SibSp=2, Fare=9.0), passenger(Ticket="NEW2")))
+    assert list(out["TicketGroupSize"]) == [3, 1]  # family of 3; alone
+    assert out.loc[0, "FarePerPerson"] == 3.0
+
+
+def test_a_passenger_without_a_ticket_is_not_grouped_with_others_lacking_one() -> None:
+    step = PassengerFeatures().fit(frame(passenger(Ticket=None), passenger(Ticket="")))
+    assert list(step.fit_transform(frame(passenger(Ticket=None), passenger(Ticket=""))).loc[:, "TicketGroupSize"]) == [1, 1]
+    assert step.transform(frame(passenger(Ticket=""))).loc[0, "TicketGroupSize"] == 1
+
+
+def test_training_and_serving_count_a_passenger_the_same_way() -> None:
+    """A training row sees the same group as the same passenger served after fitting on the others."""
+    rows = [*SHARED, passenger(Ticket="U", SibSp=1), passenger(Ticket="V")]
+    trained = PassengerFeatures().fit_transform(frame(*rows))
+    for i, row in enumerate(rows):
+        others = rows[:i] + rows[i + 1:]
+        served = PassengerFeatures().fit(frame(*others)).transform(frame(row))
+        assert served.loc[0, "TicketGroupSize"] == trained.loc[i, "TicketGroupSize"], i
+        assert served.loc[0, "FarePerPerson"] == trained.loc[i, "FarePerPerson"], i
+
+
+def test_missing_age_and_fare_stay_missing() -> None:
+    row = passenger(Age=None, Fare=None)
+    out = PassengerFeatures().fit(frame(PASSENGER)).transform(frame(row, PASSENGER))
+    assert math.isnan(out.loc[0, "Age"])
+    assert math.isnan(out.loc[0, "Fare"])
+    assert math.isnan(out.loc[0, "FarePerPerson"])
+    assert out.loc[1, "Age"] == 34.5  # a known value in the same batch is untouched
+
+
+def test_transform_does_not_learn() -> None:
+    step = PassengerFeatures().fit(frame(*SHARED))
+    before = dict(step.ticket_counts_)
+    step.transform(frame(passenger(Ticket="T"), passenger(Ticket="NEW")))
+    assert step.ticket_counts_ == before
+
+
+# --- the trained pipeline carries this code --------------------------------------
+
+
+def test_the_trained_pipeline_starts_with_these_features(model_dir: Path) -> None:
+    pipeline = joblib.load(model_dir / ARTIFACT_NAME)
+    assert isinstance(pipeline[0], PassengerFeatures)
+    assert type(pipeline[0]) is features.PassengerFeatures
+    train = pd.read_csv(TRAIN_CSV)
+    assert pipeline[0].ticket_counts_ == dict(Counter(train["Ticket"].astype(str).str.strip()))

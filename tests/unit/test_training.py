@@ -1,0 +1,182 @@
+"""Training: the model card vouches for the artifact, and the same data gives the same bytes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pandas as pd
+import pytest
+import sklearn
+
+from titanic_web import features
+from titanic_web.config import PROJECT_ROOT
+from titanic_web.training import ARTIFACT_NAME, CARD_NAME, TrainingError, load_training_data, sha256_file, train
+from tests.conftest import TRAIN_CSV
+
+
+@pytest.fixture(scope="module")
+def card(model_dir: Path) -> dict[str, Any]:
+    return json.loads((model_dir / CARD_NAME).read_text())
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_cross_validated_accuracy_has_a_floor(card: dict[str, Any]) -> None:
+    cv = card["cv"]
+    assert cv["folds"] == 5 and cv["stratified"] is True and cv["seed"] == 0
+    assert cv["accuracy_mean"] >= 0.83
+    assert 0.0 < cv["accuracy_std"] < 0.05
+    assert cv["roc_auc_mean"] >= 0.85
+    assert 0.0 < cv["roc_auc_std"] < 0.05
+
+
+def test_the_chosen_candidate_has_the_best_accuracy(card: dict[str, Any]) -> None:
+    scores = card["candidates"]
+    best = max(scores.values(), key=lambda s: s["accuracy_mean"])
+    assert scores[card["chosen"]]["accuracy_mean"] == best["accuracy_mean"]
+    assert {k: card["cv"][k] for k in best} == scores[card["chosen"]]
+
+
+def test_the_card_vouches_for_the_artifact_bytes(card: dict[str, Any], model_dir: Path) -> None:
+    actual = sha256(model_dir / ARTIFACT_NAME)
+    assert card["artifact"] == ARTIFACT_NAME
+    assert card["artifact_sha256"] == actual
+    assert card["version"] == actual[:12]
+
+
+def test_the_card_names_the_training_data(card: dict[str, Any]) -> None:
+    data = card["training_data"]
+    train_csv = pd.read_csv(TRAIN_CSV)
+    assert data["file"] == "train.csv"
+    assert data["sha256"] == sha256(TRAIN_CSV)
+    assert data["rows"] == len(train_csv) == 891
+    assert data["survival_rate"] == pytest.approx(train_csv["Survived"].mean(), abs=1e-6)
+
+
+def test_the_card_names_the_libraries(card: dict[str, Any]) -> None:
+    libraries = card["libraries"]
+    assert libraries["scikit-learn"] == sklearn.__version__
+    assert {"python", "numpy", "pandas", "joblib"} <= set(libraries)
+
+
+def test_the_card_describes_the_fitted_pipeline(card: dict[str, Any], model_dir: Path) -> None:
+    pipeline = joblib.load(model_dir / ARTIFACT_NAME)
+    model = pipeline.named_steps["model"]
+    assert card["estimator"] == type(model).__name__
+    assert card["params"]  # scalar hyperparameters, as the estimator reports them
+    assert card["params"] == {k: v for k, v in model.get_params().items() if k in card["params"]}
+    fitted = pipeline.named_steps["columns"].transformers_
+    used = [c for name, _, cols in fitted if name != "remainder" for c in cols]
+    assert card["features"] == used
+    assert card["features"] and set(card["features"]) <= set(features.FEATURES)
+    assert card["threshold"] == 0.5
+
+
+def test_the_card_says_when_and_how_long(card: dict[str, Any]) -> None:
+    assert card["training_seconds"] > 0
+    assert datetime.fromisoformat(card["trained_at"]).tzinfo is not None
+
+
+def test_sha256_file(tmp_path: Path) -> None:
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * (3 << 20))  # spans several read blocks
+    assert sha256_file(path) == hashlib.sha256(b"x" * (3 << 20)).hexdigest()
+
+
+TRAIN_ONCE = (
+    "import sys\n"
+    "from pathlib import Path\n"
+    "from titanic_web.training import train\n"
+    "print(train(data_path=Path(sys.argv[1]), out_dir=Path(sys.argv[2])).card['version'])\n"
+)
+
+
+def test_training_is_deterministic_across_processes(tmp_path: Path, model_dir: Path, card: dict[str, Any]) -> None:
+    """Two fresh interpreters with different hash seeds write the same artifact bytes."""
+    runs = {}
+    for seed in ("1", "4242"):
+        out = tmp_path / f"seed{seed}"
+        runs[seed] = (
+            out,
+            subprocess.Popen(
+                [sys.executable, "-c", TRAIN_ONCE, str(TRAIN_CSV), str(out)],
+                cwd=PROJECT_ROOT,
+                env={**os.environ, "PYTHONHASHSEED": seed},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+        )
+    versions = []
+    for out, process in runs.values():
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        versions.append(stdout.strip())
+    (first, _), (second, _) = runs.values()
+    assert (first / ARTIFACT_NAME).read_bytes() == (second / ARTIFACT_NAME).read_bytes()
+    assert versions[0] == versions[1] == json.loads((first / CARD_NAME).read_text())["version"]
+    # ... and the same bytes as the model trained in this process
+    assert (first / ARTIFACT_NAME).read_bytes() == (model_dir / ARTIFACT_NAME).read_bytes()
+    assert versions[0] == card["version"]
+
+
+# --- unusable training data ----------------------------------------------------
+
+
+HEADER = "PassengerId,Survived,Pclass,Name,Sex,Age,SibSp,Parch,Ticket,Fare,Cabin,Embarked\n"
+
+
+def a_row(survived: str) -> str:
+    return f'1,{survived},3,"Braund, Mr. Owen Harris",male,22,1,0,A/5 21171,7.25,,S\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (HEADER.replace("Survived,", "") + a_row("0").replace("1,0,", "1,", 1), "missing column(s) Survived"),
+        (HEADER.replace(",Embarked", "") + a_row("0").replace(",S\n", "\n"), "missing column(s) Embarked"),
+        (HEADER + a_row("0") + a_row("2"), "every Survived value must be 0 or 1"),
+        (HEADER + a_row("0") + a_row("yes"), "every Survived value must be 0 or 1"),
+        (HEADER + a_row("0") + a_row(""), "every Survived value must be 0 or 1"),
+        (HEADER + a_row("0") + a_row("-1"), "every Survived value must be 0 or 1"),
+    ],
+    ids=["no-survived", "no-embarked", "label-2", "label-text", "label-missing", "label-negative"],
+)
+def test_unusable_training_data_is_a_training_error(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    with pytest.raises(TrainingError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        train(data_path=path, out_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_training_data_is_a_training_error(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="training data not found"):
+        train(data_path=tmp_path / "nope.csv", out_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("text", ["", HEADER], ids=["empty-file", "header-only"])
+def test_training_data_without_passengers_is_a_training_error(tmp_path: Path, text: str) -> None:
+    """`flask train` turns only TrainingError into a clean message; anything else is a traceback."""
+    path = tmp_path / "train.csv"
+    path.write_text(text)
+    with pytest.raises(TrainingError):
+        train(data_path=path, out_dir=tmp_path / "out")
+
+
+def test_load_training_data_returns_raw_columns_and_labels() -> None:
+    X, y = load_training_data(TRAIN_CSV)
+    assert list(X.columns) == list(features.RAW_COLUMNS)
+    assert len(X) == len(y) == 891
+    assert set(y) == {0, 1}
+    assert X["Age"].isna().sum() == pd.read_csv(TRAIN_CSV)["Age"].isna().sum()

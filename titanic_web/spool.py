@@ -1,0 +1,366 @@
+"""A local-disk outbox of answered predictions: append-only segment files, one writer each.
+
+Each process appends to segments it creates and holds an exclusive ``flock`` on
+for as long as it lives. The kernel drops those locks when the process dies,
+however it dies, so any other process can tell an orphaned segment (lock free)
+from a live one (lock held) and deliver it. Delivery progress is kept beside
+each segment in a ``.done`` file holding the byte offset delivered so far, so a
+replay resends at most the batch that was in flight; the prediction uuid makes
+that resend harmless.
+
+A line is one request's records as JSON. Nothing here knows Flask or SQL.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIX = ".jsonl"
+DONE_SUFFIX = ".done"
+
+
+class SpoolError(OSError):
+    """The spool could not keep a record on local disk."""
+
+
+@dataclass
+class Entry:
+    """One appended line not yet delivered: where it ends, when, and how many rows."""
+
+    end: int
+    spooled_at: float
+    rows: int
+
+
+class Segment:
+    """One spool file with its lock held by this process."""
+
+    def __init__(self, path: Path, fd: int, *, done: int = 0, write_fd: int | None = None) -> None:
+        self.path = path
+        self.fd = fd  # for reading; on adopted segments it also holds the lock
+        self.write_fd = write_fd  # own segments: appends go here, and it holds the lock
+        self.done = done  # bytes delivered
+        self.size = os.fstat(fd).st_size
+        self.entries: deque[Entry] = deque()  # undelivered lines, oldest first
+        self.sealed = False  # no more appends: delete once delivered
+
+    @property
+    def done_path(self) -> Path:
+        return self.path.with_name(self.path.name + DONE_SUFFIX)
+
+    def read_lines(self, *, max_rows: int) -> tuple[list[bytes], int, int]:
+        """Read whole lines after the delivered offset, about max_rows rows' worth.
+
+        Returns (lines, end offset, rows). A final line without its newline is a
+        write cut short by a crash before anything was answered: it is left out.
+        """
+        lines: list[bytes] = []
+        offset = self.done
+        rows = 0
+        chunk = 1 << 20
+        buffer = b""
+        position = self.done
+        while rows < max_rows:
+            data = os.pread(self.fd, chunk, position)
+            if not data:
+                break
+            position += len(data)
+            buffer += data
+            while rows < max_rows:
+                newline = buffer.find(b"\n")
+                if newline < 0:
+                    break
+                line = buffer[: newline + 1]
+                buffer = buffer[newline + 1 :]
+                offset += len(line)
+                lines.append(line)
+                rows += line_rows(line)
+            if rows >= max_rows:
+                break
+        return lines, offset, rows
+
+    def mark_done(self, offset: int) -> None:
+        """Persist the delivered offset (atomically), then drop delivered entries."""
+        tmp = self.done_path.with_name(self.done_path.name + ".tmp")
+        tmp.write_text(str(offset))
+        os.replace(tmp, self.done_path)
+        self.done = offset
+        while self.entries and self.entries[0].end <= offset:
+            self.entries.popleft()
+
+    def remove(self) -> None:
+        """Delete a fully delivered segment and release its lock."""
+        for path in (self.path, self.done_path):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+        self.release()
+
+    def release(self) -> None:
+        """Close the descriptors, which releases the lock; the file stays."""
+        for fd in (self.fd, self.write_fd):
+            if fd is not None:
+                os.close(fd)
+        self.write_fd = None
+
+
+def line_rows(line: bytes) -> int:
+    """How many records a spooled line holds (its "n" field, written first)."""
+    # Lines start with {"n": <rows>, ...}: read the count without parsing the rest.
+    start = line.find(b":") + 1
+    end = line.find(b",", start)
+    try:
+        return int(line[start:end])
+    except ValueError:
+        return 1
+
+
+def encode(records: list[dict[str, Any]], *, spooled_at: float) -> bytes:
+    """One spool line: {"n": rows, "t": time, "records": [...]}."""
+    body = json.dumps({"n": len(records), "t": spooled_at, "records": records}, separators=(",", ":"))
+    return body.encode() + b"\n"
+
+
+def decode(line: bytes) -> tuple[float, list[dict[str, Any]]]:
+    """(spooled_at, records) of one spool line."""
+    data = json.loads(line)
+    return float(data["t"]), list(data["records"])
+
+
+def _read_done(path: Path) -> int:
+    try:
+        return int(path.read_text().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+class Spool:
+    """The outbox folder as seen by one process: its own segments, and orphans it adopts."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = 8 << 20, fsync: bool = False) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.fsync = fsync
+        self.lock = threading.Lock()
+        self.pid = os.getpid()
+        self.segments: list[Segment] = []  # delivery order: adopted orphans, then own, oldest first
+        self.active: Segment | None = None
+
+    # -- the request side -------------------------------------------------
+    def append(self, line: bytes, *, rows: int, spooled_at: float) -> None:
+        """Write one line to local disk before the request answers.
+
+        :raise SpoolError: the disk refused it; the caller must not answer success.
+        """
+        with self.lock:
+            try:
+                segment = self._active_segment()
+                assert segment.write_fd is not None
+                written = os.write(segment.write_fd, line)
+                while written < len(line):  # rare short write: finish it
+                    written += os.write(segment.write_fd, line[written:])
+                if self.fsync:
+                    os.fsync(segment.write_fd)
+            except OSError as exc:
+                raise SpoolError(exc.errno, f"cannot spool predictions to {self.directory}: {exc.strerror}") from exc
+            segment.size += len(line)
+            segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows))
+            if segment.size >= self.segment_bytes:
+                segment.sealed = True
+                self.active = None
+
+    def _active_segment(self) -> Segment:
+        if self.active is not None and self.pid == os.getpid():
+            return self.active
+        if self.pid != os.getpid():  # forked: the parent's segments are not ours
+            self.pid = os.getpid()
+            self.segments = []
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        # Create under a hidden name, lock, then rename: no other process can ever
+        # see this segment unlocked and take it for an orphan.
+        tmp = self.directory / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path = self.directory / f"{name}{SUFFIX}"
+        os.rename(tmp, path)
+        # Reads go through pread on a separate descriptor of the same file.
+        segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
+        self.active = segment
+        self.segments.append(segment)
+        return segment
+
+    # -- the delivery side ------------------------------------------------
+    def adopt_orphans(self) -> int:
+        """Lock and queue every segment whose owner is gone; return how many."""
+        adopted = 0
+        if not self.directory.is_dir():
+            return 0
+        with self.lock:
+            mine = {s.path for s in self.segments}
+            for path in sorted(self.directory.glob(f"*{SUFFIX}")):
+                if path in mine:
+                    continue
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except FileNotFoundError:
+                    continue  # delivered and removed meanwhile
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)  # a live process owns it
+                    continue
+                if os.fstat(fd).st_nlink == 0:  # removed after we opened it
+                    os.close(fd)
+                    continue
+                segment = Segment(path, fd, done=_read_done(path.with_name(path.name + DONE_SUFFIX)))
+                segment.sealed = True
+                _index_entries(segment)
+                self.segments.insert(adopted, segment)
+                adopted += 1
+            self._remove_stale_tmp()
+        return adopted
+
+    def _remove_stale_tmp(self) -> None:
+        for tmp in self.directory.glob(".*.tmp"):
+            try:
+                fd = os.open(tmp, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                if os.fstat(fd).st_size == 0 or tmp.name.endswith(DONE_SUFFIX + ".tmp"):
+                    tmp.unlink(missing_ok=True)
+            finally:
+                os.close(fd)
+
+    def next_batch(self, *, max_rows: int) -> tuple[Segment, list[bytes], int] | None:
+        """The oldest undelivered lines of one segment: (segment, lines, end offset)."""
+        with self.lock:
+            segments = list(self.segments)
+        for segment in segments:
+            if segment.done < segment.size:
+                lines, end, _ = segment.read_lines(max_rows=max_rows)
+                if lines:
+                    return segment, lines, end
+            if segment.sealed and segment.done >= segment.size:
+                self._retire(segment)
+        return None
+
+    def delivered(self, segment: Segment, end: int) -> None:
+        """Record that a segment's lines up to end are in the database."""
+        segment.mark_done(end)
+        if segment.sealed and end >= segment.size:
+            self._retire(segment)
+
+    def _retire(self, segment: Segment) -> None:
+        with self.lock:
+            if segment in self.segments:
+                self.segments.remove(segment)
+            else:
+                return
+        segment.remove()
+
+    def backlog(self) -> tuple[int, float | None]:
+        """(rows waiting, time the oldest was spooled) across this process's segments."""
+        with self.lock:
+            segments = list(self.segments)
+        rows = 0
+        oldest: float | None = None
+        for segment in segments:
+            entries = list(segment.entries)
+            rows += sum(e.rows for e in entries)
+            if entries and (oldest is None or entries[0].spooled_at < oldest):
+                oldest = entries[0].spooled_at
+        return rows, oldest
+
+    def close(self) -> None:
+        """Release this process's segments (their undelivered lines stay on disk)."""
+        with self.lock:
+            segments, self.segments, self.active = self.segments, [], None
+        for segment in segments:
+            if segment.done >= segment.size:
+                segment.remove()
+            else:
+                segment.release()
+
+
+def _index_entries(segment: Segment) -> None:
+    """Rebuild the undelivered entries of an adopted segment from its lines."""
+    position = segment.done
+    for line in _iter_lines(segment.fd, segment.done):
+        position += len(line)
+        try:
+            spooled_at, _ = decode(line)
+        except ValueError:
+            spooled_at = time.time()
+        segment.entries.append(Entry(end=position, spooled_at=spooled_at, rows=line_rows(line)))
+    segment.size = position  # a torn last line (no newline) is never delivered
+
+
+def _iter_lines(fd: int, start: int) -> Iterator[bytes]:
+    position = start
+    buffer = b""
+    while True:
+        data = os.pread(fd, 1 << 20, position)
+        if not data:
+            return
+        position += len(data)
+        buffer += data
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line + b"\n"
+
+
+def scan(directory: Path) -> dict[str, Any]:
+    """What the spool folder holds, for `recorder status`: segments, rows waiting, oldest."""
+    segments = 0
+    rows = 0
+    oldest: float | None = None
+    orphaned = 0
+    if directory.is_dir():
+        for path in sorted(directory.glob(f"*{SUFFIX}")):
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    orphan = True
+                    fcntl.flock(fd, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    orphan = False
+                done = _read_done(path.with_name(path.name + DONE_SUFFIX))
+                waiting = 0
+                for line in _iter_lines(fd, done):
+                    if waiting == 0:  # the segment's oldest undelivered line
+                        try:
+                            t, _ = decode(line)
+                            oldest = t if oldest is None else min(oldest, t)
+                        except ValueError:
+                            pass
+                    waiting += line_rows(line)
+                if waiting or orphan:
+                    segments += 1
+                    orphaned += int(orphan)
+                rows += waiting
+            finally:
+                os.close(fd)
+    return {"segments": segments, "orphaned": orphaned, "rows": rows, "oldest_spooled_at": oldest}
