@@ -6,6 +6,7 @@ bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "sync"
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+# The recorder drains within RECORDER_SHUTDOWN_SECONDS (10 by default), well inside this.
 graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
@@ -15,3 +16,32 @@ preload_app = False
 # gunicorn's control socket is one fixed path per user: two servers on one
 # machine (or a server and the system tests) would replace each other's. Unused here.
 control_socket_disable = True
+
+
+def _recorder(app):
+    extensions = getattr(app, "extensions", None) or {}
+    service = extensions.get("titanic")
+    return None if service is None else service.recorder
+
+
+def post_fork(server, worker):
+    """With preload_app, the master's database connections must not be shared by workers."""
+    if preload_app:
+        from titanic_web.extensions import db
+
+        with worker.app.wsgi().app_context():
+            db.engine.dispose(close=False)
+
+
+def post_worker_init(worker):
+    """Start this worker's recorder: it first delivers what stopped workers left spooled."""
+    recorder = _recorder(worker.wsgi)
+    if recorder is not None:
+        recorder.start()
+
+
+def worker_exit(server, worker):
+    """Drain this worker's spool to the database before it exits; what is left stays spooled."""
+    recorder = _recorder(getattr(worker, "wsgi", None))
+    if recorder is not None:
+        recorder.stop(timeout=worker.wsgi.config["RECORDER_SHUTDOWN_SECONDS"])

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import upgrade
 
-from titanic_web import create_app
+from titanic_web import create_app, get_service
 from titanic_web.config import PROJECT_ROOT
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
@@ -52,6 +52,7 @@ def build_app(model_dir: Path, db_file: Path, *, tables: bool = True, **override
         "SECRET_KEY": "test-secret",
         "SQLALCHEMY_DATABASE_URI": f"sqlite:///{db_file}",
         "MODEL_DIR": model_dir,
+        "SPOOL_DIR": db_file.parent / f"{db_file.stem}-spool",
     }
     config.update(overrides)
     app = create_app(config)
@@ -62,7 +63,8 @@ def build_app(model_dir: Path, db_file: Path, *, tables: bool = True, **override
 
 
 def close_app(app: Flask) -> None:
-    """Release the app's database connections."""
+    """Stop the app's recorder and release its database connections."""
+    get_service(app).recorder.stop(timeout=1)
     with app.app_context():
         db.engine.dispose()
 
@@ -85,6 +87,11 @@ def runner(app: Flask) -> Any:
     return app.test_cli_runner()
 
 
+def flush(app: Flask, timeout: float = 10.0) -> None:
+    """Deliver everything the app's recorder has spooled, so tests can read the tables."""
+    assert get_service(app).recorder.flush(timeout), "the recorder could not deliver its spool"
+
+
 def csrf_token(html: str) -> str:
     """The CSRF token of the form on a rendered page."""
     match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', html)
@@ -93,7 +100,8 @@ def csrf_token(html: str) -> str:
 
 
 def count_rows(app: Flask) -> tuple[int, int]:
-    """(predictions, feature_store) row counts."""
+    """(predictions, feature_store) row counts, once the recorder has delivered its spool."""
+    flush(app)
     with app.app_context():
         predictions = db.session.scalar(db.select(db.func.count()).select_from(PredictionRow))
         features = db.session.scalar(db.select(db.func.count()).select_from(FeatureRow))

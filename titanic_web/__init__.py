@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import event
 
-from titanic_web.config import PROJECT_ROOT, load_secret_key, settings_from_env
+from titanic_web.config import PROJECT_ROOT, engine_options, load_secret_key, settings_from_env
 from titanic_web.extensions import csrf, db, migrate
 from titanic_web.recorder import Recorder
 from titanic_web.service import PredictionService
@@ -30,10 +31,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the documented field order
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(app.instance_path))
+    app.config.setdefault(
+        "SQLALCHEMY_ENGINE_OPTIONS",
+        engine_options(app.config["SQLALCHEMY_DATABASE_URI"], connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"]),
+    )
     _prepare_sqlite_folder(app)
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     db.init_app(app)
+    _configure_sqlite(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
     _load_model(app)
@@ -48,8 +54,39 @@ def _prepare_sqlite_folder(app: Flask) -> None:
     Path(app.instance_path).mkdir(parents=True, exist_ok=True)
 
 
+def _configure_sqlite(app: Flask) -> None:
+    """WAL and a busy timeout on every SQLite connection: readers never block the
+    writer, and a writer waits for a lock instead of failing with "database is locked"."""
+    with app.app_context():
+        engine = db.engine
+    if engine.dialect.name != "sqlite":
+        return
+    busy_ms = int(app.config["SQLITE_BUSY_TIMEOUT_MS"])
+
+    @event.listens_for(engine, "connect")
+    def _set_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, far fewer fsyncs
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+
+def _make_recorder(app: Flask) -> Recorder:
+    recorder = Recorder(
+        Path(app.config["SPOOL_DIR"]),
+        batch_rows=app.config["RECORDER_BATCH_ROWS"],
+        flush_interval=app.config["RECORDER_FLUSH_SECONDS"],
+        retry_max=app.config["RECORDER_RETRY_MAX_SECONDS"],
+        fsync=app.config["SPOOL_FSYNC"],
+    )
+    recorder.init_app(app)
+    return recorder
+
+
 def _load_model(app: Flask) -> None:
-    service = PredictionService.from_model_dir(Path(app.config["MODEL_DIR"]), recorder=Recorder())
+    service = PredictionService.from_model_dir(Path(app.config["MODEL_DIR"]), recorder=_make_recorder(app))
     if service.model_error:
         app.logger.warning("model not loaded: %s", service.model_error)
     else:

@@ -30,6 +30,30 @@ def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
     return value
 
 
+def _float_env(name: str, default: float) -> float:
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    if value < 0:
+        raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _bool_env(name: str, default: bool) -> bool:
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    if text.strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.strip().lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {text!r}")
+
+
 def load_secret_key(instance_path: Path) -> str:
     """Return SECRET_KEY from the environment, or one generated once and kept in instance/.
 
@@ -72,4 +96,27 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         # a friendly "submit again" page, never a bare 400.
         "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT", 3600),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        "SPOOL_DIR": Path(os.environ.get("SPOOL_DIR") or instance_path / "spool"),
+        "SPOOL_FSYNC": _bool_env("SPOOL_FSYNC", False),
+        "RECORDER_BATCH_ROWS": _int_env("RECORDER_BATCH_ROWS", 1000),
+        "RECORDER_FLUSH_SECONDS": _float_env("RECORDER_FLUSH_SECONDS", 0.2),
+        "RECORDER_RETRY_MAX_SECONDS": _float_env("RECORDER_RETRY_MAX_SECONDS", 30.0),
+        "RECORDER_SHUTDOWN_SECONDS": _float_env("RECORDER_SHUTDOWN_SECONDS", 10.0),
+        "SQLITE_BUSY_TIMEOUT_MS": _int_env("SQLITE_BUSY_TIMEOUT_MS", 5000, minimum=0),
+        "DATABASE_CONNECT_TIMEOUT": _int_env("DATABASE_CONNECT_TIMEOUT", 5),
     }
+
+
+def engine_options(database_url: str, *, connect_timeout: int) -> dict[str, Any]:
+    """SQLAlchemy engine options for a URL; set before init_app, which reads them once.
+
+    Server databases get a connection check before each checkout (a restarted
+    server is noticed, not failed on) and a connect timeout (a down server
+    fails fast instead of hanging a writer).
+    """
+    if database_url.startswith("sqlite"):
+        return {}
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_recycle": 1800}
+    if database_url.startswith("postgresql"):
+        options["connect_args"] = {"connect_timeout": connect_timeout}
+    return options

@@ -13,6 +13,7 @@ from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, RequestEntityTooLarge
 
 from titanic_web.extensions import db
+from titanic_web.recorder import RecorderError
 from titanic_web.schema import InputError
 
 
@@ -72,6 +73,14 @@ def register(app: Flask) -> None:
             f"{count} invalid field{'s' if count != 1 else ''}; nothing was stored",
             errors=[e.as_dict() for e in exc.errors],
         )
+
+    @app.errorhandler(RecorderError)
+    def handle_recorder_error(exc: RecorderError) -> Any:
+        # The spool refused the answers: give none rather than answers nobody keeps.
+        message = "predictions could not be kept (local disk refused them), so none were answered; try again later"
+        if wants_json():
+            return json_error(503, message)
+        return render_template("error.html", status=503, title="Service Unavailable", message=message), 503
 
     @app.errorhandler(CSRFError)
     def handle_csrf_error(exc: CSRFError) -> Any:

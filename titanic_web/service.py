@@ -43,7 +43,7 @@ class PredictionService:
         self.model_error = model_error
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, *, recorder: Recorder) -> PredictionService:
+    def from_model_dir(cls, model_dir: Path, *, recorder: Recorder) -> PredictionService:  # noqa: D102
         """Load the model in model_dir; a missing or bad model is kept as an error, not raised."""
         try:
             return cls(predictor=Predictor.from_dir(model_dir), recorder=recorder)
@@ -60,7 +60,11 @@ class PredictionService:
         return self.predictor
 
     def predict(self, passengers: Sequence[Mapping[str, Any]], *, source: str) -> tuple[str, list[Answer]]:
-        """Predict validated passengers, record every answer, and return them in order."""
+        """Predict validated passengers, record every answer, and return them in order.
+
+        :raise ModelUnavailable: no model is loaded.
+        :raise RecorderError: the answers could not be kept, so none may be given.
+        """
         predictor = self.require_predictor()
         predictions = predictor.predict(passengers)
         records = [

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
-from tests.conftest import PASSENGER, count_rows, csrf_token
+from tests.conftest import PASSENGER, count_rows, csrf_token, flush
 
 #: The schema's fields in the contract's (Kaggle) order, as the form must show them.
 FIELD_NAMES = ["PassengerId", "Pclass", "Sex", "Name", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked"]
@@ -117,6 +117,7 @@ def submit(client: FlaskClient, values: dict[str, str], *, token: str | None = "
 
 
 def stored_rows(app: Flask) -> list[tuple[PredictionRow, FeatureRow]]:
+    flush(app)
     with app.app_context():
         rows = db.session.execute(
             db.select(PredictionRow, FeatureRow).join(FeatureRow, FeatureRow.prediction_id == PredictionRow.id)

@@ -123,6 +123,21 @@ def snapshot(db_path: Path) -> Snapshot:
     return Snapshot(predictions, features, joined)
 
 
+def settled_snapshot(db_path: Path) -> Snapshot:
+    """A snapshot once earlier answers have all arrived: the writers deliver in the
+    background, so wait until the row counts hold still for a few flush intervals."""
+    deadline = time.monotonic() + ROW_WAIT
+    snap = snapshot(db_path)
+    stable = 0
+    while stable < 4 and time.monotonic() < deadline:
+        time.sleep(0.25)
+        again = snapshot(db_path)
+        same = (len(again.predictions), len(again.features)) == (len(snap.predictions), len(snap.features))
+        stable = stable + 1 if same else 0
+        snap = again
+    return snap
+
+
 def wait_for_rows(db_path: Path, done: Callable[[Snapshot], bool]) -> Snapshot:
     """Poll the tables until done(snapshot) holds; return the last snapshot either way."""
     deadline = time.monotonic() + ROW_WAIT
@@ -233,12 +248,12 @@ def test_form_shows_the_probability(server: GunicornServer) -> None:
 
 
 def test_form_without_csrf_token_is_refused(server: GunicornServer, db_path: Path) -> None:
-    before = snapshot(db_path)
+    before = settled_snapshot(db_path)
     response = requests.post(f"{server.base_url}/", data=FORM, timeout=TIMEOUT)
     assert response.status_code == 400, response.text[:1000]
     assert response.headers["Content-Type"].startswith("text/html")
     assert not PROBABILITY.search(response.text), "predicted without a CSRF token"
-    assert snapshot(db_path).new_since(before) == (set(), set())
+    assert settled_snapshot(db_path).new_since(before) == (set(), set())
 
 
 # -- (2) the JSON and CSV API -------------------------------------------------------------------
@@ -286,7 +301,7 @@ def test_api_predicts_one_many_and_csv(server: GunicornServer) -> None:
 # -- (3) what reached the database ------------------------------------------------------------------
 
 def test_predictions_and_features_are_stored_once(server: GunicornServer, db_path: Path) -> None:
-    before = snapshot(db_path)
+    before = settled_snapshot(db_path)
 
     percent, form_id, _ = submit_form(server.base_url)
     one = predict_json(server.base_url, PASSENGER)["predictions"]
@@ -366,7 +381,7 @@ INVALID_REQUESTS = {
 def test_invalid_request_answers_422_json_and_stores_nothing(
     server: GunicornServer, db_path: Path, content_type: str, body: str, expected: list[tuple[Any, ...]],
 ) -> None:
-    before = snapshot(db_path)
+    before = settled_snapshot(db_path)
     response = requests.post(
         f"{server.base_url}/api/predict", data=body.encode(),
         headers={"Content-Type": content_type, "Accept": "application/json"}, timeout=TIMEOUT,

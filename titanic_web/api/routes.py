@@ -80,27 +80,43 @@ def health() -> Any:
 
 @bp.get("/ready")
 def ready() -> Any:
-    """Readiness: a model is loaded and the database answers."""
+    """Readiness: a model is loaded (else 503); the database and the recorder's backlog.
+
+    A database that is down degrades the service but does not stop it:
+    predictions are still answered and kept in the spool, so this answers 200
+    with status "degraded" and the backlog, and a load balancer keeps routing here.
+    """
     service = get_service(current_app)
     model: dict[str, Any] = {"loaded": service.predictor is not None}
     if service.predictor is not None:
         model["version"] = service.predictor.version
     else:
         model["error"] = service.model_error
-    database: dict[str, Any]
+    recorder = service.recorder.status()
+    database: dict[str, Any] = {"status": "ok"}
     try:
-        # Touch the table, not just the connection: a missing schema is not ready.
+        # Touch both tables, not just the connection: a missing schema is not ok.
         db.session.execute(select(PredictionRow.id).limit(1))
         db.session.execute(select(FeatureRow.prediction_id).limit(1))
-        database = {"status": "ok"}
-    except Exception as exc:  # any driver error means "not ready", never a 500
+    except Exception as exc:  # any driver error means "degraded", never a 500
         current_app.logger.warning("readiness: database check failed: %s", exc)
         db.session.rollback()
-        database = {"status": "error", "error": type(exc).__name__}
-    ok = model["loaded"] and database["status"] == "ok"
-    return jsonify({"status": "ready" if ok else "not ready", "model": model, "database": database}), (
-        200 if ok else 503
-    )
+        database = {"status": "degraded", "error": type(exc).__name__}
+    if database["status"] == "ok" and recorder["database"] == "degraded":
+        database = {"status": "degraded", "error": recorder["last_error"]}
+    if not model["loaded"]:
+        status, code = "not ready", 503
+    elif database["status"] != "ok":
+        status, code = "degraded", 200
+    else:
+        status, code = "ready", 200
+    backlog = {
+        "rows": recorder["backlog_rows"],
+        "oldest_age_seconds": recorder["oldest_age_seconds"],
+        "rows_written": recorder["rows_written"],
+        "writer_running": recorder["writer_running"],
+    }
+    return jsonify({"status": status, "model": model, "database": database, "backlog": backlog}), code
 
 
 @bp.get("/model")
