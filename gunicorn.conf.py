@@ -2,6 +2,12 @@
 
 import os
 
+# One thread per worker for OpenMP and BLAS: workers are the parallelism, and
+# thread pools sized to every core in each worker oversubscribe the CPU. Set
+# before a worker imports numpy or scikit-learn (workers load the app after fork).
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_name, "1")
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "sync"
@@ -34,7 +40,11 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Start this worker's recorder: it first delivers what stopped workers left spooled."""
+    """Pin thread pools, then start this worker's recorder (it first delivers what
+    stopped workers left spooled)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(os.environ["OMP_NUM_THREADS"]))
     recorder = _recorder(worker.wsgi)
     if recorder is not None:
         recorder.start()

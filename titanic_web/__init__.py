@@ -86,7 +86,11 @@ def _make_recorder(app: Flask) -> Recorder:
 
 
 def _load_model(app: Flask) -> None:
-    service = PredictionService.from_model_dir(Path(app.config["MODEL_DIR"]), recorder=_make_recorder(app))
+    service = PredictionService.from_model_dir(
+        Path(app.config["MODEL_DIR"]), recorder=_make_recorder(app), recording=app.config["RECORDING"]
+    )
+    if not service.recording:
+        app.logger.warning("RECORDING is off: predictions are answered but not stored")
     if service.model_error:
         app.logger.warning("model not loaded: %s", service.model_error)
     else:

@@ -1,4 +1,4 @@
-"""Flask commands: train, predict, init-db."""
+"""Flask commands: train, predict, init-db, recorder status|replay."""
 
 from __future__ import annotations
 
@@ -88,7 +88,68 @@ def init_db_command() -> None:
     click.echo(f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}")
 
 
+@click.group("recorder")
+def recorder_group() -> None:
+    """The spool of answered predictions waiting for the database."""
+
+
+def _database_check() -> str:
+    from sqlalchemy import select
+
+    from titanic_web.models import FeatureRow, PredictionRow
+
+    try:
+        db.session.execute(select(PredictionRow.id).limit(1))
+        db.session.execute(select(FeatureRow.prediction_id).limit(1))
+    except Exception as exc:  # report, never crash: this is what an operator runs when things are wrong
+        db.session.rollback()
+        return f"degraded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+    return "ok"
+
+
+@recorder_group.command("status")
+@with_appcontext
+def recorder_status_command() -> None:
+    """Rows spooled on this machine and not yet in the database, and the database state."""
+    import time
+
+    from titanic_web import spool
+
+    directory = Path(current_app.config["SPOOL_DIR"])
+    found = spool.scan(directory)
+    age = "" if found["oldest_spooled_at"] is None else f", oldest {time.time() - found['oldest_spooled_at']:.1f} s old"
+    click.echo(f"spool: {directory}")
+    click.echo(
+        f"backlog: {found['rows']} row(s) in {found['segments']} segment(s){age}; "
+        f"{found['orphaned']} segment(s) left by stopped processes"
+    )
+    click.echo(f"database: {_database_check()} ({db.engine.url.render_as_string(hide_password=True)})")
+
+
+@recorder_group.command("replay")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to keep retrying the database.")
+@with_appcontext
+def recorder_replay_command(timeout: float) -> None:
+    """Deliver every spool segment left by stopped processes to the database now.
+
+    Segments of running workers are theirs to deliver and are left alone. A
+    replay never duplicates a row: every write is keyed by the prediction uuid.
+    """
+    from titanic_web import get_service
+
+    recorder = get_service(current_app).recorder
+    adopted, delivered = recorder.replay(timeout=timeout)
+    status = recorder.status()
+    recorder.stop(timeout=0)
+    click.echo(f"adopted {adopted} segment(s); wrote {status['rows_written']} new row(s)")
+    if not delivered:
+        raise click.ClickException(
+            f"{status['backlog_rows']} row(s) could not be written ({status['last_error']}); "
+            "they stay spooled: run replay again when the database is back"
+        )
+
+
 def register(app: Flask) -> None:
     """Add the commands to `flask --app titanic_web ...`."""
-    for command in (train_command, predict_command, init_db_command):
+    for command in (train_command, predict_command, init_db_command, recorder_group):
         app.cli.add_command(command)

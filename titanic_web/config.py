@@ -96,6 +96,8 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         # a friendly "submit again" page, never a bare 400.
         "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT", 3600),
         "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        # Off only for benchmarks and dry runs: predictions are then answered and not stored.
+        "RECORDING": _bool_env("RECORDING", True),
         "SPOOL_DIR": Path(os.environ.get("SPOOL_DIR") or instance_path / "spool"),
         "SPOOL_FSYNC": _bool_env("SPOOL_FSYNC", False),
         "RECORDER_BATCH_ROWS": _int_env("RECORDER_BATCH_ROWS", 1000),

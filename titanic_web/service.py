@@ -37,18 +37,21 @@ class Answer:
 class PredictionService:
     """Holds the loaded model and the recorder; answers validated passengers."""
 
-    def __init__(self, *, predictor: Predictor | None, recorder: Recorder, model_error: str | None = None) -> None:
+    def __init__(
+        self, *, predictor: Predictor | None, recorder: Recorder, model_error: str | None = None, recording: bool = True
+    ) -> None:
         self.predictor = predictor
         self.recorder = recorder
         self.model_error = model_error
+        self.recording = recording
 
     @classmethod
-    def from_model_dir(cls, model_dir: Path, *, recorder: Recorder) -> PredictionService:  # noqa: D102
+    def from_model_dir(cls, model_dir: Path, *, recorder: Recorder, recording: bool = True) -> PredictionService:
         """Load the model in model_dir; a missing or bad model is kept as an error, not raised."""
         try:
-            return cls(predictor=Predictor.from_dir(model_dir), recorder=recorder)
+            return cls(predictor=Predictor.from_dir(model_dir), recorder=recorder, recording=recording)
         except ModelError as exc:
-            return cls(predictor=None, recorder=recorder, model_error=str(exc))
+            return cls(predictor=None, recorder=recorder, model_error=str(exc), recording=recording)
 
     def require_predictor(self) -> Predictor:
         """Return the loaded predictor.
@@ -80,7 +83,8 @@ class PredictionService:
             )
             for passenger, p in zip(passengers, predictions)
         ]
-        self.recorder.record(records)
+        if self.recording:
+            self.recorder.record(records)
         return predictor.version, [
             Answer(id=r.id, passenger_id=r.passenger_id, survived=r.survived, probability=r.probability)
             for r in records
