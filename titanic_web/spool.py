@@ -71,8 +71,10 @@ class Segment:
         chunk = 1 << 20
         buffer = b""
         position = self.done
-        while rows < max_rows:
-            data = os.pread(self.fd, chunk, position)
+        while rows < max_rows and position < self.size:
+            # Never past the size this process has accounted for: a line being
+            # appended right now is delivered once its entry exists.
+            data = os.pread(self.fd, min(chunk, self.size - position), position)
             if not data:
                 break
             position += len(data)
