@@ -224,7 +224,7 @@ class Recorder:
                     raise
             self.spool.delivered(segment, end)
         self.rows_written += new
-        if self.database != "ok":
+        if self.database == "degraded":
             log.info("recorder: database writes succeed again")
         self.database = "ok"
         self.last_error = None
