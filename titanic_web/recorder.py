@@ -147,6 +147,7 @@ class Recorder:
         self.rows_written = 0
         self.rows_spooled = 0
         self.batches_failed = 0
+        self.lines_quarantined = 0
 
     def init_app(self, app: Flask) -> None:
         """Bind to the app whose database the writer delivers to."""
@@ -215,20 +216,31 @@ class Recorder:
             if batch is None:
                 return 0
             segment, lines, end = batch
-            records = [r for line in lines for r in spool.decode(line)[1]]
+            records: list[dict[str, Any]] = []
+            damaged: list[tuple[bytes, Exception]] = []
+            for line in lines:
+                try:
+                    records.extend(spool.decode(line)[1])
+                except (ValueError, KeyError, TypeError) as exc:
+                    damaged.append((line, exc))
             with self.app.app_context():
                 try:
                     new = write_batch(db.session, records)
                 except Exception:
                     db.session.rollback()
                     raise
+            for line, exc in damaged:
+                # A damaged line must not hold back every answer after it: keep it aside.
+                bad = segment.quarantine(line)
+                self.lines_quarantined += 1
+                log.error("recorder: undecodable spool line (%s) moved to %s", exc, bad)
             self.spool.delivered(segment, end)
         self.rows_written += new
         if self.database == "degraded":
             log.info("recorder: database writes succeed again")
         self.database = "ok"
         self.last_error = None
-        return len(records)
+        return len(records) + len(damaged)
 
     def _failed(self, exc: Exception) -> None:
         self.batches_failed += 1
@@ -247,7 +259,7 @@ class Recorder:
         while True:
             try:
                 if self.deliver_once() == 0:
-                    return True
+                    return self.backlog()[0] == 0
             except Exception as exc:
                 self._failed(exc)
                 if time.monotonic() >= deadline:
@@ -292,6 +304,7 @@ class Recorder:
             "rows_spooled": self.rows_spooled,
             "rows_written": self.rows_written,
             "batches_failed": self.batches_failed,
+            "lines_quarantined": self.lines_quarantined,
             "last_error": self.last_error,
             "writer_running": bool(self._thread and self._thread.is_alive() and self._pid == os.getpid()),
         }

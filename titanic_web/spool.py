@@ -92,6 +92,13 @@ class Segment:
                 break
         return lines, offset, rows
 
+    def quarantine(self, line: bytes) -> Path:
+        """Keep an undecodable line aside (in <segment>.bad) so it cannot block the rest."""
+        bad = self.path.with_name(self.path.name + ".bad")
+        with open(bad, "ab") as fh:
+            fh.write(line if line.endswith(b"\n") else line + b"\n")
+        return bad
+
     def mark_done(self, offset: int) -> None:
         """Persist the delivered offset (atomically), then drop delivered entries."""
         tmp = self.done_path.with_name(self.done_path.name + ".tmp")
@@ -176,12 +183,29 @@ class Spool:
                 if self.fsync:
                     os.fsync(segment.write_fd)
             except OSError as exc:
+                self._discard_partial_line()
                 raise SpoolError(exc.errno, f"cannot spool predictions to {self.directory}: {exc.strerror}") from exc
             segment.size += len(line)
             segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows))
             if segment.size >= self.segment_bytes:
                 segment.sealed = True
                 self.active = None
+
+    def _discard_partial_line(self) -> None:
+        """After a failed append, cut the file back to its last whole line.
+
+        A short write followed by an error (a full disk) would otherwise leave half
+        a line that the next line would be glued to. If the cut fails too, the
+        segment is sealed and the next append starts a new one.
+        """
+        segment = self.active
+        if segment is None or segment.write_fd is None:
+            return
+        try:
+            os.ftruncate(segment.write_fd, segment.size)
+        except OSError:
+            segment.sealed = True
+            self.active = None
 
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():

@@ -1,0 +1,472 @@
+"""The local-disk spool: lines, segments, delivery offsets, orphans, rotation, scan, disk errors."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from titanic_web import spool as spool_module
+from titanic_web.spool import DONE_SUFFIX, SUFFIX, Spool, SpoolError, decode, encode, line_rows, scan
+
+MakeSpool = Callable[..., Spool]
+
+
+@pytest.fixture
+def make_spool(tmp_path: Path) -> Iterator[MakeSpool]:
+    """Spools over tmp_path/spool (or another folder); all are closed after the test."""
+    made: list[Spool] = []
+
+    def make(directory: Path | None = None, **options: Any) -> Spool:
+        spool = Spool(directory or tmp_path / "spool", **options)
+        made.append(spool)
+        return spool
+
+    yield make
+    for spool in made:
+        spool.close()
+
+
+def put(spool: Spool, ids: list[str], *, at: float | None = None) -> bytes:
+    """Append one line holding one record per id; return the line."""
+    at = time.time() if at is None else at
+    line = encode([{"id": i} for i in ids], spooled_at=at)
+    spool.append(line, rows=len(ids), spooled_at=at)
+    return line
+
+
+def ids_of(lines: list[bytes]) -> list[str]:
+    return [r["id"] for line in lines for r in decode(line)[1]]
+
+
+def drain(spool: Spool, *, max_rows: int = 1000) -> list[str]:
+    """Deliver everything the spool offers, as the writer does; return the ids in order."""
+    delivered: list[str] = []
+    for _ in range(10_000):
+        batch = spool.next_batch(max_rows=max_rows)
+        if batch is None:
+            return delivered
+        segment, lines, end = batch
+        delivered += ids_of(lines)
+        spool.delivered(segment, end)
+    raise AssertionError("the spool never ran dry")
+
+
+def files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+
+
+def segment_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SUFFIX}"))
+
+
+# -- lines ------------------------------------------------------------------
+
+
+def test_encode_decode_round_trip() -> None:
+    records = [{"id": "a", "note": "two\nlines", "x": 1.5}, {"id": "b", "features": {"Age": None}}, {"id": "c"}]
+    line = encode(records, spooled_at=12.5)
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1, "a record's own newline must not split the line"
+    assert decode(line) == (12.5, records)
+    assert line_rows(line) == 3
+    assert json.loads(line)["n"] == 3
+
+
+def test_line_rows_reads_the_count_without_the_records() -> None:
+    assert line_rows(encode([], spooled_at=1.0)) == 0
+    assert line_rows(encode([{"id": str(i)} for i in range(1234)], spooled_at=1.0)) == 1234
+    assert line_rows(b"garbage\n") == 1  # unreadable count: counted as one row, not a crash
+
+
+# -- append and deliver ---------------------------------------------------
+
+
+def test_append_then_deliver_in_batches_and_in_order(make_spool: MakeSpool, tmp_path: Path) -> None:
+    spool = make_spool()
+    first = put(spool, ["a1", "a2"])
+    second = put(spool, ["b1"])
+    put(spool, ["c1", "c2", "c3"])
+
+    batch = spool.next_batch(max_rows=3)
+    assert batch is not None
+    segment, lines, end = batch
+    assert lines == [first, second]
+    assert end == len(first) + len(second)
+    # Not yet marked delivered: the same batch is offered again.
+    again = spool.next_batch(max_rows=3)
+    assert again is not None and again[1] == lines and again[2] == end
+
+    spool.delivered(segment, end)
+    assert segment.done_path.read_text() == str(end)
+    assert spool.backlog()[0] == 3
+
+    assert drain(spool, max_rows=3) == ["c1", "c2", "c3"]
+    assert spool.next_batch(max_rows=3) is None
+    assert spool.backlog() == (0, None)
+
+
+def test_a_line_larger_than_the_batch_is_delivered_whole(make_spool: MakeSpool) -> None:
+    spool = make_spool()
+    put(spool, [f"r{i}" for i in range(5)])
+    batch = spool.next_batch(max_rows=2)
+    assert batch is not None
+    assert ids_of(batch[1]) == [f"r{i}" for i in range(5)]
+
+
+def test_done_offset_persists_and_an_adopter_resumes_from_it(make_spool: MakeSpool, tmp_path: Path) -> None:
+    first = make_spool()
+    put(first, ["a"])
+    put(first, ["b"])
+    put(first, ["c"])
+    batch = first.next_batch(max_rows=1)
+    assert batch is not None
+    segment, lines, end = batch
+    assert ids_of(lines) == ["a"]
+    first.delivered(segment, end)
+    path, done_path = segment.path, segment.done_path
+    first.close()  # the process stops: its undelivered lines stay on disk
+    assert path.exists()
+    assert int(done_path.read_text()) == end
+
+    second = make_spool()
+    assert second.adopt_orphans() == 1
+    assert second.backlog()[0] == 2
+    assert drain(second) == ["b", "c"]
+    assert second.backlog() == (0, None)
+    # An adopted segment is sealed: once delivered, it and its offset file are gone.
+    assert files(tmp_path / "spool") == []
+
+
+def test_a_batch_in_flight_when_the_process_stopped_is_sent_again(make_spool: MakeSpool) -> None:
+    first = make_spool()
+    put(first, ["a", "b"])
+    assert first.next_batch(max_rows=10) is not None  # written to the database, maybe; not marked
+    first.close()
+
+    second = make_spool()
+    assert second.adopt_orphans() == 1
+    assert drain(second) == ["a", "b"]  # at least once: the uuid makes the resend harmless
+
+
+def test_torn_last_line_is_never_delivered(make_spool: MakeSpool, tmp_path: Path) -> None:
+    first = make_spool()
+    put(first, ["a"])
+    put(first, ["b"])
+    assert first.active is not None and first.active.write_fd is not None
+    # A write cut short by a crash: no newline.
+    os.write(first.active.write_fd, b'{"n":1,"t":1.0,"records":[{"id":"torn"')
+    first.close()
+
+    assert scan(tmp_path / "spool")["rows"] == 2
+    second = make_spool()
+    assert second.adopt_orphans() == 1
+    assert second.backlog()[0] == 2
+    assert drain(second) == ["a", "b"]
+    assert second.next_batch(max_rows=10) is None
+    assert files(tmp_path / "spool") == []
+
+
+CHILD = r"""
+import importlib.util, os, sys, time
+spec = importlib.util.spec_from_file_location("spool_under_test", sys.argv[1])
+spool = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = spool
+spec.loader.exec_module(spool)
+s = spool.Spool(sys.argv[2])
+for i in range(int(sys.argv[3])):
+    now = time.time()
+    s.append(spool.encode([{"id": f"child-{i}"}], spooled_at=now), rows=1, spooled_at=now)
+os.write(s.active.write_fd, b'{"n":1,"t":1.0,"records":[{"id":"torn"')  # killed mid-write
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_live_segment_of_another_process_is_left_alone_until_it_is_killed(
+    make_spool: MakeSpool, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    with subprocess.Popen(
+        [sys.executable, "-c", CHILD, spool_module.__file__, str(directory), "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+            assert len(segment_files(directory)) == 1
+
+            adopter = make_spool()
+            assert adopter.adopt_orphans() == 0, "adopted a segment whose owner is alive"
+            assert adopter.next_batch(max_rows=10) is None
+            found = scan(directory)
+            assert (found["segments"], found["orphaned"], found["rows"]) == (1, 0, 3)
+
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+
+    assert scan(directory)["orphaned"] == 1
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == ["child-0", "child-1", "child-2"]
+    assert files(directory) == []
+
+
+def test_live_segment_of_another_spool_in_this_process_is_left_alone(make_spool: MakeSpool) -> None:
+    owner = make_spool()
+    put(owner, ["mine"])
+    other = make_spool()
+    assert other.adopt_orphans() == 0
+    assert other.next_batch(max_rows=10) is None
+    assert drain(owner) == ["mine"]
+
+
+def test_adopting_twice_queues_a_segment_once(make_spool: MakeSpool) -> None:
+    first = make_spool()
+    put(first, ["a"])
+    first.close()
+    second = make_spool()
+    assert second.adopt_orphans() == 1
+    assert second.adopt_orphans() == 0
+    assert drain(second) == ["a"]
+
+
+# -- rotation and retirement ------------------------------------------------
+
+
+def test_rotation_seals_segments_and_deletes_them_once_delivered(make_spool: MakeSpool, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    line_size = len(encode([{"id": "x0"}], spooled_at=1.0))
+    spool = make_spool(segment_bytes=2 * line_size)  # two lines per segment
+    for i in range(5):
+        put(spool, [f"x{i}"], at=1.0)
+    assert len(segment_files(directory)) == 3
+
+    batch = spool.next_batch(max_rows=1)
+    assert batch is not None
+    spool.delivered(batch[0], batch[2])
+    assert len(segment_files(directory)) == 3  # half of the first segment is still waiting
+
+    assert drain(spool) == ["x1", "x2", "x3", "x4"]
+    # The two full (sealed) segments are gone; the active one stays until close.
+    assert spool.active is not None
+    assert segment_files(directory) == [spool.active.path]
+    spool.close()
+    assert files(directory) == []
+
+
+def test_every_append_rotates_when_segment_bytes_is_tiny(make_spool: MakeSpool, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    spool = make_spool(segment_bytes=1)
+    for i in range(3):
+        put(spool, [f"y{i}"])
+    assert len(segment_files(directory)) == 3
+    assert spool.active is None
+    assert drain(spool) == ["y0", "y1", "y2"]
+    assert files(directory) == []
+
+
+# -- what is waiting ----------------------------------------------------------
+
+
+def test_backlog_counts_rows_and_keeps_the_oldest_time(make_spool: MakeSpool) -> None:
+    spool = make_spool()
+    assert spool.backlog() == (0, None)
+    put(spool, ["a"], at=100.0)
+    put(spool, ["b", "c"], at=200.0)
+    put(spool, ["d", "e", "f"], at=300.0)
+    assert spool.backlog() == (6, 100.0)
+
+    batch = spool.next_batch(max_rows=1)
+    assert batch is not None
+    spool.delivered(batch[0], batch[2])
+    assert spool.backlog() == (5, 200.0)
+
+    drain(spool)
+    assert spool.backlog() == (0, None)
+
+
+def test_scan_counts_rows_segments_and_orphans(make_spool: MakeSpool, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    assert scan(directory) == {"segments": 0, "orphaned": 0, "rows": 0, "oldest_spooled_at": None}
+
+    live = make_spool()
+    put(live, ["a"], at=50.0)
+    put(live, ["b", "c"], at=60.0)
+    assert scan(directory) == {"segments": 1, "orphaned": 0, "rows": 3, "oldest_spooled_at": 50.0}
+
+    batch = live.next_batch(max_rows=1)
+    assert batch is not None
+    live.delivered(batch[0], batch[2])
+    assert scan(directory) == {"segments": 1, "orphaned": 0, "rows": 2, "oldest_spooled_at": 60.0}
+
+    live.close()
+    assert scan(directory) == {"segments": 1, "orphaned": 1, "rows": 2, "oldest_spooled_at": 60.0}
+
+    other = make_spool(segment_bytes=1)
+    put(other, ["d"], at=40.0)
+    other.close()
+    assert scan(directory) == {"segments": 2, "orphaned": 2, "rows": 3, "oldest_spooled_at": 40.0}
+
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 2
+    assert scan(directory)["orphaned"] == 0  # held again, by a live process
+    assert sorted(drain(adopter)) == ["b", "c", "d"]
+    assert scan(directory) == {"segments": 0, "orphaned": 0, "rows": 0, "oldest_spooled_at": None}
+
+
+def test_stale_empty_tmp_files_are_cleaned(make_spool: MakeSpool, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    stale = directory / ".host-1-1-dead.tmp"
+    stale.touch()
+    being_created = directory / ".host-2-2-live.tmp"
+    being_created.touch()
+    fd = os.open(being_created, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # its creator is still at work
+        assert make_spool().adopt_orphans() == 0
+        assert not stale.exists()
+        assert being_created.exists()
+    finally:
+        os.close(fd)
+
+
+def test_stale_done_tmp_of_a_delivered_segment_is_cleaned(make_spool: MakeSpool, tmp_path: Path) -> None:
+    """A crash between writing <segment>.done.tmp and renaming it leaves the .tmp behind;
+    once that segment is adopted and delivered, nothing of it may stay on disk."""
+    directory = tmp_path / "spool"
+    first = make_spool()
+    put(first, ["a"])
+    segment = first.segments[0]
+    first.close()
+    leftover = segment.done_path.with_name(segment.done_path.name + ".tmp")
+    leftover.write_text("0")  # killed after write_text, before os.replace
+
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 1
+    assert drain(adopter) == ["a"]
+    assert files(directory) == [], f"left on disk after delivery: {files(directory)}"
+
+
+# -- a disk that refuses ------------------------------------------------------
+
+
+def test_unusable_directory_raises_spool_error(make_spool: MakeSpool, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    spool = make_spool(blocker / "spool")
+    with pytest.raises(SpoolError) as raised:
+        put(spool, ["a"])
+    assert isinstance(raised.value, OSError)
+    assert raised.value.errno in (errno.ENOTDIR, errno.EEXIST)
+    assert str(blocker / "spool") in str(raised.value)
+    assert spool.backlog() == (0, None)
+    assert spool.adopt_orphans() == 0
+    assert scan(blocker / "spool")["rows"] == 0
+
+
+class _Disk:
+    """Stands in for the os module inside spool.py: every call passes through except write."""
+
+    def __init__(self, *, short_first: bool = False) -> None:
+        self.full = True
+        self.short_first = short_first
+        self.calls = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: bytes) -> int:
+        if not self.full:
+            return os.write(fd, data)
+        self.calls += 1
+        if self.short_first and self.calls == 1:
+            return os.write(fd, data[: len(data) // 2])  # the disk fills up mid-line
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_raises_spool_error_and_keeps_nothing(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = make_spool()
+    disk = _Disk()
+    monkeypatch.setattr(spool_module, "os", disk)
+    with pytest.raises(SpoolError) as raised:
+        put(spool, ["lost"])
+    assert raised.value.errno == errno.ENOSPC
+    assert spool.backlog() == (0, None)
+
+    disk.full = False
+    put(spool, ["kept"])
+    assert drain(spool) == ["kept"]
+
+
+def test_a_line_cut_short_by_a_full_disk_does_not_poison_later_lines(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk takes half a line, then refuses: that request failed (503). When the disk
+    has room again, the next answered request's line must still be delivered intact."""
+    spool = make_spool()
+    disk = _Disk(short_first=True)
+    monkeypatch.setattr(spool_module, "os", disk)
+    with pytest.raises(SpoolError):
+        put(spool, ["refused"])
+    disk.full = False
+    put(spool, ["answered"])
+
+    batch = spool.next_batch(max_rows=10)
+    assert batch is not None, f"the answered line is never offered for delivery (backlog {spool.backlog()})"
+    for line in batch[1]:
+        try:
+            decode(line)
+        except ValueError as exc:
+            pytest.fail(f"the spool offers an undecodable line ({exc}): {line[:120]!r}...")
+    assert ids_of(batch[1]) == ["answered"]
+
+
+def test_a_line_appended_while_the_writer_reads_is_delivered_once_and_leaves_no_backlog(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer thread reads a segment without the spool's lock. It may run between a
+    request's kernel write and that request's bookkeeping (entry, size); the line must
+    then be delivered exactly once, and the backlog must end empty, not with a phantom row."""
+    spool = make_spool()
+    put(spool, ["first"])  # undelivered, so the writer reads the segment
+
+    delivered: list[str] = []
+
+    class Racing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(os, name)
+
+        def write(self, fd: int, data: bytes) -> int:
+            written = os.write(fd, data)
+            # The writer thread runs here, between the kernel write and the bookkeeping.
+            segment = spool.segments[0]
+            lines, end, _ = segment.read_lines(max_rows=100)
+            delivered.extend(ids_of(lines))
+            spool.delivered(segment, end)
+            return written
+
+    monkeypatch.setattr(spool_module, "os", Racing())
+    put(spool, ["second"])
+    monkeypatch.undo()
+
+    delivered += drain(spool)
+    assert delivered == ["first", "second"]
+    assert spool.backlog() == (0, None), "the backlog reports rows that were delivered"
