@@ -26,6 +26,7 @@ from titanic_web import get_service, spool
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.recorder import Record, Recorder, write_batch
+from tests.fakes import FullDisk
 
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
 
@@ -404,24 +405,6 @@ def test_replay_leaves_a_running_apps_spool_alone(
 # -- the local disk fails --------------------------------------------------------------
 
 
-class FullDisk:
-    """Stands in for the os module inside titanic_web.spool: writes fail with ENOSPC."""
-
-    def __init__(self, *, short_first: bool = False) -> None:
-        self.full = True
-        self.short_first = short_first
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: bytes) -> int:
-        if not self.full:
-            return os.write(fd, data)
-        self.calls += 1
-        if self.short_first and self.calls == 1:
-            return os.write(fd, data[: len(data) // 2])  # the last free blocks take half a line
-        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def assert_refused(client: FlaskClient) -> None:

@@ -18,6 +18,7 @@ import pytest
 
 from titanic_web import spool as spool_module
 from titanic_web.spool import DONE_SUFFIX, SUFFIX, Spool, SpoolError, decode, encode, line_rows, scan
+from tests.fakes import FullDisk
 
 MakeSpool = Callable[..., Spool]
 
@@ -380,31 +381,13 @@ def test_unusable_directory_raises_spool_error(make_spool: MakeSpool, tmp_path: 
     assert scan(blocker / "spool")["rows"] == 0
 
 
-class _Disk:
-    """Stands in for the os module inside spool.py: every call passes through except write."""
-
-    def __init__(self, *, short_first: bool = False) -> None:
-        self.full = True
-        self.short_first = short_first
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(os, name)
-
-    def write(self, fd: int, data: bytes) -> int:
-        if not self.full:
-            return os.write(fd, data)
-        self.calls += 1
-        if self.short_first and self.calls == 1:
-            return os.write(fd, data[: len(data) // 2])  # the disk fills up mid-line
-        raise OSError(errno.ENOSPC, "No space left on device")
 
 
 def test_disk_full_raises_spool_error_and_keeps_nothing(
     make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = make_spool()
-    disk = _Disk()
+    disk = FullDisk()
     monkeypatch.setattr(spool_module, "os", disk)
     with pytest.raises(SpoolError) as raised:
         put(spool, ["lost"])
@@ -422,7 +405,7 @@ def test_a_line_cut_short_by_a_full_disk_does_not_poison_later_lines(
     """The disk takes half a line, then refuses: that request failed (503). When the disk
     has room again, the next answered request's line must still be delivered intact."""
     spool = make_spool()
-    disk = _Disk(short_first=True)
+    disk = FullDisk(short_first=True)
     monkeypatch.setattr(spool_module, "os", disk)
     with pytest.raises(SpoolError):
         put(spool, ["refused"])
