@@ -41,5 +41,13 @@ run: $(STAMP) $(MODEL) db
 test: $(STAMP) $(MODEL)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# HTTP benchmark of /api/predict (bench/README.md); installs wrk from Debian when missing.
+# `make bench BENCH_ARGS="--rounds 1 --duration 5"` passes arguments to bench/run_http.py.
+.PHONY: bench
+bench: $(STAMP) $(MODEL)
+	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
+	$(BIN)/python bench/run_http.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) model/artifacts instance .pytest_cache

@@ -69,23 +69,48 @@ class Record:
         }
 
 
+def _insert_ignoring_duplicates(session: Session, table: Any, key: str, rows: list[dict[str, Any]]) -> int:
+    """INSERT rows, skipping any whose key is already stored (ON CONFLICT DO NOTHING).
+
+    Returns how many rows were new.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    else:  # no portable upsert: look the keys up first (the unique key still guards races)
+        column = getattr(table, key)
+        existing: set[Any] = set()
+        keys = [r[key] for r in rows]
+        for start in range(0, len(keys), 500):
+            existing.update(session.scalars(select(column).where(column.in_(keys[start : start + 500]))))
+        rows = [r for r in rows if r[key] not in existing]
+        if rows:
+            session.execute(insert(table), rows)
+        return len(rows)
+    column = getattr(table, key)
+    inserted = session.execute(
+        dialect_insert(table).on_conflict_do_nothing(index_elements=[key]).returning(column), rows
+    ).all()
+    return len(inserted)
+
+
 def write_batch(session: Session, records: Sequence[dict[str, Any]]) -> int:
     """Insert spooled records into both tables, skipping uuids already there; commit.
 
-    Returns how many predictions were new. Safe to call twice with the same records.
+    Returns how many predictions were new. Safe to call again with the same
+    records: every row is keyed by the prediction uuid.
     """
     by_id: dict[uuid.UUID, dict[str, Any]] = {}
     for r in records:
         by_id.setdefault(uuid.UUID(r["id"]), r)  # a uuid twice in one batch: keep one
-    existing = set()
-    ids = list(by_id)
-    for start in range(0, len(ids), 500):  # stay under every driver's parameter limit
-        chunk = ids[start : start + 500]
-        existing.update(session.scalars(select(PredictionRow.id).where(PredictionRow.id.in_(chunk))))
-    new = [(i, r) for i, r in by_id.items() if i not in existing]
-    if new:
-        session.execute(
-            insert(PredictionRow),
+    new = 0
+    if by_id:
+        new = _insert_ignoring_duplicates(
+            session,
+            PredictionRow,
+            "id",
             [
                 {
                     "id": i,
@@ -96,11 +121,13 @@ def write_batch(session: Session, records: Sequence[dict[str, Any]]) -> int:
                     "source": r["source"],
                     "created_at": datetime.fromisoformat(r["created_at"]),
                 }
-                for i, r in new
+                for i, r in by_id.items()
             ],
         )
-        session.execute(
-            insert(FeatureRow),
+        _insert_ignoring_duplicates(
+            session,
+            FeatureRow,
+            "prediction_id",
             [
                 {
                     "prediction_id": i,
@@ -109,11 +136,11 @@ def write_batch(session: Session, records: Sequence[dict[str, Any]]) -> int:
                     "model_version": r["model_version"],
                     "created_at": datetime.fromisoformat(r["created_at"]),
                 }
-                for i, r in new
+                for i, r in by_id.items()
             ],
         )
     session.commit()
-    return len(new)
+    return new
 
 
 class Recorder:
@@ -124,7 +151,7 @@ class Recorder:
         spool_dir: Path,
         *,
         batch_rows: int = 1000,
-        flush_interval: float = 0.2,
+        flush_interval: float = 0.5,
         retry_max: float = 30.0,
         adopt_interval: float = 30.0,
         fsync: bool = False,
@@ -170,7 +197,10 @@ class Recorder:
             raise RecorderError(str(exc)) from exc
         self.rows_spooled += len(records)
         self.start()
-        self._wake.set()
+        # A transaction per request would cost more than the request: the writer
+        # delivers on its RECORDER_FLUSH_SECONDS tick, or now if a batch is full.
+        if self.spool.backlog_rows >= self.batch_rows:
+            self._wake.set()
 
     # -- the writer -------------------------------------------------------
     def start(self) -> None:
@@ -204,7 +234,7 @@ class Recorder:
                 self._stopping.wait(delay)
                 continue
             delay = 0.0
-            if rows == 0:
+            if rows < self.batch_rows:  # caught up: wait for the tick or a full batch
                 self._wake.wait(self.flush_interval)
                 self._wake.clear()
 

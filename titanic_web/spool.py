@@ -28,6 +28,8 @@ from typing import Any
 
 SUFFIX = ".jsonl"
 DONE_SUFFIX = ".done"
+#: A temporary file older than this was left by a killed process.
+STALE_TMP_SECONDS = 60.0
 
 
 class SpoolError(OSError):
@@ -79,15 +81,17 @@ class Segment:
                 break
             position += len(data)
             buffer += data
+            start = 0
             while rows < max_rows:
-                newline = buffer.find(b"\n")
+                newline = buffer.find(b"\n", start)
                 if newline < 0:
                     break
-                line = buffer[: newline + 1]
-                buffer = buffer[newline + 1 :]
+                line = buffer[start : newline + 1]
+                start = newline + 1
                 offset += len(line)
                 lines.append(line)
                 rows += line_rows(line)
+            buffer = buffer[start:]  # one copy per chunk, not per line
             if rows >= max_rows:
                 break
         return lines, offset, rows
@@ -99,18 +103,21 @@ class Segment:
             fh.write(line if line.endswith(b"\n") else line + b"\n")
         return bad
 
-    def mark_done(self, offset: int) -> None:
-        """Persist the delivered offset (atomically), then drop delivered entries."""
+    def mark_done(self, offset: int) -> int:
+        """Persist the delivered offset (atomically); drop and count the delivered rows."""
         tmp = self.done_path.with_name(self.done_path.name + ".tmp")
         tmp.write_text(str(offset))
         os.replace(tmp, self.done_path)
         self.done = offset
+        rows = 0
         while self.entries and self.entries[0].end <= offset:
-            self.entries.popleft()
+            rows += self.entries.popleft().rows
+        return rows
 
     def remove(self) -> None:
         """Delete a fully delivered segment and release its lock."""
-        for path in (self.path, self.done_path):
+        done_tmp = self.done_path.with_name(self.done_path.name + ".tmp")  # a kill inside mark_done
+        for path in (self.path, self.done_path, done_tmp):
             try:
                 path.unlink()
             except FileNotFoundError:
@@ -162,10 +169,11 @@ class Spool:
         self.directory = Path(directory)
         self.segment_bytes = segment_bytes
         self.fsync = fsync
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # re-entrant: the delivery side may run inside an append (tests force it)
         self.pid = os.getpid()
         self.segments: list[Segment] = []  # delivery order: adopted orphans, then own, oldest first
         self.active: Segment | None = None
+        self.backlog_rows = 0  # rows waiting, kept as a counter: read on every request
 
     # -- the request side -------------------------------------------------
     def append(self, line: bytes, *, rows: int, spooled_at: float) -> None:
@@ -187,6 +195,7 @@ class Spool:
                 raise SpoolError(exc.errno, f"cannot spool predictions to {self.directory}: {exc.strerror}") from exc
             segment.size += len(line)
             segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows))
+            self.backlog_rows += rows
             if segment.size >= self.segment_bytes:
                 segment.sealed = True
                 self.active = None
@@ -213,15 +222,20 @@ class Spool:
         if self.pid != os.getpid():  # forked: the parent's segments are not ours
             self.pid = os.getpid()
             self.segments = []
+            self.backlog_rows = 0
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
         # Create under a hidden name, lock, then rename: no other process can ever
         # see this segment unlocked and take it for an orphan.
         tmp = self.directory / f".{name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = self.directory / f"{name}{SUFFIX}"
-        os.rename(tmp, path)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, path)
+        except OSError:
+            os.close(fd)
+            raise
         # Reads go through pread on a separate descriptor of the same file.
         segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
         self.active = segment
@@ -243,9 +257,7 @@ class Spool:
                     fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
                     continue  # delivered and removed meanwhile
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+                if not _try_lock(fd):
                     os.close(fd)  # a live process owns it
                     continue
                 if os.fstat(fd).st_nlink == 0:  # removed after we opened it
@@ -254,27 +266,22 @@ class Spool:
                 segment = Segment(path, fd, done=_read_done(path.with_name(path.name + DONE_SUFFIX)))
                 segment.sealed = True
                 _index_entries(segment)
+                self.backlog_rows += sum(e.rows for e in segment.entries)
                 self.segments.insert(adopted, segment)
                 adopted += 1
             self._remove_stale_tmp()
         return adopted
 
     def _remove_stale_tmp(self) -> None:
-        for tmp in self.directory.glob(".*.tmp"):
+        """Delete temporary files a killed process left: only old ones, so a file
+        another process is creating right now is never touched."""
+        cutoff = time.time() - STALE_TMP_SECONDS
+        for tmp in [*self.directory.glob(".*.tmp"), *self.directory.glob(f"*{DONE_SUFFIX}.tmp")]:
             try:
-                fd = os.open(tmp, os.O_RDONLY)
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
             except FileNotFoundError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                continue
-            try:
-                if os.fstat(fd).st_size == 0 or tmp.name.endswith(DONE_SUFFIX + ".tmp"):
-                    tmp.unlink(missing_ok=True)
-            finally:
-                os.close(fd)
 
     def next_batch(self, *, max_rows: int) -> tuple[Segment, list[bytes], int] | None:
         """The oldest undelivered lines of one segment: (segment, lines, end offset)."""
@@ -291,7 +298,9 @@ class Spool:
 
     def delivered(self, segment: Segment, end: int) -> None:
         """Record that a segment's lines up to end are in the database."""
-        segment.mark_done(end)
+        rows = segment.mark_done(end)
+        with self.lock:
+            self.backlog_rows -= rows
         if segment.sealed and end >= segment.size:
             self._retire(segment)
 
@@ -325,6 +334,22 @@ class Spool:
                 segment.remove()
             else:
                 segment.release()
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive lock of an orphan candidate.
+
+    A live owner holds its lock for good; `scan` (the status command) takes a
+    shared one for an instant, so a few short retries tell the two apart.
+    """
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if attempt < 4:
+                time.sleep(0.01)
+    return False
 
 
 def _index_entries(segment: Segment) -> None:

@@ -222,7 +222,7 @@ def db_path(system_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, system_dir: Path, db_path: Path) -> Iterator[GunicornServer]:
     """gunicorn -c gunicorn.conf.py -w 2 wsgi:app from the checkout, on a fresh SQLite file."""
-    env = server_env(DATABASE_URL=f"sqlite:///{db_path}", MODEL_DIR=str(model_dir),
+    env = server_env(DATABASE_URL=f"sqlite:///{db_path}", MODEL_DIR=str(model_dir), SPOOL_DIR=str(system_dir / "spool"),
                      SECRET_KEY="system-test-secret-key")
     init_db(PROJECT_ROOT, env)
     assert db_path.exists(), "flask init-db did not create the SQLite file"
