@@ -2,12 +2,16 @@
 
 The first step of every trained pipeline is :class:`PassengerFeatures`, so the
 artifact carries this exact code path and serving cannot drift from training.
+The compiled fast path (:mod:`titanic_web.compiled`) calls :func:`engineer_many`,
+the same per-passenger loop that :class:`PassengerFeatures` runs.
 """
 
 from __future__ import annotations
 
+import math
+import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,16 +74,124 @@ def deck_of(cabin: str | None) -> str:
 
 def _text(value: Any) -> str | None:
     """Normalise a raw text cell: None, NaN and "" all mean missing."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    text = str(value).strip()
-    return text or None
+    if value.__class__ is not str:  # the common case first: this runs per passenger and field
+        if value is None or (isinstance(value, float) and value != value):
+            return None
+        value = str(value)
+    return value.strip() or None
 
 
-def _float(value: Any) -> float:
+def _count(value: Any) -> float:
+    """A raw head count; missing or unreadable counts as 0 (as pandas' coerce-and-fill did)."""
+    if value.__class__ is int:
+        return float(value)
     if value is None:
-        return np.nan
-    return float(value)
+        return 0.0
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return 0.0
+    return 0.0 if number != number else number
+
+
+def _engineer(raws: Iterable[Sequence[Any]], ticket_counts: Mapping[str, int], training: bool) -> list[tuple[Any, ...]]:
+    """The feature definition: raw values (RAW_COLUMNS order) -> features (FEATURES order), per passenger.
+
+    One loop for every caller, so the per-passenger work is not a function call
+    each: it runs for every passenger on every path.
+    """
+    nan = math.nan
+    text = _text
+    count = _count
+    title = title_of
+    deck = deck_of
+    counts_get = ticket_counts.get
+    minus = 1 if training else 0
+    rows = []
+    append = rows.append
+    for pclass, name, sex, age, sibsp, parch, ticket, fare, cabin, embarked in raws:
+        sibsp = float(sibsp) if sibsp.__class__ is int else count(sibsp)
+        parch = float(parch) if parch.__class__ is int else count(parch)
+        family = sibsp + parch + 1.0
+        ticket = (ticket.strip() or None) if ticket.__class__ is str else text(ticket)
+        # The known passengers on the ticket, without the passenger itself when training.
+        group = float(counts_get(ticket, 0) - minus) + 1.0 if ticket is not None else 1.0
+        if family > group or family != family:  # np.maximum's choice, NaN included
+            group = family
+        fare = nan if fare is None else float(fare)
+        cabin = (cabin.strip() or None) if cabin.__class__ is str else text(cabin)
+        name = (name.strip() or None) if name.__class__ is str else text(name)
+        embarked = (embarked.strip() or None) if embarked.__class__ is str else text(embarked)
+        if sex.__class__ is not str:
+            sex = "Unknown" if sex is None or (isinstance(sex, float) and sex != sex) else str(sex)
+        append(
+            (
+                nan if pclass is None else float(pclass),
+                nan if age is None else float(age),
+                sibsp,
+                parch,
+                family,
+                1.0 if family == 1.0 else 0.0,
+                0.0 if cabin is None else 1.0,
+                fare,
+                fare / group,
+                group,
+                sex,
+                title(name),
+                "U" if cabin is None else deck(cabin),  # most cabins are unknown: skip the call
+                embarked or "Unknown",
+            )
+        )
+    return rows
+
+
+_raw_values = operator.itemgetter(*RAW_COLUMNS)
+
+
+def _raws(passengers: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    passengers = passengers if isinstance(passengers, Sequence) else list(passengers)
+    try:
+        return list(map(_raw_values, passengers))
+    except KeyError:  # some passenger lacks a key: missing counts as None, as in raw_frame
+        return [tuple(passenger.get(column) for column in RAW_COLUMNS) for passenger in passengers]
+
+
+def engineer(
+    passenger: Mapping[str, Any], *, ticket_counts: Mapping[str, int], training: bool = False
+) -> tuple[Any, ...]:
+    """Engineer one passenger into FEATURES order: floats (NaN when unknown), then texts.
+
+    This is the only definition of the features: :class:`PassengerFeatures` (training
+    and the pipeline) and the compiled fast path (:mod:`titanic_web.compiled`) both
+    run it. Missing keys count as None; ``training`` means the passenger is one of
+    those ``ticket_counts`` were counted from.
+    """
+    return _engineer(_raws([passenger]), ticket_counts, training)[0]
+
+
+def engineer_many(
+    passengers: Iterable[Mapping[str, Any]], *, ticket_counts: Mapping[str, int], training: bool = False
+) -> list[tuple[Any, ...]]:
+    """:func:`engineer` for each passenger, in order."""
+    return _engineer(_raws(passengers), ticket_counts, training)
+
+
+def to_record(row: Sequence[Any]) -> dict[str, Any]:
+    """An engineered row as the feature store keeps it: keyed by FEATURES, None for NaN."""
+    record = dict(zip(FEATURES, row))
+    for name, value in zip(NUMERIC_FEATURES, row):
+        if value != value:
+            record[name] = None
+    return record
+
+
+def engineered_frame(rows: Sequence[Sequence[Any]], *, index: Any = None) -> pd.DataFrame:
+    """Build the engineered frame (float numbers, text categories) from rows in FEATURES order."""
+    columns = list(zip(*rows)) if rows else [()] * len(FEATURES)
+    width = len(NUMERIC_FEATURES)
+    data: dict[str, Any] = {name: np.array(column, dtype=float) for name, column in zip(NUMERIC_FEATURES, columns)}
+    data.update({name: list(column) for name, column in zip(CATEGORICAL_FEATURES, columns[width:])})
+    return pd.DataFrame(data, columns=list(FEATURES), index=index)
 
 
 def raw_frame(passengers: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
@@ -121,36 +233,7 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
         return np.asarray(FEATURES, dtype=object)
 
     def _transform(self, X: pd.DataFrame, *, training: bool) -> pd.DataFrame:
-        known = self.ticket_counts_
-        sibsp = pd.to_numeric(X["SibSp"], errors="coerce").fillna(0).to_numpy(dtype=float)
-        parch = pd.to_numeric(X["Parch"], errors="coerce").fillna(0).to_numpy(dtype=float)
-        family = sibsp + parch + 1
-        tickets = [_text(t) for t in X["Ticket"]]
-        others = np.array(
-            [known.get(t, 0) - (1 if training else 0) if t is not None else 0 for t in tickets],
-            dtype=float,
-        )
-        group = np.maximum(others + 1, family)
-        fare = np.array([_float(v) for v in X["Fare"]], dtype=float)
-        cabins = [_text(c) for c in X["Cabin"]]
-        embarked = [_text(e) or "Unknown" for e in X["Embarked"]]
-        return pd.DataFrame(
-            {
-                "Pclass": pd.to_numeric(X["Pclass"]).to_numpy(dtype=float),
-                "Age": np.array([_float(v) for v in X["Age"]], dtype=float),
-                "SibSp": sibsp,
-                "Parch": parch,
-                "FamilySize": family,
-                "IsAlone": (family == 1).astype(float),
-                "CabinKnown": np.array([c is not None for c in cabins], dtype=float),
-                "Fare": fare,
-                "FarePerPerson": fare / group,
-                "TicketGroupSize": group,
-                "Sex": [str(s) for s in X["Sex"]],
-                "Title": [title_of(_text(n)) for n in X["Name"]],
-                "Deck": [deck_of(c) for c in cabins],
-                "Embarked": embarked,
-            },
-            columns=list(FEATURES),
-            index=X.index,
-        )
+        counts = self.ticket_counts_
+        raw = zip(*(X[column].tolist() for column in RAW_COLUMNS))
+        rows = _engineer(raw, counts, training)
+        return engineered_frame(rows, index=X.index)

@@ -14,6 +14,7 @@ import numpy as np
 import sklearn
 
 from titanic_web import features
+from titanic_web.compiled import compile_pipeline
 from titanic_web.training import ARTIFACT_NAME, CARD_NAME
 
 
@@ -35,6 +36,9 @@ class Predictor:
 
     def __init__(self, pipeline: Any, card: Mapping[str, Any]) -> None:
         self.pipeline = pipeline
+        # The fitted pipeline's arithmetic as plain arrays, derived here from the
+        # artifact itself (None: an estimator it does not know; the pipeline serves).
+        self.compiled = compile_pipeline(pipeline)
         self.card = dict(card)
         self.version: str = str(card["version"])
         self.threshold: float = float(card.get("threshold", 0.5))
@@ -94,6 +98,12 @@ class Predictor:
     def _predict_many(self, passengers: Sequence[Mapping[str, Any]]) -> list[Prediction]:
         if not passengers:
             return []
+        if self.compiled is not None:
+            scored = self.compiled.predict(passengers)
+            return [
+                Prediction(survived=int(p >= self.threshold), probability=p, features=features.to_record(row))
+                for p, row in zip(scored.probabilities.tolist(), scored.rows)
+            ]
         raw = features.raw_frame(passengers)
         engineered = self.pipeline[0].transform(raw)
         probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]

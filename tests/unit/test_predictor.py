@@ -159,3 +159,18 @@ def test_an_unreadable_card_is_refused(model_copy: Path, no_unpickling: None, da
     with pytest.raises(ModelError, match="unreadable.*retrain"):
         Predictor.from_dir(model_copy)
 
+
+
+def test_trained_model_is_served_by_its_compiled_form_with_the_same_answers(model_dir: Path) -> None:
+    from titanic_web.csvio import decode, read_passengers
+
+    compiled = Predictor.from_dir(model_dir)
+    assert compiled.compiled is not None, "the trained estimator should compile"
+    through_pipeline = Predictor.from_dir(model_dir)
+    through_pipeline.compiled = None
+    passengers = read_passengers(decode(TEST_CSV.read_bytes()), max_rows=10_000)
+    fast = compiled.predict(passengers)
+    slow = through_pipeline.predict(passengers)
+    assert [p.survived for p in fast] == [p.survived for p in slow]
+    assert max(abs(a.probability - b.probability) for a, b in zip(fast, slow)) <= 1e-6
+    assert [p.features for p in fast] == [p.features for p in slow]
