@@ -15,6 +15,7 @@ help:
 	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
 	@echo "make test   set up, then run the whole test suite"
 	@echo "make model  train the model now (also: $(FLASK) train)"
+	@echo "make bench  HTTP benchmark of recording (installs wrk; figures in bench/README.md)"
 	@echo "make clean  remove the virtualenv, the trained model and instance/"
 
 $(STAMP): setup.cfg pyproject.toml
