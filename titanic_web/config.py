@@ -17,9 +17,15 @@ class ConfigError(Exception):
     """A setting has a value that cannot be used."""
 
 
-def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
+def _env_text(name: str) -> str | None:
+    """The variable's value, or None when it is unset or blank (the default applies)."""
     text = os.environ.get(name)
-    if text is None or text.strip() == "":
+    return None if text is None or text.strip() == "" else text
+
+
+def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
+    text = _env_text(name)
+    if text is None:
         return default
     try:
         value = int(text)
@@ -31,8 +37,8 @@ def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
 
 
 def _float_env(name: str, default: float) -> float:
-    text = os.environ.get(name)
-    if text is None or text.strip() == "":
+    text = _env_text(name)
+    if text is None:
         return default
     try:
         value = float(text)
@@ -44,12 +50,13 @@ def _float_env(name: str, default: float) -> float:
 
 
 def _bool_env(name: str, default: bool) -> bool:
-    text = os.environ.get(name)
-    if text is None or text.strip() == "":
+    text = _env_text(name)
+    if text is None:
         return default
-    if text.strip().lower() in ("1", "true", "yes", "on"):
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
         return True
-    if text.strip().lower() in ("0", "false", "no", "off"):
+    if word in ("0", "false", "no", "off"):
         return False
     raise ConfigError(f"{name} must be true or false, got {text!r}")
 

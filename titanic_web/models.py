@@ -45,3 +45,12 @@ class FeatureRow(db.Model):
     raw_input: Mapped[dict[str, Any]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
+
+
+def check_tables() -> None:
+    """Touch both tables, not just the connection: a missing schema is not a working database.
+
+    :raise sqlalchemy.exc.SQLAlchemyError: the database or a table cannot be read.
+    """
+    db.session.execute(db.select(PredictionRow.id).limit(1))
+    db.session.execute(db.select(FeatureRow.prediction_id).limit(1))

@@ -6,13 +6,12 @@ import json
 from typing import Any
 
 from flask import Response, current_app, jsonify, request
-from sqlalchemy import select
 
 from titanic_web import csvio, get_service
 from titanic_web.api import bp
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
-from titanic_web.models import FeatureRow, PredictionRow
+from titanic_web.models import check_tables
 from titanic_web.schema import validate_passengers
 from titanic_web.service import ModelUnavailable
 
@@ -95,9 +94,7 @@ def ready() -> Any:
     recorder = service.recorder.status()
     database: dict[str, Any] = {"status": "ok"}
     try:
-        # Touch both tables, not just the connection: a missing schema is not ok.
-        db.session.execute(select(PredictionRow.id).limit(1))
-        db.session.execute(select(FeatureRow.prediction_id).limit(1))
+        check_tables()
     except Exception as exc:  # any driver error means "degraded", never a 500
         current_app.logger.warning("readiness: database check failed: %s", exc)
         db.session.rollback()
