@@ -8,20 +8,20 @@ each segment in a ``.done`` file holding the byte offset delivered so far, so a
 replay resends at most the batch that was in flight; the prediction uuid makes
 that resend harmless.
 
-A line is one request's records as JSON. Nothing here knows Flask or SQL.
+A line is one request's rows, tab-separated fields of text (see :func:`encode`).
+Nothing here knows Flask or SQL, or what the fields mean.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import socket
 import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,26 +133,51 @@ class Segment:
 
 
 def line_rows(line: bytes) -> int:
-    """How many records a spooled line holds (its "n" field, written first)."""
-    # Lines start with {"n": <rows>, ...}: read the count without parsing the rest.
-    start = line.find(b":") + 1
-    end = line.find(b",", start)
+    """How many rows a spooled line holds (its first field), read without parsing the rest."""
     try:
-        return int(line[start:end])
+        return int(line[: line.index(b"\t")])
     except ValueError:
-        return 1
+        return 1  # unreadable: counted as one row, never a crash
 
 
-def encode(records: list[dict[str, Any]], *, spooled_at: float) -> bytes:
-    """One spool line: {"n": rows, "t": time, "records": [...]}."""
-    body = json.dumps({"n": len(records), "t": spooled_at, "records": records}, separators=(",", ":"))
+def encode(rows: Sequence[Sequence[str]], *, spooled_at: float) -> bytes:
+    """One spool line: the row count, the time, then every row's fields, tab-separated.
+
+    Every row has the same number of fields, and no field holds a tab or a
+    newline (JSON text from ``json.dumps`` never does), so a line splits back
+    into exactly its rows with no escaping on either side.
+
+    :raise ValueError: rows of different widths, or a field with a tab or newline.
+    """
+    width = len(rows[0]) if rows else 0
+    parts = [str(len(rows)), repr(spooled_at)]
+    for row in rows:
+        if len(row) != width:
+            raise ValueError(f"spooled rows must have the same width: {len(row)} fields, not {width}")
+        parts.extend(row)
+    body = "\t".join(parts)
+    if "\n" in body or body.count("\t") != len(parts) - 1:
+        raise ValueError("a spooled field holds a tab or a newline")
     return body.encode() + b"\n"
 
 
-def decode(line: bytes) -> tuple[float, list[dict[str, Any]]]:
-    """(spooled_at, records) of one spool line."""
-    data = json.loads(line)
-    return float(data["t"]), list(data["records"])
+def decode(line: bytes) -> tuple[float, list[list[str]]]:
+    """(spooled_at, rows of fields) of one spool line.
+
+    :raise ValueError: the line is not one that :func:`encode` wrote.
+    """
+    fields = line.rstrip(b"\n").decode().split("\t")
+    if len(fields) < 2:
+        raise ValueError("a spool line starts with its row count and time")
+    count, spooled_at, values = int(fields[0]), float(fields[1]), fields[2:]
+    if count == 0:
+        if values:
+            raise ValueError(f"{len(values)} field(s) on a line of 0 rows")
+        return spooled_at, []
+    width, extra = divmod(len(values), count)
+    if extra or not width:
+        raise ValueError(f"{len(values)} field(s) cannot be {count} rows")
+    return spooled_at, [values[start : start + width] for start in range(0, len(values), width)]
 
 
 def _read_done(path: Path) -> int:

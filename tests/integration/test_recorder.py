@@ -11,6 +11,7 @@ import sqlite3
 import time
 import uuid
 from collections import Counter
+from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tests.tcp_proxy import TcpProxy
 from titanic_web import get_service, spool
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
-from titanic_web.recorder import Record, Recorder, write_batch
+from titanic_web.recorder import Record, Recorder, parse_fields, write_batch
 from tests.fakes import FullDisk
 
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
@@ -190,36 +191,118 @@ def spooled_ids(directory: Path) -> list[str]:
     ids: list[str] = []
     for path in sorted(directory.glob(f"*{spool.SUFFIX}")):
         for line in path.read_bytes().splitlines(keepends=True):
-            ids += [r["id"] for r in spool.decode(line)[1]]
+            ids += [str(uuid.UUID(fields[0])) for fields in spool.decode(line)[1]]
     return ids
 
 
-def make_record(source: str = "api", passenger_id: int = 892) -> dict[str, Any]:
-    return Record(
+def make_record(source: str = "api", passenger_id: int | None = 892, **fields: Any) -> list[str]:
+    """A record's spooled fields."""
+    values: dict[str, Any] = dict(
         id=uuid.uuid4(), passenger_id=passenger_id, survived=1, probability=0.75, model_version="test",
-        source=source, features={"Pclass": 3, "Age": 34.5}, raw_input=dict(PASSENGER),
-    ).to_json()
+        source=source, features={"Pclass": 3, "Age": 34.5, "Deck": None}, raw_input=dict(PASSENGER),
+    )
+    values.update(fields)
+    return Record(**values).to_fields()
 
 
 # -- idempotent writes ----------------------------------------------------------
 
 
-def test_write_batch_twice_stores_each_row_once(app: Flask) -> None:
-    records = [make_record(passenger_id=892 + i) for i in range(3)]
-    ids = [r["id"] for r in records]
+@pytest.mark.parametrize("portable", [False, True], ids=["driver", "core"])
+def test_write_batch_twice_stores_each_row_once(app: Flask, portable: bool) -> None:
+    records = [parse_fields(make_record(passenger_id=892 + i)) for i in range(3)]
+    ids = [r[0] for r in records]
     with app.app_context():
-        assert write_batch(db.session, records) == 3
-        assert write_batch(db.session, records) == 0
-        fresh = make_record()
-        assert write_batch(db.session, [records[0], fresh, fresh]) == 1  # old, new, new again
+        assert write_batch(db.session, records, portable=portable) == 3
+        assert write_batch(db.session, records, portable=portable) == 0
+        fresh = parse_fields(make_record())
+        assert write_batch(db.session, [records[0], fresh, fresh], portable=portable) == 1  # old, new, new again
         db.session.remove()
-    assert_stored_once(app, ids + [fresh["id"]])
+    assert_stored_once(app, ids + [fresh[0]])
     with app.app_context():
         row = db.session.get(PredictionRow, uuid.UUID(ids[1]))
         assert row is not None and row.passenger_id == 893 and row.source == "api"
         features = db.session.get(FeatureRow, uuid.UUID(ids[1]))
         assert features is not None and features.raw_input == PASSENGER
         db.session.remove()
+
+
+@pytest.mark.parametrize("portable", [False, True], ids=["driver", "core"])
+def test_a_written_record_reads_back_through_the_models_unchanged(app: Flask, portable: bool) -> None:
+    """The driver path writes the tables' own storage formats (uuid, time, JSON): the
+    models read back exactly what was recorded, as the Core path writes it."""
+    at = datetime(2026, 11, 27, 12, 30, 0, 0, tzinfo=timezone.utc)  # no microseconds: still 6 digits stored
+    features = {"Pclass": 1.0, "Age": None, "Title": "Mrs", "FarePerPerson": 35.5 / 3}
+    raw = {"PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "Ünïcode, Mrs. \"Q\"\tTab", "Age": None}
+    record = Record(
+        id=uuid.uuid4(), passenger_id=None, survived=1, probability=1 / 3, model_version="abc123def456",
+        source="batch", features=features, raw_input=raw, created_at=at,
+    )
+    with app.app_context():
+        assert write_batch(db.session, [parse_fields(record.to_fields())], portable=portable) == 1
+        db.session.remove()
+        row = db.session.get(PredictionRow, record.id)
+        stored_features = db.session.get(FeatureRow, record.id)
+        assert row is not None and stored_features is not None
+        assert (row.passenger_id, row.survived, row.probability, row.model_version, row.source) == (
+            None, 1, 1 / 3, "abc123def456", "batch"
+        )
+        assert row.created_at.replace(tzinfo=timezone.utc) == at
+        assert stored_features.created_at.replace(tzinfo=timezone.utc) == at
+        assert stored_features.features == features and stored_features.raw_input == raw
+        assert stored_features.model_version == "abc123def456"
+        # the time orders and filters as a time, whichever path wrote it
+        later = db.session.scalars(db.select(PredictionRow.id).where(PredictionRow.created_at > at - timedelta(seconds=1)))
+        assert list(later) == [record.id]
+        db.session.remove()
+
+
+def test_the_driver_path_stores_what_sqlalchemy_would(app: Flask) -> None:
+    """Byte for byte the same stored values (uuid, time, numbers) as the Core path, so
+    the rows sort, compare and join alike whichever path wrote them."""
+    at = datetime(2026, 11, 27, 12, 30, 0, 5, tzinfo=timezone.utc)
+    by_driver, by_core = (parse_fields(make_record(created_at=at, passenger_id=None)) for _ in range(2))
+    with app.app_context():
+        write_batch(db.session, [by_driver])
+        write_batch(db.session, [by_core], portable=True)
+        connection = db.session.connection()
+        stored = {
+            table: {
+                row[0] == by_driver[0] or str(row[0]).replace("-", "") == by_driver[0]: row
+                for row in connection.exec_driver_sql(f"SELECT {key}, {columns} FROM {table}")
+            }
+            for table, key, columns in [
+                ("predictions", "id", "passenger_id, survived, probability, model_version, source, created_at"),
+                ("feature_store", "prediction_id", "model_version, created_at"),
+            ]
+        }
+        db.session.remove()
+    for table, rows in stored.items():
+        driver, core = rows[True], rows[False]
+        assert type(driver[0]) is type(core[0]) and len(str(driver[0])) == len(str(core[0])), table
+        assert tuple(driver[1:]) == tuple(core[1:]), table
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        (lambda f: f[:-1], "9 fields"),
+        (lambda f: ["not-a-uuid"] + f[1:], "bad prediction id"),
+        (lambda f: f[:2] + ["yes"] + f[3:], "invalid literal"),
+        (lambda f: f[:3] + ["high"] + f[4:], "could not convert"),
+        (lambda f: f[:5] + ["robot"] + f[6:], "bad source"),
+        (lambda f: f[:6] + ["2026-11-27 12:30:00.000000"] + f[7:], "bad time"),
+        (lambda f: f[:6] + ["yesterday"] + f[7:], "Invalid isoformat"),
+        (lambda f: f[:7] + ['{"Age": 3'] + f[8:], "JSON objects"),
+    ],
+)
+def test_a_damaged_spooled_record_is_refused_before_the_database_sees_it(
+    change: Callable[[list[str]], list[str]], problem: str
+) -> None:
+    fields = make_record()
+    assert parse_fields(fields)[0] == fields[0]
+    with pytest.raises(ValueError, match=problem):
+        parse_fields(change(fields))
 
 
 # -- the request never waits for the database ------------------------------------
@@ -495,10 +578,10 @@ def test_an_undecodable_spool_line_does_not_block_the_answers_after_it(apps: Mak
     except AssertionError as exc:
         raise AssertionError(f"{exc}; recorder status: {recorder.status()}") from None
     assert recorder.status()["database"] == "ok", recorder.status()
-    expected = Counter(uuid.UUID(i) for i in ids + [r["id"] for r in good[1:]])
+    expected = Counter(uuid.UUID(i) for i in ids + [r[0] for r in good[1:]])
     predictions, features = stored(app)
     for found in (predictions, features):
-        found.pop(uuid.UUID(good[0]["id"]), None)  # glued to the torn half: a fix may or may not salvage it
+        found.pop(uuid.UUID(good[0][0]), None)  # glued to the torn half: a fix may or may not salvage it
     assert predictions == expected
     assert features == expected
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -41,13 +40,13 @@ def make_spool(tmp_path: Path) -> Iterator[MakeSpool]:
 def put(spool: Spool, ids: list[str], *, at: float | None = None) -> bytes:
     """Append one line holding one record per id; return the line."""
     at = time.time() if at is None else at
-    line = encode([{"id": i} for i in ids], spooled_at=at)
+    line = encode([[i] for i in ids], spooled_at=at)
     spool.append(line, rows=len(ids), spooled_at=at)
     return line
 
 
 def ids_of(lines: list[bytes]) -> list[str]:
-    return [r["id"] for line in lines for r in decode(line)[1]]
+    return [row[0] for line in lines for row in decode(line)[1]]
 
 
 def drain(spool: Spool, *, max_rows: int = 1000) -> list[str]:
@@ -75,18 +74,40 @@ def segment_files(directory: Path) -> list[Path]:
 
 
 def test_encode_decode_round_trip() -> None:
-    records = [{"id": "a", "note": "two\nlines", "x": 1.5}, {"id": "b", "features": {"Age": None}}, {"id": "c"}]
-    line = encode(records, spooled_at=12.5)
+    rows = [["a", "", '{"Age":null,"Name":"two\\nlines"}'], ["b", "1.5", "{}"], ["c", "x y", "[]"]]
+    line = encode(rows, spooled_at=12.5)
     assert line.endswith(b"\n")
-    assert line.count(b"\n") == 1, "a record's own newline must not split the line"
-    assert decode(line) == (12.5, records)
+    assert line.count(b"\n") == 1
+    assert decode(line) == (12.5, rows)
     assert line_rows(line) == 3
-    assert json.loads(line)["n"] == 3
+    assert decode(encode([], spooled_at=2.0)) == (2.0, [])
+
+
+@pytest.mark.parametrize(
+    ("rows", "problem"),
+    [
+        ([["a", "tab\there"]], "tab or a newline"),
+        ([["a", "new\nline"]], "tab or a newline"),
+        ([["a", "b"], ["c"]], "same width"),
+    ],
+)
+def test_encode_refuses_fields_that_would_not_split_back(rows: list[list[str]], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        encode(rows, spooled_at=1.0)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b"\n", b"garbage\n", b"2\t1.0\ta\tb\tc\n", b"0\t1.0\tstray\n", b"x\t1.0\ta\n", b"1\tnow\ta\n", b"\xff\xfe\n"],
+)
+def test_decode_refuses_damaged_lines(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(line)
 
 
 def test_line_rows_reads_the_count_without_the_records() -> None:
     assert line_rows(encode([], spooled_at=1.0)) == 0
-    assert line_rows(encode([{"id": str(i)} for i in range(1234)], spooled_at=1.0)) == 1234
+    assert line_rows(encode([[str(i), "x"] for i in range(1234)], spooled_at=1.0)) == 1234
     assert line_rows(b"garbage\n") == 1  # unreadable count: counted as one row, not a crash
 
 
@@ -166,7 +187,7 @@ def test_torn_last_line_is_never_delivered(make_spool: MakeSpool, tmp_path: Path
     put(first, ["b"])
     assert first.active is not None and first.active.write_fd is not None
     # A write cut short by a crash: no newline.
-    os.write(first.active.write_fd, b'{"n":1,"t":1.0,"records":[{"id":"torn"')
+    os.write(first.active.write_fd, b"1\t1.0\ttorn")
     first.close()
 
     assert scan(tmp_path / "spool")["rows"] == 2
@@ -187,8 +208,8 @@ spec.loader.exec_module(spool)
 s = spool.Spool(sys.argv[2])
 for i in range(int(sys.argv[3])):
     now = time.time()
-    s.append(spool.encode([{"id": f"child-{i}"}], spooled_at=now), rows=1, spooled_at=now)
-os.write(s.active.write_fd, b'{"n":1,"t":1.0,"records":[{"id":"torn"')  # killed mid-write
+    s.append(spool.encode([[f"child-{i}"]], spooled_at=now), rows=1, spooled_at=now)
+os.write(s.active.write_fd, b"1\t1.0\ttorn")  # killed mid-write
 print("ready", flush=True)
 time.sleep(60)
 """
@@ -251,7 +272,7 @@ def test_adopting_twice_queues_a_segment_once(make_spool: MakeSpool) -> None:
 
 def test_rotation_seals_segments_and_deletes_them_once_delivered(make_spool: MakeSpool, tmp_path: Path) -> None:
     directory = tmp_path / "spool"
-    line_size = len(encode([{"id": "x0"}], spooled_at=1.0))
+    line_size = len(encode([["x0"]], spooled_at=1.0))
     spool = make_spool(segment_bytes=2 * line_size)  # two lines per segment
     for i in range(5):
         put(spool, [f"x{i}"], at=1.0)
