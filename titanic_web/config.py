@@ -97,8 +97,9 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "SQLALCHEMY_DATABASE_URI": database_url,
         "MODEL_DIR": Path(os.environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
         "TRAIN_DATA": Path(os.environ.get("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
-        "MAX_ROWS": _int_env("MAX_ROWS", 10_000),
-        "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 16 * 1024 * 1024),
+        "MAX_ROWS": _int_env("MAX_ROWS", 100_000),
+        "BATCH_CHUNK_ROWS": _int_env("BATCH_CHUNK_ROWS", 2000),
+        "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
         # Flask-WTF's default token lifetime is an hour; a form left open longer gets
         # a friendly "submit again" page, never a bare 400.
         "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT", 3600),

@@ -67,11 +67,13 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(InputError)
     def handle_input_error(exc: InputError) -> Any:
-        count = len(exc.errors)
+        count = getattr(exc, "total", len(exc.errors))
+        listed = "" if count == len(exc.errors) else f" (the first {len(exc.errors)} are listed)"
         return json_error(
             422,
-            f"{count} invalid field{'s' if count != 1 else ''}; nothing was stored",
+            f"{count} invalid field{'s' if count != 1 else ''}{listed}; nothing was stored",
             errors=[e.as_dict() for e in exc.errors],
+            error_count=count,
         )
 
     @app.errorhandler(RecorderError)

@@ -8,6 +8,7 @@ the same per-passenger loop that :class:`PassengerFeatures` runs.
 
 from __future__ import annotations
 
+import json
 import math
 import operator
 import re
@@ -237,3 +238,26 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
         raw = zip(*(X[column].tolist() for column in RAW_COLUMNS))
         rows = _engineer(raw, counts, training)
         return engineered_frame(rows, index=X.index)
+
+
+_FEATURES_JSON = "{" + ",".join(f'"{name}":%s' for name in FEATURES) + "}"
+_TEXT_JSON: dict[str, str] = {}  # categorical values come from small sets: each encoded once
+_float_repr = float.__repr__
+
+
+def features_json(row: Sequence[Any]) -> str:
+    """``json.dumps(to_record(row), separators=(",", ":"))`` for an engineered row, without the dict.
+
+    The batch path writes one per passenger; the numbers are finite or NaN (null),
+    the texts are the categorical values.
+    """
+    width = len(NUMERIC_FEATURES)
+    values: list[str] = [_float_repr(v) if v == v else "null" for v in row[:width]]  # as json.dumps writes floats
+    for text in row[width:]:
+        encoded = _TEXT_JSON.get(text)
+        if encoded is None:
+            encoded = json.dumps(text)
+            if len(_TEXT_JSON) < 10_000:
+                _TEXT_JSON[text] = encoded
+        values.append(encoded)
+    return _FEATURES_JSON % tuple(values)

@@ -96,28 +96,21 @@ class Predictor:
         return self._predict_many(passengers)
 
     def _predict_many(self, passengers: Sequence[Mapping[str, Any]]) -> list[Prediction]:
-        if not passengers:
-            return []
-        if self.compiled is not None:
-            scored = self.compiled.predict(passengers)
-            return [
-                Prediction(survived=int(p >= self.threshold), probability=p, features=features.to_record(row))
-                for p, row in zip(scored.probabilities.tolist(), scored.rows)
-            ]
-        raw = features.raw_frame(passengers)
-        engineered = self.pipeline[0].transform(raw)
-        probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]
-        rows = engineered.astype(object).where(engineered.notna(), None).to_dict("records")
+        probabilities, rows = self.score(passengers)
         return [
-            Prediction(
-                survived=int(p >= self.threshold),
-                probability=float(p),
-                features={k: _plain(v) for k, v in row.items()},
-            )
-            for p, row in zip(probabilities, rows)
+            Prediction(survived=int(p >= self.threshold), probability=p, features=features.to_record(row))
+            for p, row in zip(probabilities.tolist(), rows)
         ]
 
-
-def _plain(value: Any) -> Any:
-    """Make a feature value JSON-friendly (numpy scalars to Python)."""
-    return value.item() if isinstance(value, np.generic) else value
+    def score(self, passengers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+        """P(survived) for validated passengers, with the engineered rows (FEATURES order, NaN
+        when unknown) the model saw: the compiled form when there is one, else the pipeline."""
+        if not passengers:
+            return np.empty(0, dtype=np.float64), []
+        if self.compiled is not None:
+            scored = self.compiled.predict(passengers)
+            return scored.probabilities, scored.rows
+        engineered = self.pipeline[0].transform(features.raw_frame(passengers))
+        probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]
+        columns = [engineered[name].tolist() for name in features.FEATURES]  # Python floats and texts
+        return probabilities, list(zip(*columns))

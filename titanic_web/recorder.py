@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -27,6 +28,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flask import Flask
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
@@ -233,16 +235,25 @@ class Recorder:
         if not records:
             return
         now = time.time()
-        line = spool.encode([r.to_fields() for r in records], spooled_at=now)
+        self._append(spool.encode([r.to_fields() for r in records], spooled_at=now), len(records), now)
+
+    def stage(self) -> Staged:
+        """Hold a big request's records back until all its rows have passed (see :class:`Staged`)."""
+        return Staged(self)
+
+    def _append(self, line: bytes, rows: int, spooled_at: float) -> None:
         try:
-            self.spool.append(line, rows=len(records), spooled_at=now)
+            self.spool.append(line, rows=rows, spooled_at=spooled_at)
         except spool.SpoolError as exc:
             log.error("%s", exc)
             raise RecorderError(str(exc)) from exc
-        self.rows_spooled += len(records)
+        self.rows_spooled += rows
         self.start()
         # A transaction per request would cost more than the request: the writer
         # delivers on its RECORDER_FLUSH_SECONDS tick, or now if a batch is full.
+        self._wake_if_full()
+
+    def _wake_if_full(self) -> None:
         if self.spool.backlog_rows >= self.batch_rows:
             self._wake.set()
 
@@ -382,3 +393,56 @@ class Recorder:
             "last_error": self.last_error,
             "writer_running": bool(self._thread and self._thread.is_alive() and self._pid == os.getpid()),
         }
+
+
+class Staged:
+    """A big request's records, on local disk but not yet in the spool.
+
+    A request of many passengers is predicted chunk by chunk, and must store
+    nothing if any of its rows turns out to be invalid. Each chunk's records are
+    encoded as a spool line into a temporary file (in memory while small); once
+    every row has passed, :meth:`commit` appends the lines to the spool, and the
+    request may answer. :meth:`discard` drops them. Use as a context manager.
+    """
+
+    def __init__(self, recorder: Recorder) -> None:
+        self.recorder = recorder
+        self.rows = 0
+        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+
+    def add(self, rows: list[list[str]]) -> None:
+        """Stage one chunk's records (each a list of text fields in :data:`FIELDS` order)."""
+        if rows:
+            self._file.write(spool.encode(rows, spooled_at=time.time()))
+            self.rows += len(rows)
+
+    def commit(self) -> None:
+        """Append every staged line to the spool; then the answers may be given.
+
+        :raise RecorderError: the spool refused a line. Lines appended before it
+            stay spooled (they are stored, though the request fails).
+        """
+        self._file.seek(0)
+        for line in self._file:
+            self.recorder._append(line, spool.line_rows(line), time.time())
+        self.recorder._wake_if_full()
+        self.discard()
+
+    def discard(self) -> None:
+        """Drop the staged records."""
+        self._file.close()
+
+    def __enter__(self) -> Staged:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()
+
+
+def new_ids(count: int) -> list[str]:
+    """``uuid.uuid4().hex`` for count new predictions, from one read of the system's randomness."""
+    data = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
+    data[:, 6] = (data[:, 6] & 0x0F) | 0x40  # version 4
+    data[:, 8] = (data[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
+    text = data.tobytes().hex()
+    return [text[start : start + 32] for start in range(0, 32 * count, 32)]

@@ -8,6 +8,7 @@ the same values first. The form's fields are built from :data:`FIELDS` too.
 from __future__ import annotations
 
 import difflib
+import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -241,3 +242,142 @@ def parse_text_row(row: Mapping[str, str | None]) -> dict[str, Any]:
             continue  # empty optional cell: the default applies
         parsed[name] = value
     return parsed
+
+
+def _json_fragment(name: str, value: Any) -> str:
+    """'"name":value' exactly as json.dumps(separators=(",", ":")) writes that pair."""
+    if value is None:
+        return f'"{name}":null'
+    if value.__class__ is int:
+        return f'"{name}":{value}'
+    if value.__class__ is float:
+        return f'"{name}":{float.__repr__(value)}'
+    return f'"{name}":{_encode_text(value)}'
+
+
+_encode_text = json.JSONEncoder().encode
+
+
+class BatchChecker:
+    """:func:`validate_passenger` (and, for CSV cells, :func:`parse_text_row`) for many rows.
+
+    A batch repeats most of its values (classes, ports, ages, fares), so each
+    field remembers the outcome of every value it has checked, with the value's
+    JSON text: most cells cost a dictionary lookup. The outcomes are those of
+    :func:`check_value` and :func:`parse_text` themselves, and any row with a
+    problem is checked again by the general functions, so the errors and the
+    clean values are the same as theirs, by construction.
+
+    Each check returns (clean passenger, its JSON text, errors); the JSON text
+    is what ``json.dumps(clean, separators=(",", ":"))`` writes.
+    """
+
+    #: Remembered values per field before the memory starts again (a bound on memory).
+    MEMORY = 50_000
+
+    def __init__(self) -> None:
+        self._json_memo: dict[str, dict[tuple[type, Any], tuple[Any, str | None, str]]] = {f.name: {} for f in FIELDS}
+        self._text_memo: dict[str, dict[str, tuple[Any, str | None, str]]] = {f.name: {} for f in FIELDS}
+        # An omitted field takes its default, unchecked, as in validate_passenger.
+        self._defaults = {f.name: (f.default, None, _json_fragment(f.name, f.default)) for f in FIELDS}
+
+    def _remember(self, memo: dict[Any, Any], key: Any, outcome: tuple[Any, str | None, str]) -> None:
+        if len(memo) >= self.MEMORY:
+            memo.clear()
+        memo[key] = outcome
+
+    @staticmethod
+    def _outcome(field: Field, value: Any, message: str | None) -> tuple[Any, str | None, str]:
+        return value, message, "" if message else _json_fragment(field.name, value)
+
+    def check_object(self, raw: Any, *, index: int) -> tuple[dict[str, Any], str, list[FieldError]]:
+        """Check one parsed JSON passenger."""
+        if raw.__class__ is not dict:
+            return self._general(raw, index=index)
+        clean: dict[str, Any] = {}
+        parts: list[str] = []
+        known = 0
+        for field in FIELDS:
+            name = field.name
+            if name not in raw:
+                if field.required:
+                    return self._general(raw, index=index)
+                default = self._defaults[name]
+                clean[name] = default[0]
+                parts.append(default[2])
+                continue
+            known += 1
+            value = raw[name]
+            memo = self._json_memo[name]
+            key = (value.__class__, value)
+            try:
+                outcome = memo[key]
+            except KeyError:
+                checked, message = check_value(field, value)
+                outcome = self._outcome(field, checked, message)
+                if value == value:  # NaN never finds itself again: not worth remembering
+                    self._remember(memo, key, outcome)
+            except TypeError:  # unhashable (an array, an object): the general check names it
+                return self._general(raw, index=index)
+            if outcome[1] is not None:
+                return self._general(raw, index=index)
+            clean[name] = outcome[0]
+            parts.append(outcome[2])
+        if known != len(raw):  # a field the schema does not know
+            return self._general(raw, index=index)
+        return clean, "{" + ",".join(parts) + "}", []
+
+    def csv_plan(self, header: Sequence[str]) -> list[tuple[Field, int]] | None:
+        """For each field in :data:`FIELDS` order, its column in the header (-1: absent), or
+        None if rows need the general path (a repeated or unknown column)."""
+        if len(set(header)) != len(header):
+            return None
+        if any(name not in FIELDS_BY_NAME and name not in IGNORED_CSV_COLUMNS for name in header):
+            return None
+        return [(field, header.index(field.name) if field.name in header else -1) for field in FIELDS]
+
+    def check_cells(
+        self, header: Sequence[str], plan: list[tuple[Field, int]] | None, cells: Sequence[str], *, index: int
+    ) -> tuple[dict[str, Any], str, list[FieldError]]:
+        """Check one CSV row of text cells (``plan`` from :meth:`csv_plan`)."""
+        if plan is None or len(cells) != len(header):
+            return self._general_text(header, cells, index=index)
+        values: list[Any] = []
+        parts: list[str] = []
+        text_memo = self._text_memo
+        for field, column in plan:
+            if column < 0:
+                if field.required:
+                    return self._general_text(header, cells, index=index)
+                outcome = self._defaults[field.name]
+            else:
+                text = cells[column]
+                memo = text_memo[field.name]
+                outcome = memo.get(text)
+                if outcome is None:
+                    outcome = self._check_text(field, text)
+                    self._remember(memo, text, outcome)
+                if outcome[1] is not None:
+                    return self._general_text(header, cells, index=index)
+            values.append(outcome[0])
+            parts.append(outcome[2])
+        return dict(zip(FIELD_NAMES, values)), "{" + ",".join(parts) + "}", []
+
+    def _check_text(self, field: Field, text: str) -> tuple[Any, str | None, str]:
+        value = parse_text(field, text)
+        if value is None and not field.nullable and not field.required:
+            return self._defaults[field.name]  # an empty optional cell: omitted, the default applies
+        checked, message = check_value(field, value)
+        return self._outcome(field, checked, message)
+
+    @staticmethod
+    def _general(raw: Any, *, index: int) -> tuple[dict[str, Any], str, list[FieldError]]:
+        clean, errors = validate_passenger(raw, index=index)
+        return clean, "" if errors else json.dumps(clean, separators=(",", ":")), errors
+
+    def _general_text(
+        self, header: Sequence[str], cells: Sequence[str], *, index: int
+    ) -> tuple[dict[str, Any], str, list[FieldError]]:
+        if len(cells) != len(header):
+            return {}, "", [FieldError(index, None, f"has {len(cells)} cells, the header has {len(header)}")]
+        return self._general(parse_text_row(dict(zip(header, cells))), index=index)

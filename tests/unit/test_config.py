@@ -27,8 +27,9 @@ def test_defaults_suit_a_local_install(tmp_path: Path) -> None:
     assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'titanic.db'}"
     assert settings["MODEL_DIR"] == config.PROJECT_ROOT / "model" / "artifacts"
     assert settings["TRAIN_DATA"] == config.PROJECT_ROOT / "model" / "data" / "train.csv"
-    assert settings["MAX_ROWS"] == 10_000
-    assert settings["MAX_CONTENT_LENGTH"] == 16 * 1024 * 1024
+    assert settings["MAX_ROWS"] == 100_000
+    assert settings["BATCH_CHUNK_ROWS"] == 2000
+    assert settings["MAX_CONTENT_LENGTH"] == 32 * 1024 * 1024
     assert settings["WTF_CSRF_TIME_LIMIT"] == 3600
     assert settings["LOG_LEVEL"] == "INFO"
     assert settings["SECRET_KEY"] is None

@@ -2,73 +2,106 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+import io
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import IO, Any
 
 from flask import Response, current_app, jsonify, request
 
-from titanic_web import csvio, get_service
+from titanic_web import batch, get_service
 from titanic_web.api import bp
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
 from titanic_web.models import check_tables
-from titanic_web.schema import validate_passengers
 from titanic_web.service import ModelUnavailable
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
 
 
-def _json_passengers(max_rows: int) -> list[Any]:
-    data = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    try:
-        body = json.loads(data)
-    except UnicodeDecodeError:
-        raise ApiError(400, "malformed JSON: the body must be UTF-8 text") from None
-    except ValueError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
-    if isinstance(body, dict):
-        body = [body]
-    elif not isinstance(body, list):
-        raise ApiError(400, "the body must be one passenger (a JSON object) or an array of them")
-    if not body:
-        raise ApiError(400, "the array is empty: send at least one passenger")
-    if len(body) > max_rows:
-        raise ApiError(413, f"{len(body)} passengers in one request; the limit is {max_rows} (MAX_ROWS)")
-    return validate_passengers(body)
+#: Bodies up to this size are read into memory; larger ones go to a temporary file.
+IN_MEMORY_BYTES = 1 << 20
 
 
-def _csv_passengers(max_rows: int) -> list[Any]:
-    data = request.get_data(cache=False)
+def body_stream() -> IO[bytes]:
+    """The request body as a file: in memory when small, else copied to disk a block at a time.
+
+    :raise RequestEntityTooLarge: the body is over MAX_CONTENT_LENGTH (413).
+    """
+    length = request.content_length
+    if length is not None and length <= IN_MEMORY_BYTES:
+        return io.BytesIO(request.get_data(cache=False))
+    copy = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES)
     try:
-        return csvio.read_passengers(csvio.decode(data), max_rows=max_rows)
-    except csvio.CsvError as exc:
-        raise ApiError(413 if exc.too_large else 400, str(exc)) from None
+        shutil.copyfileobj(request.stream, copy, batch.READ_BYTES)
+    except BaseException:
+        copy.close()
+        raise
+    copy.seek(0)
+    return copy
+
+
+def file_response(file: IO[bytes], size: int, **options: Any) -> Response:
+    """Send a finished answer file: whole when small, else streamed a block at a time."""
+    if size <= IN_MEMORY_BYTES:
+        with file:
+            return Response(file.read(), **options)
+
+    def blocks() -> Iterator[bytes]:
+        with file:
+            while block := file.read(batch.READ_BYTES):
+                yield block
+
+    response = Response(blocks(), **options)
+    response.content_length = size
+    response.call_on_close(file.close)  # a client that leaves early
+    return response
 
 
 @bp.post("/predict")
 def predict() -> Any:
-    """Predict one passenger, an array of them, or a CSV file of them."""
-    max_rows = current_app.config["MAX_ROWS"]
+    """Predict one passenger, an array of them, or a CSV file of them (up to MAX_ROWS)."""
     if request.mimetype in JSON_TYPES or request.mimetype.endswith("+json"):
-        passengers = _json_passengers(max_rows)
+        kind = "json"
     elif request.mimetype in CSV_TYPES:
-        passengers = _csv_passengers(max_rows)
+        kind = "csv"
     else:
         raise ApiError(
             415,
             f"unsupported Content-Type {request.mimetype or '(none)'!r}: "
             "send application/json (a passenger or an array) or text/csv (competition layout)",
         )
+    service = get_service(current_app)
     try:
-        version, answers = get_service(current_app).predict(passengers, source="api")
+        predictor = service.require_predictor()
     except ModelUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-
-    if request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv":
-        body = csvio.submission((a.passenger_id, a.survived) for a in answers)
-        return Response(body, mimetype="text/csv", headers={"X-Model-Version": version})
-    return jsonify({"model_version": version, "predictions": [a.as_dict() for a in answers]})
+    as_csv = request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
+    answers = batch.Answers("csv" if as_csv else "json", predictor.version)
+    try:
+        with body_stream() as body:
+            batch.run(
+                body,
+                kind=kind,
+                predictor=predictor,
+                recorder=service.recorder if service.recording else None,
+                answers=answers,
+                source="api",
+                max_rows=current_app.config["MAX_ROWS"],
+                chunk_rows=current_app.config["BATCH_CHUNK_ROWS"],
+            )
+    except batch.BodyError as exc:
+        answers.close()
+        raise ApiError(413 if exc.too_large else 400, str(exc)) from None
+    except BaseException:
+        answers.close()
+        raise
+    file, size = answers.finish()
+    return file_response(
+        file, size, mimetype="text/csv" if as_csv else "application/json", headers={"X-Model-Version": predictor.version}
+    )
 
 
 @bp.get("/health")

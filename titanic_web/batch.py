@@ -1,0 +1,397 @@
+"""Many passengers in one request, in flat memory: read, check, predict and record in chunks.
+
+Every ``/api/predict`` body and every batch upload goes through :func:`process`.
+The body (a JSON object, a JSON array, or a CSV file in the competition's
+test.csv layout) is read as a stream, ``chunk_rows`` passengers at a time. Each
+chunk is checked (:class:`~titanic_web.schema.BatchChecker`), predicted in one
+call, its records staged on local disk (:class:`~titanic_web.recorder.Staged`)
+and its answers written to a temporary file, so memory holds one chunk whatever
+the size of the body.
+
+Nothing reaches the spool until every row has passed: a body with any invalid
+passenger stores nothing, and its errors name the CSV line (or the array
+index). Once a row has failed, later rows are only checked, not predicted, so
+that all errors (up to ``max_errors``) are reported in one answer.
+
+Nothing here reads Flask's request: the caller hands in a binary stream.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import tempfile
+import time
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import IO, Any
+
+from titanic_web import features, schema
+from titanic_web.predictor import Predictor
+from titanic_web.recorder import Recorder, Staged, new_ids
+from titanic_web.schema import FieldError, InputError
+
+#: Passengers predicted and staged at a time.
+CHUNK_ROWS = 2000
+#: Errors reported at most; the count says how many there were in all.
+MAX_ERRORS = 1000
+#: Bytes of body read at a time.
+READ_BYTES = 1 << 20
+
+
+class BodyError(ValueError):
+    """The body cannot be read as passengers: malformed, not UTF-8, empty (400) or too many (413)."""
+
+    def __init__(self, message: str, *, too_large: bool = False) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+class BatchInputError(InputError):
+    """Some passengers are invalid; nothing was stored. ``total`` counts every error found."""
+
+    def __init__(self, errors: list[FieldError], total: int) -> None:
+        super().__init__(errors)
+        self.total = total
+
+
+@dataclass
+class Summary:
+    """What a processed body came to."""
+
+    model_version: str
+    rows: int = 0
+    survived: int = 0
+    seconds: float = 0.0
+    chunks: int = 0
+
+    @property
+    def survival_rate(self) -> float:
+        return self.survived / self.rows if self.rows else 0.0
+
+
+@dataclass
+class Progress:
+    """Yielded after each chunk: rows read so far, and whether all of them passed."""
+
+    rows: int
+    valid: bool = True
+    errors: int = 0
+
+
+# -- reading bodies -----------------------------------------------------------------------
+
+
+def json_items(stream: IO[bytes]) -> Iterator[Any]:
+    """The passengers of a JSON body, one at a time: an object, or each item of an array.
+
+    An array is decoded item by item, so its size never sits in memory at once.
+
+    :raise BodyError: not UTF-8, malformed, or neither an object nor an array.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    scan = json.JSONDecoder().raw_decode
+    buffer = ""
+    base = 0  # characters dropped from the front of the buffer
+    at_end = False
+
+    def more() -> bool:
+        nonlocal buffer, at_end
+        if at_end:
+            return False
+        data = stream.read(READ_BYTES)
+        try:
+            buffer += decoder.decode(data, final=not data)
+        except UnicodeDecodeError:
+            raise BodyError("malformed JSON: the body must be UTF-8 text") from None
+        at_end = not data
+        return True
+
+    def skip_space(position: int) -> int:
+        while True:
+            while position < len(buffer) and buffer[position] in " \t\r\n":
+                position += 1
+            if position < len(buffer) or not more():
+                return position
+
+    def malformed(message: str, position: int) -> BodyError:
+        return BodyError(f"malformed JSON: {message} (char {base + position})")
+
+    position = skip_space(0)
+    if position >= len(buffer):
+        raise BodyError("malformed JSON: the body is empty")
+    if buffer[position] != "[":
+        while more():  # one value: read it whole (a body is at most MAX_CONTENT_LENGTH)
+            pass
+        try:
+            value, end = scan(buffer, position)
+        except json.JSONDecodeError as exc:
+            raise malformed(exc.msg, exc.pos) from None
+        if skip_space(end) < len(buffer):
+            raise malformed("Extra data", skip_space(end))
+        if not isinstance(value, dict):
+            raise BodyError("the body must be one passenger (a JSON object) or an array of them")
+        yield value
+        return
+
+    position = skip_space(position + 1)
+    if position < len(buffer) and buffer[position] == "]":
+        if skip_space(position + 1) < len(buffer):
+            raise malformed("Extra data", skip_space(position + 1))
+        return
+    while True:
+        while True:
+            try:
+                value, end = scan(buffer, position)
+            except json.JSONDecodeError as exc:
+                if more():  # the item may go on in the next read
+                    continue
+                raise malformed(exc.msg, exc.pos) from None
+            if end < len(buffer) or at_end:
+                break
+            if not more():  # a number at the very end of a read may go on too
+                break
+        yield value
+        position = skip_space(end)
+        if position >= len(buffer):
+            raise malformed("Expecting ',' delimiter", position)
+        if buffer[position] == "]":
+            if skip_space(position + 1) < len(buffer):
+                raise malformed("Extra data", skip_space(position + 1))
+            return
+        if buffer[position] != ",":
+            raise malformed("Expecting ',' delimiter", position)
+        position = skip_space(position + 1)
+        if position > READ_BYTES:  # drop what is done with, keep the buffer short
+            base += position
+            buffer = buffer[position:]
+            position = 0
+
+
+def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
+    """The header and the rows ((line, cells)) of a competition-layout CSV body.
+
+    The header is checked at once: unknown or missing required columns raise.
+
+    :raise BodyError: not UTF-8, no header, or a line the csv module cannot read.
+    :raise InputError: the header's problems, on line 1.
+    """
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+    reader = csv.reader(text)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        raise BodyError("the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,...") from None
+    except UnicodeDecodeError as exc:
+        raise BodyError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
+    except csv.Error as exc:
+        raise BodyError(f"line 1: {exc}") from None
+    errors = [
+        FieldError(None, name, schema.unknown_field_message(name), line=1)
+        for name in header
+        if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
+    ]
+    errors += [
+        FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
+        for f in schema.FIELDS
+        if f.required and f.name not in header
+    ]
+    if errors:
+        raise InputError(errors)
+
+    def rows() -> Iterator[tuple[int, list[str]]]:
+        try:
+            for cells in reader:
+                yield reader.line_num, cells
+        except UnicodeDecodeError:
+            raise BodyError(f"the CSV file must be UTF-8 text (line {reader.line_num + 1})") from None
+        except csv.Error as exc:
+            raise BodyError(f"line {reader.line_num}: {exc}") from None
+
+    return header, rows()
+
+
+# -- answers ----------------------------------------------------------------------------
+
+
+class Answers:
+    """The answer body, written chunk by chunk into a temporary file (in memory while small).
+
+    ``json``: ``{"model_version": ..., "predictions": [{"id", "PassengerId", "survived",
+    "probability"}, ...]}``, as the API answers one passenger; ``csv``: a Kaggle
+    submission, ``PassengerId,Survived``.
+    """
+
+    def __init__(self, kind: str, model_version: str) -> None:
+        if kind not in ("json", "csv"):
+            raise ValueError(f"answers are json or csv, not {kind!r}")
+        self.kind = kind
+        self.file = tempfile.SpooledTemporaryFile(max_size=4 << 20)
+        self._first = True
+        if kind == "json":
+            self.file.write(b'{"model_version":' + json.dumps(model_version).encode() + b',"predictions":[')
+        else:
+            self.file.write(b"PassengerId,Survived\n")
+
+    def add(self, ids: list[str], passenger_ids: list[int | None], survived: list[int], probabilities: list[float]) -> None:
+        if self.kind == "csv":
+            self.file.write(
+                "".join(
+                    f"{'' if pid is None else pid},{s}\n" for pid, s in zip(passenger_ids, survived)
+                ).encode()
+            )
+            return
+        items = [
+            f'{{"id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}","PassengerId":'
+            f'{"null" if pid is None else pid},"survived":{s},"probability":{round(p, 4)!r}}}'
+            for h, pid, s, p in zip(ids, passenger_ids, survived, probabilities)
+        ]
+        if items:
+            self.file.write((("" if self._first else ",") + ",".join(items)).encode())
+            self._first = False
+
+    def finish(self) -> tuple[IO[bytes], int]:
+        """Close the body; return the file (at its start) and its size in bytes."""
+        if self.kind == "json":
+            self.file.write(b"]}\n")
+        size = self.file.tell()
+        self.file.seek(0)
+        return self.file, size
+
+    def close(self) -> None:
+        self.file.close()
+
+
+# -- the flow -----------------------------------------------------------------------------
+
+
+@dataclass
+class _Chunk:
+    passengers: list[dict[str, Any]] = field(default_factory=list)
+    raw_json: list[str] = field(default_factory=list)
+
+
+def process(
+    stream: IO[bytes],
+    *,
+    kind: str,
+    predictor: Predictor,
+    recorder: Recorder | None,
+    answers: Answers,
+    source: str,
+    max_rows: int,
+    chunk_rows: int = CHUNK_ROWS,
+    max_errors: int = MAX_ERRORS,
+) -> Generator[Progress, None, Summary]:
+    """Read, check, predict and stage a body chunk by chunk; then spool it all, or nothing.
+
+    A generator: it yields :class:`Progress` after each chunk and returns the
+    :class:`Summary` (``summary = yield from process(...)``, or :func:`run`).
+    ``kind`` is ``json`` or ``csv``; ``recorder`` None records nothing
+    (RECORDING off).
+
+    :raise BodyError: the body is unreadable (400) or holds more than max_rows (413).
+    :raise BatchInputError: some passengers are invalid (422); nothing was stored.
+    :raise RecorderError: the spool refused the records (503).
+    """
+    started = time.perf_counter()
+    checker = schema.BatchChecker()
+    summary = Summary(model_version=predictor.version)
+    errors: list[FieldError] = []
+    error_count = 0
+    rows = 0
+    chunk = _Chunk()
+    staged = recorder.stage() if recorder is not None else None
+    try:
+        items: Iterator[tuple[Any, int | None]]
+        if kind == "json":
+            items = ((item, None) for item in json_items(stream))
+        elif kind == "csv":
+            header, lines = csv_rows(stream)
+            plan = checker.csv_plan(header)
+            items = ((cells, line) for line, cells in lines)
+        else:
+            raise ValueError(f"bodies are json or csv, not {kind!r}")
+        for raw, line in items:
+            if line is None:
+                clean, raw_json, row_errors = checker.check_object(raw, index=rows)
+            else:
+                if not raw:
+                    continue  # a blank line
+                clean, raw_json, row_errors = checker.check_cells(header, plan, raw, index=rows)
+                if row_errors and not any(c.strip() for c in raw):
+                    continue  # a line of empty cells
+            if rows >= max_rows:
+                raise BodyError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
+            rows += 1
+            if row_errors:
+                room = max_errors - len(errors)
+                if room > 0:
+                    errors += [FieldError(e.index, e.field, e.message, line=line) for e in row_errors[:room]]
+                error_count += len(row_errors)
+                chunk = _Chunk()  # nothing more is predicted: the request will store nothing
+            elif not error_count:
+                chunk.passengers.append(clean)
+                chunk.raw_json.append(raw_json)
+                if len(chunk.passengers) >= chunk_rows:
+                    _predict_chunk(chunk, predictor, staged, answers, source, summary)
+                    chunk = _Chunk()
+            if rows % chunk_rows == 0:
+                yield Progress(rows=rows, valid=not error_count, errors=error_count)
+        if error_count:
+            raise BatchInputError(errors, error_count)
+        if rows == 0:
+            raise BodyError(
+                "the array is empty: send at least one passenger" if kind == "json"
+                else "the CSV file has a header but no passengers"
+            )
+        if chunk.passengers:
+            _predict_chunk(chunk, predictor, staged, answers, source, summary)
+        if staged is not None:
+            staged.commit()  # the only step that makes anything permanent
+    finally:
+        if staged is not None:
+            staged.discard()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run(*args: Any, progress: Callable[[Progress], None] | None = None, **kwargs: Any) -> Summary:
+    """:func:`process` to the end, calling ``progress`` after each chunk if given."""
+    steps = process(*args, **kwargs)
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if progress is not None:
+            progress(step)
+
+
+def _predict_chunk(
+    chunk: _Chunk, predictor: Predictor, staged: Staged | None, answers: Answers, source: str, summary: Summary
+) -> None:
+    probabilities, engineered = predictor.score(chunk.passengers)
+    p = probabilities.tolist()
+    threshold = predictor.threshold
+    survived = [int(x >= threshold) for x in p]
+    passenger_ids = [c["PassengerId"] for c in chunk.passengers]
+    ids = new_ids(len(p))
+    if staged is not None:
+        created = datetime.now(timezone.utc).isoformat(" ", "microseconds")
+        version = predictor.version
+        # The fields of recorder.Record.to_fields, for a whole chunk at once.
+        staged.add(
+            [
+                [uid, "" if pid is None else str(pid), str(s), repr(x), version, source, created,
+                 features.features_json(row), raw]
+                for uid, pid, s, x, row, raw in zip(ids, passenger_ids, survived, p, engineered, chunk.raw_json)
+            ]
+        )
+    answers.add(ids, passenger_ids, survived, p)
+    summary.rows += len(p)
+    summary.survived += sum(survived)
+    summary.chunks += 1
