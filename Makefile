@@ -9,11 +9,12 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test install model db clean help
+.PHONY: run test install model db browser clean help
 
 help:
 	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
-	@echo "make test   set up, then run the whole test suite"
+	@echo "make test   set up, then run the whole test suite (installs Debian's chromium for tests/browser/)"
+	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
 	@echo "make model  train the model now (also: $(FLASK) train)"
 	@echo "make bench  HTTP benchmark of recording (installs wrk; figures in bench/README.md)"
 	@echo "make clean  remove the virtualenv, the trained model and instance/"
@@ -39,8 +40,14 @@ db: $(STAMP)
 run: $(STAMP) $(MODEL) db
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: $(STAMP) $(MODEL)
+test: $(STAMP) $(MODEL) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The browser tests (tests/browser/) drive Debian's chromium through Playwright, never a
+# browser Playwright downloads (no `playwright install`).
+browser:
+	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 # HTTP benchmark of /api/predict (bench/README.md); installs wrk from Debian when missing.
 # `make bench BENCH_ARGS="--rounds 1 --duration 5"` passes arguments to bench/run_http.py.
