@@ -99,6 +99,9 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "TRAIN_DATA": Path(os.environ.get("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
         "MAX_ROWS": _int_env("MAX_ROWS", 100_000),
         "BATCH_CHUNK_ROWS": _int_env("BATCH_CHUNK_ROWS", 2000),
+        # The batch page's submission files, kept for download under unguessable names.
+        "BATCH_DIR": Path(os.environ.get("BATCH_DIR") or instance_path / "batches"),
+        "BATCH_KEEP_HOURS": _float_env("BATCH_KEEP_HOURS", 24.0),
         "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
         # Flask-WTF's default token lifetime is an hour; a form left open longer gets
         # a friendly "submit again" page, never a bare 400.

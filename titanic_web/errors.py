@@ -88,8 +88,10 @@ def register(app: Flask) -> None:
     def handle_csrf_error(exc: CSRFError) -> Any:
         if wants_json():
             return json_error(400, exc.description)
-        from titanic_web.web import render_expired_form
+        from titanic_web.web import render_expired_batch, render_expired_form
 
+        if request.path.startswith("/batch"):
+            return render_expired_batch(exc.description)
         return render_expired_form(exc.description)
 
     @app.errorhandler(HTTPException)

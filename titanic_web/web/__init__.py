@@ -1,9 +1,10 @@
-"""The HTML blueprint: the passenger form and its result."""
+"""The HTML blueprint: the passenger form and its result, and the batch page."""
 
 from flask import Blueprint
 
 bp = Blueprint("web", __name__)
 
+from titanic_web.web.batch import render_expired_batch  # noqa: E402  (registers the batch views on bp)
 from titanic_web.web.views import render_expired_form  # noqa: E402  (registers the views on bp)
 
-__all__ = ["bp", "render_expired_form"]
+__all__ = ["bp", "render_expired_batch", "render_expired_form"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask_wtf import FlaskForm
+from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import Field as WTField
 from wtforms import SelectField, StringField
 from wtforms.fields.choices import SelectChoice
@@ -62,3 +63,18 @@ class PassengerForm(FlaskForm):
 
 for _spec in schema.FIELDS:
     setattr(PassengerForm, _spec.name, _field(_spec))
+
+
+class BatchForm(FlaskForm):
+    """The batch page: one CSV file in the competition's test.csv layout."""
+
+    file = FileField(
+        "Passenger file (CSV)",
+        validators=[
+            FileRequired("Choose a CSV file to upload."),
+            FileAllowed(["csv", "txt"], "must be a CSV file (.csv) in the competition's test.csv layout."),
+        ],
+        description="Columns as in the competition's test.csv: PassengerId, Pclass, Name, Sex, Age, SibSp, "
+        "Parch, Ticket, Fare, Cabin, Embarked (Pclass and Sex required).",
+        render_kw={"accept": ".csv,text/csv"},
+    )
