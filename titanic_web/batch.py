@@ -21,11 +21,12 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import itertools
 import json
 import tempfile
 import time
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -268,12 +269,6 @@ class Answers:
 # -- the flow -----------------------------------------------------------------------------
 
 
-@dataclass
-class _Chunk:
-    passengers: list[dict[str, Any]] = field(default_factory=list)
-    raw_json: list[str] = field(default_factory=list)
-
-
 def process(
     stream: IO[bytes],
     *,
@@ -297,50 +292,30 @@ def process(
     :raise BatchInputError: some passengers are invalid (422); nothing was stored.
     :raise RecorderError: the spool refused the records (503).
     """
+    if kind not in ("json", "csv"):
+        raise ValueError(f"bodies are json or csv, not {kind!r}")
     started = time.perf_counter()
     checker = schema.BatchChecker()
     summary = Summary(model_version=predictor.version)
     errors: list[FieldError] = []
     error_count = 0
     rows = 0
-    chunk = _Chunk()
     staged = recorder.stage() if recorder is not None else None
     try:
-        items: Iterator[tuple[Any, int | None]]
-        if kind == "json":
-            items = ((item, None) for item in json_items(stream))
-        elif kind == "csv":
-            header, lines = csv_rows(stream)
-            plan = checker.csv_plan(header)
-            items = ((cells, line) for line, cells in lines)
-        else:
-            raise ValueError(f"bodies are json or csv, not {kind!r}")
-        for raw, line in items:
-            if line is None:
-                clean, raw_json, row_errors = checker.check_object(raw, index=rows)
-            else:
-                if not raw:
-                    continue  # a blank line
-                clean, raw_json, row_errors = checker.check_cells(header, plan, raw, index=rows)
-                if row_errors and not any(c.strip() for c in raw):
-                    continue  # a line of empty cells
-            if rows >= max_rows:
+        chunks = _json_chunks(stream, checker, chunk_rows) if kind == "json" else _csv_chunks(stream, checker, chunk_rows)
+        for checked, lines, first_index in chunks:
+            rows += len(checked.kept)
+            if rows > max_rows:
                 raise BodyError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
-            rows += 1
-            if row_errors:
+            for position, row_errors in checked.errors:
+                error_count += len(row_errors)
                 room = max_errors - len(errors)
                 if room > 0:
+                    line = None if lines is None else lines[position]
                     errors += [FieldError(e.index, e.field, e.message, line=line) for e in row_errors[:room]]
-                error_count += len(row_errors)
-                chunk = _Chunk()  # nothing more is predicted: the request will store nothing
-            elif not error_count:
-                chunk.passengers.append(clean)
-                chunk.raw_json.append(raw_json)
-                if len(chunk.passengers) >= chunk_rows:
-                    _predict_chunk(chunk, predictor, staged, answers, source, summary)
-                    chunk = _Chunk()
-            if rows % chunk_rows == 0:
-                yield Progress(rows=rows, valid=not error_count, errors=error_count)
+            if not error_count and checked.texts:
+                _predict_chunk(checked, predictor, staged, answers, source, summary)
+            yield Progress(rows=rows, valid=not error_count, errors=error_count)
         if error_count:
             raise BatchInputError(errors, error_count)
         if rows == 0:
@@ -348,8 +323,6 @@ def process(
                 "the array is empty: send at least one passenger" if kind == "json"
                 else "the CSV file has a header but no passengers"
             )
-        if chunk.passengers:
-            _predict_chunk(chunk, predictor, staged, answers, source, summary)
         if staged is not None:
             staged.commit()  # the only step that makes anything permanent
     finally:
@@ -357,6 +330,53 @@ def process(
             staged.discard()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+Chunks = Iterator[tuple[schema.CheckedRows, "list[int] | None", int]]
+
+
+def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
+    """Checked chunks of a JSON body (no line numbers: errors carry the array index)."""
+    index = 0
+    items = json_items(stream)
+    while True:
+        clean_rows: list[dict[str, Any]] = []
+        texts: list[str] = []
+        errors: list[tuple[int, list[FieldError]]] = []
+        first = index
+        for position, item in enumerate(itertools.islice(items, chunk_rows)):
+            clean, text, row_errors = checker.check_object(item, index=index)
+            index += 1
+            if row_errors:
+                errors.append((position, row_errors))
+            else:
+                clean_rows.append(clean)
+                texts.append(text)
+        count = index - first
+        if not count:
+            return
+        columns = {name: [clean[name] for clean in clean_rows] for name in schema.FIELD_NAMES}
+        yield schema.CheckedRows(columns, texts, errors, list(range(count))), None, first
+
+
+def _csv_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
+    """Checked chunks of a CSV body, with each row's line number."""
+    header, numbered = csv_rows(stream)
+    plan = checker.csv_plan(header)
+    index = 0
+    while True:
+        block: list[tuple[int, list[str]]] = []
+        for line, cells in numbered:
+            if cells:  # an empty line is not a passenger
+                block.append((line, cells))
+                if len(block) >= chunk_rows:
+                    break
+        if not block:
+            return
+        lines = [line for line, _ in block]
+        checked = checker.check_text_rows(header, plan, [cells for _, cells in block], first_index=index)
+        index += len(checked.kept)
+        yield checked, lines, index - len(checked.kept)
 
 
 def run(*args: Any, progress: Callable[[Progress], None] | None = None, **kwargs: Any) -> Summary:
@@ -372,24 +392,33 @@ def run(*args: Any, progress: Callable[[Progress], None] | None = None, **kwargs
 
 
 def _predict_chunk(
-    chunk: _Chunk, predictor: Predictor, staged: Staged | None, answers: Answers, source: str, summary: Summary
+    checked: schema.CheckedRows, predictor: Predictor, staged: Staged | None, answers: Answers, source: str,
+    summary: Summary,
 ) -> None:
-    probabilities, engineered = predictor.score(chunk.passengers)
+    probabilities, engineered = predictor.score_columns(checked.columns)
     p = probabilities.tolist()
     threshold = predictor.threshold
     survived = [int(x >= threshold) for x in p]
-    passenger_ids = [c["PassengerId"] for c in chunk.passengers]
+    passenger_ids = checked.columns["PassengerId"]
     ids = new_ids(len(p))
     if staged is not None:
         created = datetime.now(timezone.utc).isoformat(" ", "microseconds")
         version = predictor.version
         # The fields of recorder.Record.to_fields, for a whole chunk at once.
         staged.add(
-            [
-                [uid, "" if pid is None else str(pid), str(s), repr(x), version, source, created,
-                 features.features_json(row), raw]
-                for uid, pid, s, x, row, raw in zip(ids, passenger_ids, survived, p, engineered, chunk.raw_json)
-            ]
+            list(
+                zip(
+                    ids,
+                    ["" if pid is None else str(pid) for pid in passenger_ids],
+                    map(str, survived),
+                    map(float.__repr__, p),
+                    itertools.repeat(version),
+                    itertools.repeat(source),
+                    itertools.repeat(created),
+                    features.features_json(engineered),
+                    checked.texts,
+                )
+            )
         )
     answers.add(ids, passenger_ids, survived, p)
     summary.rows += len(p)

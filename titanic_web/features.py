@@ -177,6 +177,13 @@ def engineer_many(
     return _engineer(_raws(passengers), ticket_counts, training)
 
 
+def engineer_raws(
+    raws: Iterable[Sequence[Any]], *, ticket_counts: Mapping[str, int], training: bool = False
+) -> list[tuple[Any, ...]]:
+    """:func:`engineer_many` for passengers given as value tuples in :data:`RAW_COLUMNS` order."""
+    return _engineer(raws, ticket_counts, training)
+
+
 def to_record(row: Sequence[Any]) -> dict[str, Any]:
     """An engineered row as the feature store keeps it: keyed by FEATURES, None for NaN."""
     record = dict(zip(FEATURES, row))
@@ -242,22 +249,35 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
 
 _FEATURES_JSON = "{" + ",".join(f'"{name}":%s' for name in FEATURES) + "}"
 _TEXT_JSON: dict[str, str] = {}  # categorical values come from small sets: each encoded once
-_float_repr = float.__repr__
 
 
-def features_json(row: Sequence[Any]) -> str:
-    """``json.dumps(to_record(row), separators=(",", ":"))`` for an engineered row, without the dict.
+def _float_json(value: float) -> str:
+    return "null" if value != value else float.__repr__(value)
 
-    The batch path writes one per passenger; the numbers are finite or NaN (null),
+
+def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
+    """``json.dumps(to_record(row), separators=(",", ":"))`` for each engineered row, without the dicts.
+
+    The batch path writes one per passenger, so this works a column at a time.
+    The numbers are floats (NaN is written null, as :func:`to_record` makes it None),
     the texts are the categorical values.
     """
+    if not rows:
+        return []
+    columns = list(zip(*rows))
     width = len(NUMERIC_FEATURES)
-    values: list[str] = [_float_repr(v) if v == v else "null" for v in row[:width]]  # as json.dumps writes floats
-    for text in row[width:]:
-        encoded = _TEXT_JSON.get(text)
-        if encoded is None:
-            encoded = json.dumps(text)
-            if len(_TEXT_JSON) < 10_000:
-                _TEXT_JSON[text] = encoded
-        values.append(encoded)
-    return _FEATURES_JSON % tuple(values)
+    parts: list[list[str]] = []
+    for column in columns[:width]:
+        # Most columns hold few distinct numbers: write each once (as json.dumps writes a float).
+        known = {value: _float_json(value) for value in set(column)}
+        parts.append(list(map(known.__getitem__, column)))
+    for column in columns[width:]:
+        texts = list(map(_TEXT_JSON.get, column))
+        if None in texts:
+            for i, (value, text) in enumerate(zip(column, texts)):
+                if text is None:
+                    texts[i] = json.dumps(value)
+                    if len(_TEXT_JSON) < 10_000:
+                        _TEXT_JSON[value] = texts[i]
+        parts.append(texts)
+    return list(map(_FEATURES_JSON.__mod__, zip(*parts)))

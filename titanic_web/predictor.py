@@ -102,6 +102,15 @@ class Predictor:
             for p, row in zip(probabilities.tolist(), rows)
         ]
 
+    def score_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
+        """:meth:`score` for validated passengers given as columns (field name -> values)."""
+        if self.compiled is not None:
+            raws = list(zip(*(columns[name] for name in features.RAW_COLUMNS)))
+            rows = features.engineer_raws(raws, ticket_counts=self.compiled.ticket_counts)
+            return self.compiled.probabilities(rows), rows
+        names = list(columns)
+        return self.score([dict(zip(names, values)) for values in zip(*(columns[n] for n in names))])
+
     def score(self, passengers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
         """P(survived) for validated passengers, with the engineered rows (FEATURES order, NaN
         when unknown) the model saw: the compiled form when there is one, else the pipeline."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -258,6 +259,27 @@ def _json_fragment(name: str, value: Any) -> str:
 _encode_text = json.JSONEncoder().encode
 
 
+@dataclass
+class CheckedRows:
+    """A chunk of rows checked at once.
+
+    ``columns`` (field name -> clean values) and ``texts`` (each passenger's JSON)
+    hold the valid rows in order; ``errors`` holds (position in the chunk, errors)
+    for the others; ``kept`` the positions of every row that is a passenger
+    (blank lines are not).
+    """
+
+    columns: dict[str, list[Any]]
+    texts: list[str]
+    errors: list[tuple[int, list[FieldError]]]
+    kept: list[int]
+
+
+_VALUE = operator.itemgetter(0)
+_MESSAGE = operator.itemgetter(1)
+_FRAGMENT = operator.itemgetter(2)
+
+
 class BatchChecker:
     """:func:`validate_passenger` (and, for CSV cells, :func:`parse_text_row`) for many rows.
 
@@ -363,7 +385,80 @@ class BatchChecker:
             parts.append(outcome[2])
         return dict(zip(FIELD_NAMES, values)), "{" + ",".join(parts) + "}", []
 
+    def check_text_rows(
+        self, header: Sequence[str], plan: list[tuple[Field, int]] | None, rows: Sequence[Sequence[str]], *, first_index: int
+    ) -> CheckedRows:
+        """:meth:`check_cells` for many rows, a column at a time (the batch path's CSV reader).
+
+        Rows whose cells are all blank are dropped (they are not passengers and
+        take no index); the rest are numbered from ``first_index``.
+        """
+        width = len(header)
+        if plan is None or set(map(len, rows)) - {width}:
+            return self._rows_one_by_one(header, plan, rows, first_index=first_index)
+        count = len(rows)
+        cells_by_column = list(zip(*rows)) if rows else [() for _ in header]
+        columns: dict[str, list[Any]] = {}
+        parts: list[list[str]] = []
+        failing: set[int] = set()
+        for field, column in plan:
+            if column < 0:
+                if field.required:
+                    return self._rows_one_by_one(header, plan, rows, first_index=first_index)
+                default = self._defaults[field.name]
+                columns[field.name] = [default[0]] * count
+                parts.append([default[2]] * count)
+                continue
+            texts = cells_by_column[column]
+            memo = self._text_memo[field.name]
+            outcomes = list(map(memo.get, texts))
+            if None in outcomes:
+                for i, outcome in enumerate(outcomes):
+                    if outcome is None:
+                        outcomes[i] = outcome = self._check_text(field, texts[i])
+                        self._remember(memo, texts[i], outcome)
+            if any(map(_MESSAGE, outcomes)):
+                failing.update(i for i, outcome in enumerate(outcomes) if outcome[1] is not None)
+            columns[field.name] = list(map(_VALUE, outcomes))
+            parts.append(list(map(_FRAGMENT, outcomes)))
+        if failing:  # rare: the rows with a problem, one by one, for their exact errors
+            return self._rows_one_by_one(header, plan, rows, first_index=first_index)
+        return CheckedRows(columns, list(map("{%s}".__mod__, map(",".join, zip(*parts)))), [], list(range(count)))
+
+    def _rows_one_by_one(
+        self, header: Sequence[str], plan: list[tuple[Field, int]] | None, rows: Sequence[Sequence[str]], *, first_index: int
+    ) -> CheckedRows:
+        clean_rows: list[dict[str, Any]] = []
+        texts: list[str] = []
+        errors: list[tuple[int, list[FieldError]]] = []
+        kept: list[int] = []
+        index = first_index
+        for position, cells in enumerate(rows):
+            clean, text, row_errors = self.check_cells(header, plan, cells, index=index)
+            if row_errors and not any(c.strip() for c in cells):
+                continue  # a line of empty cells
+            kept.append(position)
+            index += 1
+            if row_errors:
+                errors.append((position, row_errors))
+            else:
+                clean_rows.append(clean)
+                texts.append(text)
+        columns = {name: [clean[name] for clean in clean_rows] for name in FIELD_NAMES}
+        return CheckedRows(columns, texts, errors, kept)
+
     def _check_text(self, field: Field, text: str) -> tuple[Any, str | None, str]:
+        # Two common cases first, with the general functions' results (a batch's unique
+        # values, ids and names, miss the memory): plain digits for a whole number...
+        if field.kind is int and not field.choices and text.isascii() and text.isdigit():
+            number = int(text)
+            if (field.minimum is None or number >= field.minimum) and (field.maximum is None or number <= field.maximum):
+                return number, None, f'"{field.name}":{number}'
+        # ... and free text that is not blank and not too long.
+        elif field.kind is str and not field.choices:
+            stripped = text.strip()
+            if stripped and (field.max_length is None or len(stripped) <= field.max_length):
+                return stripped, None, f'"{field.name}":{_encode_text(stripped)}'
         value = parse_text(field, text)
         if value is None and not field.nullable and not field.required:
             return self._defaults[field.name]  # an empty optional cell: omitted, the default applies

@@ -528,7 +528,7 @@ def test_unexpected_error_is_json_500_without_internals(
     def explode(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("secret internal detail /srv/app/model.py")
 
-    monkeypatch.setattr(app.extensions["titanic"].predictor, "score", explode)
+    monkeypatch.setattr(app.extensions["titanic"].predictor, "score_columns", explode)
 
     response = client.post("/api/predict", json=PASSENGER)
 
