@@ -151,9 +151,11 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
                 if more():  # the item may go on in the next read
                     continue
                 raise malformed(exc.msg, exc.pos) from None
-            if end < len(buffer) or at_end:
+            if at_end or (end < len(buffer) and not (buffer[end] in ".eE" and value.__class__ in (int, float))):
                 break
-            if not more():  # a number at the very end of a read may go on too
+            # A number at the very end of a read may go on, and one cut at its '.' or
+            # exponent ("1." | "5", "1e" | "3") parses as a shorter number: read on.
+            if not more():
                 break
         yield value
         position = skip_space(end)

@@ -270,7 +270,10 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     for column in columns[:width]:
         # Most columns hold few distinct numbers: write each once (as json.dumps writes a float).
         known = {value: _float_json(value) for value in set(column)}
-        parts.append(list(map(known.__getitem__, column)))
+        if 0.0 in known:  # 0.0 and -0.0 are one key but two texts: write zeros as they are
+            parts.append([known[value] if value else float.__repr__(value) for value in column])
+        else:
+            parts.append(list(map(known.__getitem__, column)))
     for column in columns[width:]:
         texts = list(map(_TEXT_JSON.get, column))
         if None in texts:

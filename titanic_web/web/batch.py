@@ -129,7 +129,7 @@ def _keep(answers: batch.Answers) -> str:
 
 
 def _remove_expired(directory: Path, keep_seconds: float) -> None:
-    cutoff = time.time() - keep_seconds * 1000
+    cutoff = time.time() - keep_seconds
     for path in [*directory.glob("*.csv"), *directory.glob(".*.tmp")]:
         try:
             if path.stat().st_mtime < cutoff:
@@ -162,7 +162,7 @@ def _event_lines(steps: Generator[batch.Progress, None, Outcome], stream: IO[byt
             outcome: Outcome = done.value
             break
         # The CSV reader closes the body once it has read it all (its text wrapper goes with it).
-        read = _position(stream)
+        read = size if getattr(stream, "closed", False) else _position(stream)
         yield json.dumps({
             "event": "progress",
             "rows": step.rows,

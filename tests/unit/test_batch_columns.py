@@ -1,0 +1,135 @@
+"""The batch path's column-at-a-time checks give exactly the row-at-a-time results."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import TEST_CSV, TRAIN_CSV
+from titanic_web import features, schema
+from titanic_web.schema import BatchChecker
+
+
+def table(path: Path) -> tuple[list[str], list[list[str]]]:
+    rows = list(csv.reader(io.StringIO(path.read_text(encoding="utf-8"))))
+    return [h.strip() for h in rows[0]], rows[1:]
+
+
+def one_by_one(header: list[str], rows: list[list[str]], first_index: int = 0) -> schema.CheckedRows:
+    """The general functions, a row at a time: what the column checks must reproduce."""
+    clean_rows: list[dict[str, object]] = []
+    errors: list[tuple[int, list[schema.FieldError]]] = []
+    kept: list[int] = []
+    for position, cells in enumerate(rows):
+        if len(cells) != len(header):
+            row_errors = [schema.FieldError(first_index + len(kept), None, f"has {len(cells)} cells, the header has {len(header)}")]
+            clean = {}
+        else:
+            clean, row_errors = schema.validate_passenger(
+                schema.parse_text_row(dict(zip(header, cells))), index=first_index + len(kept)
+            )
+        if row_errors and not any(c.strip() for c in cells):
+            continue
+        kept.append(position)
+        if row_errors:
+            errors.append((position, row_errors))
+        else:
+            clean_rows.append(clean)
+    columns = {name: [c[name] for c in clean_rows] for name in schema.FIELD_NAMES}
+    texts = [json.dumps(c, separators=(",", ":")) for c in clean_rows]
+    return schema.CheckedRows(columns, texts, errors, kept)
+
+
+@pytest.mark.parametrize("path", [TRAIN_CSV, TEST_CSV], ids=["train", "test"])
+def test_every_competition_row_checks_the_same_by_column(path: Path) -> None:
+    header, rows = table(path)
+    checker = BatchChecker()
+    by_column = checker.check_text_rows(header, checker.csv_plan(header), rows, first_index=0)
+    expected = one_by_one(header, rows)
+    assert by_column == expected
+    assert not by_column.errors and len(by_column.texts) == len(rows)
+    # and the JSON text is json.dumps of the clean passenger, as the general path writes it
+    clean = [dict(zip(schema.FIELD_NAMES, values)) for values in zip(*by_column.columns.values())]
+    assert by_column.texts == [json.dumps(c, separators=(",", ":")) for c in clean]
+    # a second pass, answered from the remembered outcomes, is the same again
+    assert checker.check_text_rows(header, checker.csv_plan(header), rows, first_index=0) == expected
+
+
+HEADER = ["PassengerId", "Pclass", "Name", "Sex", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked"]
+GOOD = ["1", "3", "Braund, Mr. Owen", "male", "22", "1", "0", "A/5 21171", "7.25", "", "S"]
+
+
+def variant(**cells: str) -> list[str]:
+    row = list(GOOD)
+    for name, text in cells.items():
+        row[HEADER.index(name)] = text
+    return row
+
+
+HOSTILE = [
+    variant(PassengerId=" 12 "), variant(PassengerId="+7"), variant(PassengerId="1_000"), variant(PassengerId="٣"),
+    variant(PassengerId="²"), variant(PassengerId="0"), variant(PassengerId="2147483648"), variant(PassengerId="3.0"),
+    variant(PassengerId=""), variant(Pclass="3.0"), variant(Pclass="4"), variant(Pclass=""), variant(Sex="Male"),
+    variant(Age="nan"), variant(Age="inf"), variant(Age="-1"), variant(Age="1e1"), variant(Age=" "), variant(Age="abc"),
+    variant(SibSp="2.5"), variant(SibSp=""), variant(Fare="10001"), variant(Fare=""), variant(Embarked="X"),
+    variant(Embarked=""), variant(Name=""), variant(Name="  "), variant(Name='Ünïcode, Mrs. "Q"\ttab'),
+    variant(Name="x" * 201), variant(Ticket="t" * 51), variant(Cabin=" C85 "), variant(Cabin="c" * 51),
+    ["", "", "", "", "", "", "", "", "", "", ""],  # a line of empty cells: not a passenger
+    ["1", "3"],  # too few cells
+    GOOD,
+]
+
+
+@pytest.mark.parametrize("first_index", [0, 40])
+def test_hostile_cells_check_the_same_by_column(first_index: int) -> None:
+    checker = BatchChecker()
+    plan = checker.csv_plan(HEADER)
+    assert checker.check_text_rows(HEADER, plan, HOSTILE, first_index=first_index) == one_by_one(
+        HEADER, HOSTILE, first_index
+    )
+    # each row alone too, so that a row's problem cannot hide behind another's
+    for row in HOSTILE:
+        assert checker.check_text_rows(HEADER, plan, [row], first_index=first_index) == one_by_one(
+            HEADER, [row], first_index
+        ), row
+
+
+def test_a_chunk_reports_every_bad_row_with_its_index_and_skips_empty_lines() -> None:
+    rows = [GOOD, variant(Age="200"), ["", "", "", "", "", "", "", "", "", "", ""], variant(Sex="robot"), GOOD]
+    checker = BatchChecker()
+    checked = checker.check_text_rows(HEADER, checker.csv_plan(HEADER), rows, first_index=10)
+    assert checked.kept == [0, 1, 3, 4]
+    assert [(position, [(e.index, e.field) for e in errors]) for position, errors in checked.errors] == [
+        (1, [(11, "Age")]),
+        (3, [(12, "Sex")]),
+    ]
+    assert len(checked.texts) == 2
+
+
+def test_columns_in_another_order_and_missing_optional_columns_take_the_defaults() -> None:
+    header = ["Sex", "Pclass", "Survived"]
+    rows = [["female", "1", "1"], ["male", "3", "0"]]
+    checker = BatchChecker()
+    checked = checker.check_text_rows(header, checker.csv_plan(header), rows, first_index=0)
+    assert checked == one_by_one(header, rows)
+    assert checked.columns["SibSp"] == [0, 0] and checked.columns["Age"] == [None, None]
+
+
+def test_features_json_matches_json_dumps_of_the_record_for_every_competition_row() -> None:
+    passengers: list[dict[str, object]] = []
+    for path in (TRAIN_CSV, TEST_CSV):
+        header, rows = table(path)
+        checked = one_by_one(header, rows)
+        passengers += [dict(zip(schema.FIELD_NAMES, values)) for values in zip(*checked.columns.values())]
+    passengers.append({**passengers[0], "Age": -0.0, "Fare": -0.0})  # -0.0 is written "-0.0", as json.dumps does
+    rows = features.engineer_many(passengers, ticket_counts={"347082": 7})
+    assert any(math.isnan(r[1]) for r in rows), "some ages are unknown: the NaN case is covered"
+    assert features.features_json(rows) == [
+        json.dumps(features.to_record(r), separators=(",", ":")) for r in rows
+    ]
+    assert features.features_json([]) == []
