@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any
 
-from titanic_web import features, schema
+from titanic_web import csvio, features, schema
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import Recorder, Staged, new_ids
 from titanic_web.schema import FieldError, InputError
@@ -192,18 +192,7 @@ def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str
         raise BodyError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
     except csv.Error as exc:
         raise BodyError(f"line 1: {exc}") from None
-    errors = [
-        FieldError(None, name, schema.unknown_field_message(name), line=1)
-        for name in header
-        if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
-    ]
-    errors += [
-        FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
-        for f in schema.FIELDS
-        if f.required and f.name not in header
-    ]
-    if errors:
-        raise InputError(errors)
+    csvio.check_header(header)
 
     def rows() -> Iterator[tuple[int, list[str]]]:
         try:

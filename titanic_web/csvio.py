@@ -30,6 +30,25 @@ def decode(data: bytes) -> str:
         raise CsvError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+def check_header(header: list[str]) -> None:
+    """A header names only known columns (or ignored ones, such as Survived) and every required one.
+
+    :raise InputError: the problems, each on line 1.
+    """
+    errors = [
+        FieldError(None, name, schema.unknown_field_message(name), line=1)
+        for name in header
+        if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
+    ]
+    errors += [
+        FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
+        for f in schema.FIELDS
+        if f.required and f.name not in header
+    ]
+    if errors:
+        raise InputError(errors)
+
+
 def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
     """Parse and validate a competition-layout CSV; return clean passengers in order.
 
@@ -45,18 +64,7 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
         raise CsvError("the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,...") from None
     except csv.Error as exc:
         raise CsvError(f"line 1: {exc}") from None
-    header_errors = [
-        FieldError(None, name, schema.unknown_field_message(name), line=1)
-        for name in header
-        if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
-    ]
-    header_errors += [
-        FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
-        for f in schema.FIELDS
-        if f.required and f.name not in header
-    ]
-    if header_errors:
-        raise InputError(header_errors)
+    check_header(header)
 
     passengers: list[dict[str, Any]] = []
     errors: list[FieldError] = []
