@@ -68,6 +68,7 @@ def build_app(
         "SQLALCHEMY_DATABASE_URI": database_url or f"sqlite:///{db_file}",
         "MODEL_DIR": model_dir,
         "SPOOL_DIR": db_file.parent / f"{db_file.stem}-spool",
+        "BATCH_DIR": db_file.parent / f"{db_file.stem}-batches",
     }
     config.update(overrides)
     app = create_app(config)

@@ -88,6 +88,7 @@ def running_site(model_dir: Path, folder: Path, **settings: str) -> Iterator[Sit
     are in, everything answered before it has had its chance to be written.
     """
     db_path = folder / "titanic.db"
+    settings.setdefault("BATCH_DIR", str(folder / "batches"))  # batch results stay out of the checkout
     env = server_env(DATABASE_URL=f"sqlite:///{db_path}", MODEL_DIR=str(model_dir), SPOOL_DIR=str(folder / "spool"),
                      SECRET_KEY="browser-test-secret-key", **settings)
     init_db(PROJECT_ROOT, env)
@@ -100,6 +101,13 @@ def running_site(model_dir: Path, folder: Path, **settings: str) -> Iterator[Sit
 def site(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The app as production runs it (CSRF tokens valid for the default hour)."""
     with running_site(model_dir, tmp_path_factory.mktemp("browser")) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def batch_site(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    """A server for the batch page whose progress events come every BATCH_CHUNK_ROWS=500 rows."""
+    with running_site(model_dir, tmp_path_factory.mktemp("browser-batch"), BATCH_CHUNK_ROWS="500") as running:
         yield running
 
 
