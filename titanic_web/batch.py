@@ -28,12 +28,15 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from titanic_web import csvio, features, schema
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import Recorder, Staged, new_ids
 from titanic_web.schema import FieldError, InputError
+
+P = TypeVar("P")
+R = TypeVar("R")
 
 #: Passengers predicted and staged at a time.
 CHUNK_ROWS = 2000
@@ -294,7 +297,7 @@ def process(
     staged = recorder.stage() if recorder is not None else None
     try:
         chunks = _json_chunks(stream, checker, chunk_rows) if kind == "json" else _csv_chunks(stream, checker, chunk_rows)
-        for checked, lines, first_index in chunks:
+        for checked, lines in chunks:
             rows += len(checked.kept)
             if rows > max_rows:
                 raise BodyError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
@@ -323,7 +326,7 @@ def process(
     return summary
 
 
-Chunks = Iterator[tuple[schema.CheckedRows, "list[int] | None", int]]
+Chunks = Iterator[tuple[schema.CheckedRows, "list[int] | None"]]
 
 
 def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
@@ -347,7 +350,7 @@ def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: in
         if not count:
             return
         columns = {name: [clean[name] for clean in clean_rows] for name in schema.FIELD_NAMES}
-        yield schema.CheckedRows(columns, texts, errors, list(range(count))), None, first
+        yield schema.CheckedRows(columns, texts, errors, list(range(count))), None
 
 
 def _csv_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
@@ -367,12 +370,16 @@ def _csv_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int
         lines = [line for line, _ in block]
         checked = checker.check_text_rows(header, plan, [cells for _, cells in block], first_index=index)
         index += len(checked.kept)
-        yield checked, lines, index - len(checked.kept)
+        yield checked, lines
 
 
 def run(*args: Any, progress: Callable[[Progress], None] | None = None, **kwargs: Any) -> Summary:
     """:func:`process` to the end, calling ``progress`` after each chunk if given."""
-    steps = process(*args, **kwargs)
+    return finish(process(*args, **kwargs), progress)
+
+
+def finish(steps: Generator[P, None, R], progress: Callable[[P], None] | None = None) -> R:
+    """Run a generator of progress steps to its end; return what it returns."""
     while True:
         try:
             step = next(steps)

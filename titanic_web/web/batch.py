@@ -63,7 +63,7 @@ def batch_page() -> Any:
         shutil.copyfileobj(upload.stream, copy, batch.READ_BYTES)
         copy.seek(0)
         return Response(stream_with_context(_events(_process(copy), copy)), mimetype=EVENTS)
-    outcome = _finish(_process(upload.stream))
+    outcome = batch.finish(_process(upload.stream))
     return render_template("batch.html", form=BatchForm(formdata=None), outcome=outcome), outcome.status
 
 
@@ -136,14 +136,6 @@ def _remove_expired(directory: Path, keep_seconds: float) -> None:
                 path.unlink()
         except FileNotFoundError:
             continue
-
-
-def _finish(steps: Generator[batch.Progress, None, Outcome]) -> Outcome:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
 
 
 def _events(steps: Generator[batch.Progress, None, Outcome], stream: IO[bytes]) -> Iterator[str]:
