@@ -40,11 +40,17 @@ def post_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """Pin thread pools, then start this worker's recorder (it first delivers what
-    stopped workers left spooled)."""
+    """Pin thread pools, freeze the loaded app out of the garbage collector's sight, then
+    start this worker's recorder (it first delivers what stopped workers left spooled)."""
+    import gc
+
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=int(os.environ["OMP_NUM_THREADS"]))
+    # The app, its libraries and the model live as long as the worker: without this every
+    # full collection walks them again (about a quarter of a 100,000-row batch's time here).
+    gc.collect()
+    gc.freeze()
     recorder = _recorder(worker.wsgi)
     if recorder is not None:
         recorder.start()
