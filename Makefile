@@ -16,7 +16,8 @@ help:
 	@echo "make test   set up, then run the whole test suite (installs Debian's chromium for tests/browser/)"
 	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
 	@echo "make model  train the model now (also: $(FLASK) train)"
-	@echo "make bench  HTTP benchmark of recording (installs wrk; figures in bench/README.md)"
+	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV (installs wrk; figures in bench/README.md)"
+	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
 	@echo "make clean  remove the virtualenv, the trained model and instance/"
 
 $(STAMP): setup.cfg pyproject.toml
@@ -49,13 +50,22 @@ browser:
 	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-# HTTP benchmark of /api/predict (bench/README.md); installs wrk from Debian when missing.
-# `make bench BENCH_ARGS="--rounds 1 --duration 5"` passes arguments to bench/run_http.py.
-.PHONY: bench
+# Benchmarks (bench/README.md): the predictor in-process, /api/predict over HTTP, and a
+# 100,000-passenger CSV upload; installs wrk from Debian when missing. Each script takes
+# its own arguments: PREDICTOR_ARGS (bench_predictor.py), BENCH_ARGS (run_http.py),
+# BATCH_ARGS (bench_batch.py), e.g. `make bench BENCH_ARGS="--rounds 1 --duration 5"`.
+# `make bench-quick` is a three-minute look with fewer rounds.
+.PHONY: bench bench-quick
 bench: $(STAMP) $(MODEL)
 	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
+	$(BIN)/python bench/bench_predictor.py $(PREDICTOR_ARGS)
 	$(BIN)/python bench/run_http.py $(BENCH_ARGS)
+	$(BIN)/python bench/bench_batch.py $(BATCH_ARGS)
+
+bench-quick:
+	$(MAKE) bench PREDICTOR_ARGS="--rounds 2" BENCH_ARGS="--rounds 3 --duration 2" \
+		BATCH_ARGS="--requests 2"
 
 clean:
 	rm -rf $(VENV) model/artifacts instance .pytest_cache
