@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
@@ -262,6 +263,16 @@ class Answers:
 
 # -- the flow -----------------------------------------------------------------------------
 
+_CHECKERS = threading.local()
+
+
+def _checker() -> schema.BatchChecker:
+    """This thread's checker: what it remembers of the values it has seen serves every request."""
+    checker = getattr(_CHECKERS, "checker", None)
+    if checker is None:
+        checker = _CHECKERS.checker = schema.BatchChecker()
+    return checker
+
 
 def process(
     stream: IO[bytes],
@@ -289,7 +300,7 @@ def process(
     if kind not in ("json", "csv"):
         raise ValueError(f"bodies are json or csv, not {kind!r}")
     started = time.perf_counter()
-    checker = schema.BatchChecker()
+    checker = _checker()
     summary = Summary(model_version=predictor.version)
     errors: list[FieldError] = []
     error_count = 0

@@ -441,6 +441,8 @@ class Staged:
 
 def new_ids(count: int) -> list[str]:
     """``uuid.uuid4().hex`` for count new predictions, from one read of the system's randomness."""
+    if count < 16:  # a request of a few passengers: numpy's set-up costs more than it saves
+        return [uuid.uuid4().hex for _ in range(count)]
     data = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
     data[:, 6] = (data[:, 6] & 0x0F) | 0x40  # version 4
     data[:, 8] = (data[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant

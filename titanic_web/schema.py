@@ -259,6 +259,10 @@ def _json_fragment(name: str, value: Any) -> str:
 _encode_text = json.JSONEncoder().encode
 
 
+#: An omitted field takes its default, unchecked, as in validate_passenger: (value, None, JSON).
+_DEFAULT_OUTCOMES = {f.name: (f.default, None, _json_fragment(f.name, f.default)) for f in FIELDS}
+
+
 @dataclass
 class CheckedRows:
     """A chunk of rows checked at once.
@@ -302,8 +306,7 @@ class BatchChecker:
     def __init__(self) -> None:
         self._json_memo: dict[str, dict[tuple[type, Any], tuple[Any, str | None, str]]] = {f.name: {} for f in FIELDS}
         self._text_memo: dict[str, dict[str, tuple[Any, str | None, str]]] = {f.name: {} for f in FIELDS}
-        # An omitted field takes its default, unchecked, as in validate_passenger.
-        self._defaults = {f.name: (f.default, None, _json_fragment(f.name, f.default)) for f in FIELDS}
+        self._defaults = _DEFAULT_OUTCOMES
 
     def _remember(self, memo: dict[Any, Any], key: Any, outcome: tuple[Any, str | None, str]) -> None:
         if len(memo) >= self.MEMORY:

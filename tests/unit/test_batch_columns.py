@@ -129,7 +129,7 @@ def test_features_json_matches_json_dumps_of_the_record_for_every_competition_ro
     passengers.append({**passengers[0], "Age": -0.0, "Fare": -0.0})  # -0.0 is written "-0.0", as json.dumps does
     rows = features.engineer_many(passengers, ticket_counts={"347082": 7})
     assert any(math.isnan(r[1]) for r in rows), "some ages are unknown: the NaN case is covered"
-    assert features.features_json(rows) == [
-        json.dumps(features.to_record(r), separators=(",", ":")) for r in rows
-    ]
+    expected = [json.dumps(features.to_record(r), separators=(",", ":")) for r in rows]
+    assert features.features_json(rows) == expected  # by column
+    assert [text for r in rows for text in features.features_json([r])] == expected  # row by row
     assert features.features_json([]) == []
