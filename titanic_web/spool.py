@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SUFFIX = ".jsonl"
+SUFFIX = ".spool"  # lines of tab-separated text fields (see encode)
 DONE_SUFFIX = ".done"
 #: A temporary file older than this was left by a killed process.
 STALE_TMP_SECONDS = 60.0
