@@ -10,7 +10,9 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import platform
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -166,9 +168,35 @@ def _describe(pipeline: Pipeline) -> dict[str, Any]:
 
 
 def _dump_bytes(obj: Any) -> bytes:
+    """The artifact's bytes: a pickle in which every string is written once.
+
+    The standard pickler writes a string once and refers back to it when the
+    same object comes again, but writes an equal string that is another object
+    anew. Which equal strings are one object depends on the process's history
+    (loading a model before training changed it), so the same fit could give
+    other bytes and another version. Here a repeated string always refers back,
+    whatever its identity. ``joblib.load`` (and ``pickle.load``) read the result.
+    """
     buffer = io.BytesIO()
-    joblib.dump(obj, buffer)
+    _StringsOncePickler(buffer, protocol=4).dump(obj)
     return buffer.getvalue()
+
+
+class _StringsOncePickler(pickle._Pickler):  # the pure-Python pickler: its dispatch can be extended
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def __init__(self, file: Any, protocol: int) -> None:
+        super().__init__(file, protocol=protocol)
+        self._strings: dict[str, Any] = {}  # value -> the first object of that value written
+
+    def save_str(self, obj: str) -> None:
+        first = self._strings.setdefault(obj, obj)
+        if first is not obj:
+            self.save(first)  # the memo has it: written as a reference
+            return
+        pickle._Pickler.save_str(self, obj)
+
+    dispatch[str] = save_str
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

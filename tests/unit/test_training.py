@@ -96,20 +96,24 @@ def test_sha256_file(tmp_path: Path) -> None:
 TRAIN_ONCE = (
     "import sys\n"
     "from pathlib import Path\n"
+    "from titanic_web.predictor import Predictor\n"
     "from titanic_web.training import train\n"
+    "if len(sys.argv) > 3:\n"
+    "    Predictor.from_dir(Path(sys.argv[3]))  # as `flask train` does: the app loads the current model first\n"
     "print(train(data_path=Path(sys.argv[1]), out_dir=Path(sys.argv[2])).card['version'])\n"
 )
 
 
 def test_training_is_deterministic_across_processes(tmp_path: Path, model_dir: Path, card: dict[str, Any]) -> None:
-    """Two fresh interpreters with different hash seeds write the same artifact bytes."""
+    """Two fresh interpreters with different hash seeds write the same artifact bytes, one of
+    them having loaded a model first (which once changed which strings pickle shared)."""
     runs = {}
-    for seed in ("1", "4242"):
+    for seed, loaded in (("1", []), ("4242", [str(model_dir)])):
         out = tmp_path / f"seed{seed}"
         runs[seed] = (
             out,
             subprocess.Popen(
-                [sys.executable, "-c", TRAIN_ONCE, str(TRAIN_CSV), str(out)],
+                [sys.executable, "-c", TRAIN_ONCE, str(TRAIN_CSV), str(out), *loaded],
                 cwd=PROJECT_ROOT,
                 env={**os.environ, "PYTHONHASHSEED": seed},
                 stdout=subprocess.PIPE,
