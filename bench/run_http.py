@@ -63,6 +63,7 @@ MANY = 100  # passengers in the array body of the *-100 configurations
 DEFAULT_ONLY = "i,ii,iii,iv,v,i-100,iii-100"
 
 START_TIMEOUT = 60.0
+SETTLE_TIMEOUT = 180.0  # seconds to wait for the writers to catch up before a run
 STOP_TIMEOUT = 30.0  # gunicorn's graceful_timeout; the recorder drains within 10 s of it
 WORKERS = 2  # what gunicorn.conf.py runs without WEB_CONCURRENCY
 
@@ -466,6 +467,20 @@ def start_server(config: Config, env: dict[str, str], work: Path) -> tuple[Serve
     return server, spool_dir
 
 
+def settle(servers: dict[str, tuple[Server, Path]], *, timeout: float = SETTLE_TIMEOUT) -> float:
+    """Wait until every recording server with a working database has delivered its spool.
+
+    A writer still catching up after its own run (a 100-passenger body leaves tens of
+    thousands of rows) would spend the same two cores during the next configuration's
+    run and bias it. Returns the seconds waited.
+    """
+    started = time.monotonic()
+    spools = [d for server, d in servers.values() if server.config.recording and server.config.db_kind != "down"]
+    while any(spooled_rows(d) for d in spools) and time.monotonic() - started < timeout:
+        time.sleep(0.2)
+    return time.monotonic() - started
+
+
 def one_run(server: Server, rnd: int, args: argparse.Namespace, work: Path) -> Run:
     """Warm up, then measure one configuration's server for args.duration seconds."""
     config = server.config
@@ -696,6 +711,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"started ({c.key}) {c.name} on port {servers[c.key][0].port}", flush=True)
         for n in range(1, args.rounds + 1):
             for c in configs:
+                waited = settle(servers)
+                if waited > 1:
+                    print(f"  waited {waited:.0f} s for the writers to deliver their spools", flush=True)
                 run = one_run(servers[c.key][0], n, args, work)
                 runs.append(run)
                 errs = sum(run.errors.values())

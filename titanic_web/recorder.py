@@ -22,11 +22,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from flask import Flask
@@ -405,16 +405,31 @@ class Staged:
     request may answer. :meth:`discard` drops them. Use as a context manager.
     """
 
+    #: Staged bytes kept in memory; past this they go to a temporary file.
+    IN_MEMORY_BYTES = 8 << 20
+
     def __init__(self, recorder: Recorder) -> None:
         self.recorder = recorder
         self.rows = 0
-        self._file = tempfile.SpooledTemporaryFile(max_size=8 << 20)
+        self._lines: list[bytes] = []  # while small (a request of one passenger: one short line)
+        self._size = 0
+        self._file: IO[bytes] | None = None
 
-    def add(self, rows: list[list[str]]) -> None:
-        """Stage one chunk's records (each a list of text fields in :data:`FIELDS` order)."""
-        if rows:
-            self._file.write(spool.encode(rows, spooled_at=time.time()))
-            self.rows += len(rows)
+    def add(self, rows: Sequence[Sequence[str]]) -> None:
+        """Stage one chunk's records (each a sequence of text fields in :data:`FIELDS` order)."""
+        if not rows:
+            return
+        line = spool.encode(rows, spooled_at=time.time())
+        self.rows += len(rows)
+        self._size += len(line)
+        if self._file is None and self._size <= self.IN_MEMORY_BYTES:
+            self._lines.append(line)
+            return
+        if self._file is None:
+            self._file = tempfile.TemporaryFile()
+            self._file.writelines(self._lines)
+            self._lines = []
+        self._file.write(line)
 
     def commit(self) -> None:
         """Append every staged line to the spool; then the answers may be given.
@@ -422,15 +437,21 @@ class Staged:
         :raise RecorderError: the spool refused a line. Lines appended before it
             stay spooled (they are stored, though the request fails).
         """
-        self._file.seek(0)
-        for line in self._file:
+        lines: Iterable[bytes] = self._lines
+        if self._file is not None:
+            self._file.seek(0)
+            lines = self._file
+        for line in lines:
             self.recorder._append(line, spool.line_rows(line), time.time())
         self.recorder._wake_if_full()
         self.discard()
 
     def discard(self) -> None:
         """Drop the staged records."""
-        self._file.close()
+        self._lines = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
     def __enter__(self) -> Staged:
         return self
