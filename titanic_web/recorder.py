@@ -197,7 +197,7 @@ class Recorder:
         spool_dir: Path,
         *,
         batch_rows: int = 1000,
-        flush_interval: float = 0.2,
+        flush_interval: float = 1.0,
         retry_max: float = 30.0,
         adopt_interval: float = 30.0,
         fsync: bool = False,
