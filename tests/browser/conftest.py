@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
 from tests.system.server import GunicornServer, init_db, server_env
@@ -69,6 +70,22 @@ class Site:
             raw = conn.execute("SELECT raw_input FROM feature_store WHERE prediction_id = ?", (key,)).fetchone()
         assert row is not None and raw is not None, f"prediction {prediction_id} is not in both tables"
         return dict(row), json.loads(raw["raw_input"])
+
+    def settle(self) -> None:
+        """Wait until the writer has delivered every answer given so far (the server has one
+        worker, so its backlog in /api/ready is the whole spool): a count taken then is final."""
+        deadline = time.monotonic() + ROW_WAIT
+        while True:
+            backlog = requests.get(f"{self.server.base_url}/api/ready", timeout=10).json()["backlog"]["rows"]
+            if backlog == 0:
+                return
+            assert time.monotonic() < deadline, f"{backlog} answered rows still spooled after {ROW_WAIT} s"
+            time.sleep(0.05)
+
+    def settled_ids(self) -> tuple[set[str], set[str]]:
+        """:meth:`stored_ids` once nothing answered is still on its way."""
+        self.settle()
+        return self.stored_ids()
 
     def wait_for_ids(self, done: Callable[[set[str], set[str]], bool]) -> tuple[set[str], set[str]]:
         """Poll the tables until done(predictions, features) holds; return the last look either way."""

@@ -119,6 +119,7 @@ def test_big_file_shows_progress_summary_and_downloads_its_submission(
     path = write_big_csv(tmp_path / "passengers.csv", BIG_ROWS)
     expected = expected_submission(predictor, path)
     survived = sum(int(line.rsplit(",", 1)[1]) for line in expected[1:])
+    batch_site.settle()
     before = batch_rows(batch_site)
 
     upload(page, batch_site, path)

@@ -101,7 +101,7 @@ def assert_only_new(site: Site, before: tuple[set[str], set[str]], expected: set
 # -- (a) a valid passenger -----------------------------------------------------------------------
 
 def test_submitted_passenger_is_predicted_shown_and_stored(site: Site, page: Page) -> None:
-    before = site.stored_ids()
+    before = site.settled_ids()
     page.goto(site.url)
     assert page.locator("#probability").count() == 0
     fill_passenger(page, PASSENGER)
@@ -137,7 +137,7 @@ def test_submitted_passenger_is_predicted_shown_and_stored(site: Site, page: Pag
 def test_invalid_value_is_explained_beside_its_field_and_nothing_stored(
     site: Site, page: Page, field: str, value: str, message: str
 ) -> None:
-    before = site.stored_ids()
+    before = site.settled_ids()
     page.goto(site.url)
     fill_passenger(page, {**PASSENGER, field: value})
 
@@ -182,7 +182,7 @@ def short_lived_tokens(model_dir: Path, tmp_path: Path) -> Iterator[Site]:
 
 def test_expired_form_is_shown_again_with_its_values_then_submits(short_lived_tokens: Site, page: Page) -> None:
     site = short_lived_tokens
-    before = site.stored_ids()
+    before = site.settled_ids()
     page.goto(site.url)
     fill_passenger(page, PASSENGER)
     old_token = control(page, "csrf_token").input_value()
