@@ -33,13 +33,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
 import json
 import os
-import platform
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,12 +50,13 @@ sys.path.insert(0, str(PROJECT))
 from bench.run_http import (  # noqa: E402
     Config,
     Server,
-    _cpu_model,
     _version,
     base_env,
     children,
     cpu_seconds,
     init_db,
+    machine_base,
+    median,
 )
 
 TEST_CSV = PROJECT / "model" / "data" / "test.csv"
@@ -250,27 +248,7 @@ def database_counts(path: Path) -> tuple[int, int]:
 # -- the report ---------------------------------------------------------------------------------
 
 def machine() -> dict[str, str]:
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "nproc": str(os.cpu_count()),
-        "cpu": _cpu_model(),
-        "memory": f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
-        "kernel": platform.release(),
-        "load average at start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "python": platform.python_version(),
-        "flask": _version("flask"),
-        "gunicorn": _version("gunicorn"),
-        "sqlalchemy": _version("sqlalchemy"),
-        "scikit-learn": _version("scikit-learn"),
-        "numpy": _version("numpy"),
-        "pandas": _version("pandas"),
-        "requests": _version("requests"),
-        "sqlite": sqlite3.sqlite_version,
-    }
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
+    return {**machine_base(), "requests": _version("requests")}
 
 
 def main(argv: list[str] | None = None) -> int:

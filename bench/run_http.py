@@ -158,7 +158,8 @@ def _postgres_version() -> str:
         return f"unavailable ({type(exc).__name__})"
 
 
-def machine() -> dict[str, str]:
+def machine_base() -> dict[str, str]:
+    """The machine and the libraries every benchmark reports."""
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
@@ -170,11 +171,17 @@ def machine() -> dict[str, str]:
         "flask": _version("flask"),
         "gunicorn": _version("gunicorn"),
         "sqlalchemy": _version("sqlalchemy"),
-        "psycopg": _version("psycopg"),
         "scikit-learn": _version("scikit-learn"),
         "numpy": _version("numpy"),
         "pandas": _version("pandas"),
         "sqlite": sqlite3.sqlite_version,
+    }
+
+
+def machine() -> dict[str, str]:
+    return {
+        **machine_base(),
+        "psycopg": _version("psycopg"),
         "postgresql": _postgres_version(),
         "wrk": _wrk_version(),
     }

@@ -33,7 +33,7 @@ from typing import IO, Any, TypeVar
 
 from titanic_web import csvio, features, schema
 from titanic_web.predictor import Predictor
-from titanic_web.recorder import Recorder, Staged, new_ids
+from titanic_web.recorder import Recorder, Staged, new_ids, spool_rows
 from titanic_web.schema import FieldError, InputError
 
 P = TypeVar("P")
@@ -80,10 +80,9 @@ class Summary:
 
 @dataclass
 class Progress:
-    """Yielded after each chunk: rows read so far, and whether all of them passed."""
+    """Yielded after each chunk: rows read so far, and the errors found in them (0: all passed)."""
 
     rows: int
-    valid: bool = True
     errors: int = 0
 
 
@@ -320,7 +319,7 @@ def process(
                     errors += [FieldError(e.index, e.field, e.message, line=line) for e in row_errors[:room]]
             if not error_count and checked.texts:
                 _predict_chunk(checked, predictor, staged, answers, source, summary)
-            yield Progress(rows=rows, valid=not error_count, errors=error_count)
+            yield Progress(rows=rows, errors=error_count)
         if error_count:
             raise BatchInputError(errors, error_count)
         if rows == 0:
@@ -345,23 +344,14 @@ def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: in
     index = 0
     items = json_items(stream)
     while True:
-        clean_rows: list[dict[str, Any]] = []
-        texts: list[str] = []
-        errors: list[tuple[int, list[FieldError]]] = []
-        first = index
-        for position, item in enumerate(itertools.islice(items, chunk_rows)):
-            clean, text, row_errors = checker.check_object(item, index=index)
-            index += 1
-            if row_errors:
-                errors.append((position, row_errors))
-            else:
-                clean_rows.append(clean)
-                texts.append(text)
-        count = index - first
-        if not count:
+        rows = [
+            (position, *checker.check_object(item, index=index + position))
+            for position, item in enumerate(itertools.islice(items, chunk_rows))
+        ]
+        if not rows:
             return
-        columns = {name: [clean[name] for clean in clean_rows] for name in schema.FIELD_NAMES}
-        yield schema.CheckedRows(columns, texts, errors, list(range(count))), None
+        index += len(rows)
+        yield schema.CheckedRows.collect(rows), None
 
 
 def _csv_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
@@ -411,22 +401,11 @@ def _predict_chunk(
     passenger_ids = checked.columns["PassengerId"]
     ids = new_ids(len(p))
     if staged is not None:
-        created = datetime.now(timezone.utc).isoformat(" ", "microseconds")
-        version = predictor.version
-        # The fields of recorder.Record.to_fields, for a whole chunk at once.
         staged.add(
-            list(
-                zip(
-                    ids,
-                    ["" if pid is None else str(pid) for pid in passenger_ids],
-                    map(str, survived),
-                    map(float.__repr__, p),
-                    itertools.repeat(version),
-                    itertools.repeat(source),
-                    itertools.repeat(created),
-                    features.features_json(engineered),
-                    checked.texts,
-                )
+            spool_rows(
+                ids, passenger_ids, survived, p, model_version=predictor.version, source=source,
+                created_at=datetime.now(timezone.utc), features_json=features.features_json(engineered),
+                raw_json=checked.texts,
             )
         )
     answers.add(ids, passenger_ids, survived, p)

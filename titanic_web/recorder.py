@@ -15,6 +15,7 @@ database down) are adopted by the next writer that starts, or by
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -60,17 +61,43 @@ class Record:
 
     def to_fields(self) -> list[str]:
         """The record as the spool keeps it: text fields in :data:`FIELDS` order."""
-        return [
-            self.id.hex,
-            "" if self.passenger_id is None else str(self.passenger_id),
-            str(self.survived),
-            repr(float(self.probability)),
-            self.model_version,
-            self.source,
-            self.created_at.astimezone(timezone.utc).isoformat(" ", "microseconds"),
-            json.dumps(self.features, separators=(",", ":"), allow_nan=False),
-            json.dumps(self.raw_input, separators=(",", ":"), allow_nan=False),
-        ]
+        return list(
+            spool_rows(
+                [self.id.hex], [self.passenger_id], [self.survived], [float(self.probability)],
+                model_version=self.model_version, source=self.source, created_at=self.created_at,
+                features_json=[json.dumps(self.features, separators=(",", ":"), allow_nan=False)],
+                raw_json=[json.dumps(self.raw_input, separators=(",", ":"), allow_nan=False)],
+            )[0]
+        )
+
+
+def spool_rows(
+    ids: Sequence[str],
+    passenger_ids: Sequence[int | None],
+    survived: Iterable[int],
+    probabilities: Iterable[float],
+    *,
+    model_version: str,
+    source: str,
+    created_at: datetime,
+    features_json: Iterable[str],
+    raw_json: Iterable[str],
+) -> list[tuple[str, ...]]:
+    """Many records as the spool keeps them, each a tuple of text fields in :data:`FIELDS` order."""
+    created = created_at.astimezone(timezone.utc).isoformat(" ", "microseconds")
+    return list(
+        zip(
+            ids,
+            ["" if pid is None else str(pid) for pid in passenger_ids],
+            map(str, survived),
+            map(float.__repr__, probabilities),
+            itertools.repeat(model_version),
+            itertools.repeat(source),
+            itertools.repeat(created),
+            features_json,
+            raw_json,
+        )
+    )
 
 
 #: A spooled record's fields, in order: what :meth:`Record.to_fields` writes.

@@ -11,7 +11,7 @@ import difflib
 import json
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -278,6 +278,23 @@ class CheckedRows:
     errors: list[tuple[int, list[FieldError]]]
     kept: list[int]
 
+    @classmethod
+    def collect(cls, rows: Iterable[tuple[int, dict[str, Any], str, list[FieldError]]]) -> CheckedRows:
+        """Gather rows checked one at a time: (position in the chunk, clean, JSON text, errors)."""
+        clean_rows: list[dict[str, Any]] = []
+        texts: list[str] = []
+        errors: list[tuple[int, list[FieldError]]] = []
+        kept: list[int] = []
+        for position, clean, text, row_errors in rows:
+            kept.append(position)
+            if row_errors:
+                errors.append((position, row_errors))
+            else:
+                clean_rows.append(clean)
+                texts.append(text)
+        columns = {name: [clean[name] for clean in clean_rows] for name in FIELD_NAMES}
+        return cls(columns, texts, errors, kept)
+
 
 _VALUE = operator.itemgetter(0)
 _MESSAGE = operator.itemgetter(1)
@@ -434,24 +451,16 @@ class BatchChecker:
     def _rows_one_by_one(
         self, header: Sequence[str], plan: list[tuple[Field, int]] | None, rows: Sequence[Sequence[str]], *, first_index: int
     ) -> CheckedRows:
-        clean_rows: list[dict[str, Any]] = []
-        texts: list[str] = []
-        errors: list[tuple[int, list[FieldError]]] = []
-        kept: list[int] = []
-        index = first_index
-        for position, cells in enumerate(rows):
-            clean, text, row_errors = self.check_cells(header, plan, cells, index=index)
-            if row_errors and not any(c.strip() for c in cells):
-                continue  # a line of empty cells
-            kept.append(position)
-            index += 1
-            if row_errors:
-                errors.append((position, row_errors))
-            else:
-                clean_rows.append(clean)
-                texts.append(text)
-        columns = {name: [clean[name] for clean in clean_rows] for name in FIELD_NAMES}
-        return CheckedRows(columns, texts, errors, kept)
+        def passengers() -> Iterator[tuple[int, dict[str, Any], str, list[FieldError]]]:
+            index = first_index
+            for position, cells in enumerate(rows):
+                clean, text, row_errors = self.check_cells(header, plan, cells, index=index)
+                if row_errors and not any(c.strip() for c in cells):
+                    continue  # a line of empty cells
+                index += 1
+                yield position, clean, text, row_errors
+
+        return CheckedRows.collect(passengers())
 
     def _check_text(self, field: Field, text: str) -> tuple[Any, str | None, str]:
         # Two common cases first, with the general functions' results (a batch's unique

@@ -12,7 +12,6 @@ import json
 import os
 import pickle
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
