@@ -31,6 +31,10 @@ class PredictionRow(db.Model):
     model_version: Mapped[str] = mapped_column(String(64), index=True)
     source: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc, index=True)
+    # The request that asked for it (also in the X-Request-ID header and the request's log line).
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    # Server time from the request's arrival until its answer was ready, in milliseconds.
+    latency_ms: Mapped[float | None] = mapped_column(Float)
 
 
 class FeatureRow(db.Model):
@@ -45,6 +49,18 @@ class FeatureRow(db.Model):
     raw_input: Mapped[dict[str, Any]] = mapped_column(JSON)
     model_version: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
+
+
+class OutcomeRow(db.Model):
+    """What really happened to a predicted passenger, reported later (POST /api/outcomes)."""
+
+    __tablename__ = "outcomes"
+
+    prediction_id: Mapped[uuid.UUID] = mapped_column(
+        Uuid, ForeignKey("predictions.id", ondelete="CASCADE"), primary_key=True
+    )
+    survived: Mapped[int] = mapped_column(SmallInteger)
+    recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
 def check_tables() -> None:
