@@ -1,7 +1,7 @@
 """A fitted pipeline compiled into plain arrays, for predicting one or a few passengers fast.
 
 :func:`compile_pipeline` reads the fitted steps of a trained pipeline (ticket
-counts, imputer and scaler statistics, one-hot categories and the estimator's
+counts and groups, imputer and scaler statistics, one-hot categories and the estimator's
 trees or coefficients) when the model is loaded; nothing here is maintained by
 hand. Features come from :func:`titanic_web.features.engineer_many`, the same
 code the pipeline's first step runs, and the arithmetic follows scikit-learn's
@@ -247,17 +247,77 @@ class _Trees:
         return self.node_values[node]
 
 
+class _Paths:
+    """Trees' outputs split among the features split on along each row's path (Saabas).
+
+    Every node gets its expected value (its leaves' values weighted by the
+    training samples that reached them); a split's change of expected value is
+    credited to its feature. Along a path the changes add up to the leaf's value
+    minus the root's, so the base (the roots' values, plus ``start``) plus the
+    contributions is the model's output exactly: faithful by construction.
+    """
+
+    def __init__(self, trees: Sequence[Any], leaf_values: Sequence[np.ndarray], *, start: float, divisor: float | None) -> None:
+        self.trees = list(trees)
+        self.divisor = divisor
+        self.expected = [_expected_values(tree, np.asarray(v, dtype=np.float64)) for tree, v in zip(trees, leaf_values)]
+        base = start + math.fsum(float(e[0]) for e in self.expected)
+        self.base = base / divisor if divisor is not None else base
+
+    def contributions(self, XT: np.ndarray) -> tuple[float, np.ndarray]:
+        width, n = XT.shape
+        X32 = XT.astype(np.float32)  # trees compare float32 features, as in scikit-learn
+        out = np.zeros((width, n), dtype=np.float64)
+        rows = np.arange(n)
+        for tree, expected in zip(self.trees, self.expected):
+            left, right, feature, threshold = tree.children_left, tree.children_right, tree.feature, tree.threshold
+            node = np.zeros(n, dtype=np.intp)
+            for _ in range(int(tree.max_depth)):
+                inner = np.flatnonzero(left[node] != _LEAF)
+                if not inner.size:
+                    break
+                at = node[inner]
+                split = feature[at]
+                right_ = X32[split, inner] > threshold[at]
+                child = np.where(right_, right[at], left[at])
+                np.add.at(out, (split, inner), expected[child] - expected[at])
+                node[inner] = child
+        if self.divisor is not None:
+            out /= self.divisor
+        return self.base, out
+
+
+def _expected_values(tree: Any, leaf_values: np.ndarray) -> np.ndarray:
+    """Each node's expected value: leaves keep theirs; an inner node averages its children by sample weight."""
+    values = leaf_values.astype(np.float64).copy()
+    left, right = tree.children_left, tree.children_right
+    weights = tree.weighted_n_node_samples
+    for node in range(tree.node_count - 1, -1, -1):  # children are numbered after their parent
+        if left[node] != _LEAF:
+            l, r = left[node], right[node]
+            values[node] = (weights[l] * values[l] + weights[r] * values[r]) / (weights[l] + weights[r])
+    return values
+
+
 class _Boosting:
     """GradientBoostingClassifier, binary log-loss: expit(init + sum of learning_rate * leaf)."""
+
+    scale = "log-odds"
 
     def __init__(self, model: GradientBoostingClassifier, init: float) -> None:
         trees = [estimator.tree_ for estimator in model.estimators_[:, 0]]
         rate = model.learning_rate
         # predict_stages adds `scale * value[leaf]`: the same product, made once here.
-        self.trees = _Trees(trees, [rate * tree.value[:, 0, 0] for tree in trees], start=init, divisor=None)
+        leaves = [rate * tree.value[:, 0, 0] for tree in trees]
+        self.trees = _Trees(trees, leaves, start=init, divisor=None)
+        self._paths = _Paths(trees, leaves, start=init, divisor=None)
 
     def probabilities(self, XT: np.ndarray) -> np.ndarray:
         return expit(self.trees.total(XT))
+
+    def contributions(self, XT: np.ndarray) -> tuple[float, np.ndarray]:
+        """The base log-odds and each input's share of every row's log-odds, (width, n)."""
+        return self._paths.contributions(XT)
 
 
 class _Forest:
@@ -268,9 +328,16 @@ class _Forest:
         # DecisionTreeClassifier.predict_proba returns tree_.value[:, 0, :n_classes] as stored.
         values = [tree.value[:, 0, 1] for tree in trees]
         self.trees = _Trees(trees, values, start=0.0, divisor=float(len(trees)))
+        self._paths = _Paths(trees, values, start=0.0, divisor=float(len(trees)))
+
+    scale = "probability"
 
     def probabilities(self, XT: np.ndarray) -> np.ndarray:
         return self.trees.total(XT)
+
+    def contributions(self, XT: np.ndarray) -> tuple[float, np.ndarray]:
+        """The base probability and each input's share of every row's probability, (width, n)."""
+        return self._paths.contributions(XT)
 
 
 class _Linear:
@@ -279,6 +346,16 @@ class _Linear:
     def __init__(self, model: LogisticRegression) -> None:
         self.coef_t = model.coef_.T  # the same transposed view decision_function multiplies by
         self.intercept = model.intercept_.copy()
+
+    scale = "log-odds"
+
+    def contributions(self, XT: np.ndarray) -> tuple[float, np.ndarray]:
+        """The intercept and each input's term of every row's log-odds, (width, n).
+
+        Numeric inputs are centred on their training mean, so a term is the
+        input's pull away from an average passenger's.
+        """
+        return float(self.intercept[0]), self.coef_t[:, :1] * XT
 
     def probabilities(self, XT: np.ndarray) -> np.ndarray:
         # Rows in C order, as decision_function multiplies them (BLAS may round otherwise).
@@ -292,13 +369,13 @@ class CompiledModel:
     def __init__(
         self,
         *,
-        ticket_counts: Mapping[str, int],
+        known: features.Known,
         numeric: Sequence[_Numeric],
         categorical: Sequence[_OneHot],
         width: int,
         estimator: _Boosting | _Forest | _Linear,
     ) -> None:
-        self.ticket_counts = dict(ticket_counts)
+        self.known = known
         self.numeric = tuple(numeric)
         self.categorical = tuple(categorical)
         self.width = width
@@ -308,7 +385,7 @@ class CompiledModel:
 
     def engineer(self, passengers: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         """The engineered rows (FEATURES order, NaN when unknown) the pipeline's first step makes."""
-        return features.engineer_many(passengers, ticket_counts=self.ticket_counts)
+        return features.engineer_many(passengers, known=self.known)
 
     def inputs(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
         """The (n, width) float64 model inputs the pipeline's column step makes from engineered rows."""
@@ -364,6 +441,96 @@ class CompiledModel:
         p = self.probabilities(self.engineer(passengers))
         return np.stack([1 - p, p], axis=1)
 
+    def explain(self, rows: Sequence[Sequence[Any]]) -> list[Explanation]:
+        """Why each engineered row got its answer: the model's base output and each feature's share of it."""
+        if not rows:
+            return []
+        base, shares = self.estimator.contributions(self._inputs_t(rows))
+        # One engineered feature may feed several inputs (one per category): add them up.
+        by_feature = self._feature_of_input @ shares  # (features used, n)
+        outputs = base + by_feature.sum(axis=0)
+        names = self._used_features
+        explanations = []
+        for j, row in enumerate(rows):
+            values = by_feature[:, j].tolist()
+            order = sorted(range(len(names)), key=lambda i: (-abs(values[i]), i))
+            explanations.append(
+                Explanation(
+                    base=base,
+                    output=float(outputs[j]),
+                    scale=self.estimator.scale,
+                    contributions=tuple(
+                        Contribution(names[i], _plain(row[self._used_sources[i]]), values[i]) for i in order
+                    ),
+                )
+            )
+        return explanations
+
+    @property
+    def _used_sources(self) -> list[int]:
+        """The engineered features (FEATURES positions) the model takes inputs from, in FEATURES order."""
+        return sorted({c.source for c in self.numeric} | {c.source for c in self.categorical})
+
+    @property
+    def _used_features(self) -> list[str]:
+        return [features.FEATURES[source] for source in self._used_sources]
+
+    @property
+    def _feature_of_input(self) -> np.ndarray:
+        """(features used, width) 0/1: which engineered feature each model input comes from."""
+        matrix = getattr(self, "_feature_matrix", None)
+        if matrix is None:
+            row_of = {source: i for i, source in enumerate(self._used_sources)}
+            matrix = np.zeros((len(row_of), self.width), dtype=np.float64)
+            for column in self.numeric:
+                matrix[row_of[column.source], column.position] = 1.0
+            for onehot in self.categorical:
+                for position in onehot.positions.values():
+                    matrix[row_of[onehot.source], position] = 1.0
+            self._feature_matrix = matrix
+        return matrix
+
+
+class Contribution(NamedTuple):
+    """One engineered feature's value for a passenger and how far it moved the model's output."""
+
+    feature: str
+    value: Any  # the engineered value (None when unknown)
+    contribution: float
+
+
+class Explanation(NamedTuple):
+    """A prediction taken apart: ``base`` plus every contribution is ``output`` (on ``scale``).
+
+    ``scale`` is "log-odds" (boosting, logistic regression: the probability is
+    expit(output)) or "probability" (a forest). Contributions come most
+    important first.
+    """
+
+    base: float
+    output: float
+    scale: str
+    contributions: tuple[Contribution, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        """The explanation as the API answers it."""
+        return {
+            "base": round(self.base, 6),
+            "output": round(self.output, 6),
+            "scale": self.scale,
+            "contributions": [
+                {"feature": c.feature, "value": c.value, "contribution": round(c.contribution, 6)}
+                for c in self.contributions
+            ],
+        }
+
+
+def _plain(value: Any) -> Any:
+    """An engineered value as JSON takes it: NaN (unknown) is None, whole floats stay floats."""
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
 
 def compile_pipeline(pipeline: Any) -> CompiledModel | None:
     """Compile a fitted training pipeline, or return None if any step is not understood.
@@ -391,13 +558,17 @@ def _require(condition: Any) -> None:
 def _compile(pipeline: Any) -> CompiledModel:
     _require(type(pipeline) is Pipeline and len(pipeline.steps) == 3)
     step, columns, model = (s for _, s in pipeline.steps)
-    _require(type(step) is features.PassengerFeatures and isinstance(getattr(step, "ticket_counts_", None), dict))
+    _require(
+        type(step) is features.PassengerFeatures
+        and isinstance(getattr(step, "ticket_counts_", None), dict)
+        and isinstance(getattr(step, "groups_", None), dict)
+    )
     numeric, categorical, width = _compile_columns(columns)
     _require(getattr(model, "n_features_in_", None) == width)
     classes = getattr(model, "classes_", None)
     _require(classes is not None and len(classes) == 2)
     return CompiledModel(
-        ticket_counts=step.ticket_counts_,
+        known=step.known,
         numeric=numeric,
         categorical=categorical,
         width=width,

@@ -4,15 +4,24 @@ The first step of every trained pipeline is :class:`PassengerFeatures`, so the
 artifact carries this exact code path and serving cannot drift from training.
 The compiled fast path (:mod:`titanic_web.compiled`) calls :func:`engineer_many`,
 the same per-passenger loop that :class:`PassengerFeatures` runs.
+
+Two features carry what training knew of a passenger's travelling group (the
+known passengers sharing the ticket, or the surname with the same class and
+fare): whether its other women and children all lived, or all died. They are
+computed from the labels the pipeline was fitted on, leaving each training
+passenger's own label out, so cross-validation (which refits the pipeline in
+every fold) never sees a held-out label.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +43,8 @@ NUMERIC_FEATURES = (
     "Fare",
     "FarePerPerson",
     "TicketGroupSize",
+    "WCGroupLived",
+    "WCGroupDied",
 )
 CATEGORICAL_FEATURES = ("Sex", "Title", "Deck", "Embarked")
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
@@ -73,6 +84,61 @@ def deck_of(cabin: str | None) -> str:
     return letter if letter in _DECKS else "U"
 
 
+def surname_of(name: str | None) -> str | None:
+    """Return the lower-cased surname of a "Surname, Title. Given" name (None without a comma)."""
+    if not name:
+        return None
+    surname, comma, _ = name.partition(",")
+    surname = surname.strip().lower()
+    return surname if comma and surname else None
+
+
+def group_keys(ticket: str | None, name: str | None, pclass: Any, fare: Any) -> tuple[str, ...]:
+    """The travelling groups a passenger belongs to: its ticket, and its surname within a class and fare.
+
+    A family travelled in one class on one fare (often on several tickets); a
+    shared surname alone would join strangers, hence the class and fare.
+    """
+    keys = []
+    if ticket is not None:
+        keys.append("T " + ticket)
+    surname = surname_of(name)
+    if surname is not None and pclass is not None and pclass == pclass and fare is not None and fare == fare:
+        keys.append(f"F {surname} {int(pclass)} {float(fare):.2f}")
+    return tuple(keys)
+
+
+def is_woman_or_child(sex: Any, title: str) -> bool:
+    """Women and boys (title Master): "women and children first" made them one group's fate."""
+    return sex == "female" or title == "Master"
+
+
+@dataclass(frozen=True)
+class Known:
+    """What fitting remembered of the training passengers, for the group features.
+
+    ``ticket_counts``: training passengers per ticket. ``groups``: per group key
+    (:func:`group_keys`), its women and children and how many of them lived.
+    """
+
+    ticket_counts: Mapping[str, int] = field(default_factory=dict)
+    groups: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+
+def count_groups(raws: Iterable[Sequence[Any]], labels: Sequence[int]) -> dict[str, tuple[int, int]]:
+    """Each group's women and children and the survivors among them, from labelled raw rows (RAW_COLUMNS order)."""
+    groups: dict[str, list[int]] = {}
+    for (pclass, name, sex, _age, _sibsp, _parch, ticket, fare, _cabin, _embarked), label in zip(raws, labels):
+        name = _text(name)
+        if not is_woman_or_child(_text(sex), title_of(name)):
+            continue
+        for key in group_keys(_text(ticket), name, pclass, fare):
+            tally = groups.setdefault(key, [0, 0])
+            tally[0] += 1
+            tally[1] += int(label)
+    return {key: (n, lived) for key, (n, lived) in sorted(groups.items())}
+
+
 def _text(value: Any) -> str | None:
     """Normalise a raw text cell: None, NaN and "" all mean missing."""
     if value.__class__ is not str:  # the common case first: this runs per passenger and field
@@ -95,19 +161,26 @@ def _count(value: Any) -> float:
     return 0.0 if number != number else number
 
 
-def _engineer(raws: Iterable[Sequence[Any]], ticket_counts: Mapping[str, int], training: bool) -> list[tuple[Any, ...]]:
+def _engineer(
+    raws: Iterable[Sequence[Any]], known: Known, training: bool, labels: Sequence[int] | None = None
+) -> list[tuple[Any, ...]]:
     """The feature definition: raw values (RAW_COLUMNS order) -> features (FEATURES order), per passenger.
 
     One loop for every caller, so the per-passenger work is not a function call
-    each: it runs for every passenger on every path.
+    each: it runs for every passenger on every path. ``training`` means the
+    passengers are those ``known`` was counted from (with these ``labels``): each
+    is then left out of its own groups.
     """
     nan = math.nan
     text = _text
     count = _count
-    title = title_of
+    title_for = title_of
     deck = deck_of
-    counts_get = ticket_counts.get
+    counts_get = known.ticket_counts.get
+    groups_get = known.groups.get
+    keys_of = group_keys
     minus = 1 if training else 0
+    own_labels = iter(labels) if training and labels is not None else itertools.repeat(0)
     rows = []
     append = rows.append
     for pclass, name, sex, age, sibsp, parch, ticket, fare, cabin, embarked in raws:
@@ -125,6 +198,19 @@ def _engineer(raws: Iterable[Sequence[Any]], ticket_counts: Mapping[str, int], t
         embarked = (embarked.strip() or None) if embarked.__class__ is str else text(embarked)
         if sex.__class__ is not str:
             sex = "Unknown" if sex is None or (isinstance(sex, float) and sex != sex) else str(sex)
+        title = title_for(name)
+        label = next(own_labels)
+        # The other known women and children of the passenger's groups: all lived, all died?
+        members = lived = 0
+        for key in keys_of(ticket, name, pclass, fare):
+            tally = groups_get(key)
+            if tally is not None:
+                members += tally[0]
+                lived += tally[1]
+        if minus and members and (sex == "female" or title == "Master"):  # counted in count_groups
+            taken = len(keys_of(ticket, name, pclass, fare))  # the passenger is in each of its groups once
+            members -= taken
+            lived -= taken * label
         append(
             (
                 nan if pclass is None else float(pclass),
@@ -137,8 +223,10 @@ def _engineer(raws: Iterable[Sequence[Any]], ticket_counts: Mapping[str, int], t
                 fare,
                 fare / group,
                 group,
+                1.0 if members and lived == members else 0.0,
+                1.0 if members and not lived else 0.0,
                 sex,
-                title(name),
+                title,
                 "U" if cabin is None else deck(cabin),  # most cabins are unknown: skip the call
                 embarked or "Unknown",
             )
@@ -157,31 +245,25 @@ def _raws(passengers: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
         return [tuple(passenger.get(column) for column in RAW_COLUMNS) for passenger in passengers]
 
 
-def engineer(
-    passenger: Mapping[str, Any], *, ticket_counts: Mapping[str, int], training: bool = False
-) -> tuple[Any, ...]:
+def engineer(passenger: Mapping[str, Any], *, known: Known) -> tuple[Any, ...]:
     """Engineer one passenger into FEATURES order: floats (NaN when unknown), then texts.
 
     This is the only definition of the features: :class:`PassengerFeatures` (training
     and the pipeline) and the compiled fast path (:mod:`titanic_web.compiled`) both
-    run it. Missing keys count as None; ``training`` means the passenger is one of
-    those ``ticket_counts`` were counted from.
+    run it. Missing keys count as None; ``known`` is what the fitted model
+    remembered of its training passengers.
     """
-    return _engineer(_raws([passenger]), ticket_counts, training)[0]
+    return _engineer(_raws([passenger]), known, False)[0]
 
 
-def engineer_many(
-    passengers: Iterable[Mapping[str, Any]], *, ticket_counts: Mapping[str, int], training: bool = False
-) -> list[tuple[Any, ...]]:
+def engineer_many(passengers: Iterable[Mapping[str, Any]], *, known: Known) -> list[tuple[Any, ...]]:
     """:func:`engineer` for each passenger, in order."""
-    return _engineer(_raws(passengers), ticket_counts, training)
+    return _engineer(_raws(passengers), known, False)
 
 
-def engineer_raws(
-    raws: Iterable[Sequence[Any]], *, ticket_counts: Mapping[str, int], training: bool = False
-) -> list[tuple[Any, ...]]:
+def engineer_raws(raws: Iterable[Sequence[Any]], *, known: Known) -> list[tuple[Any, ...]]:
     """:func:`engineer_many` for passengers given as value tuples in :data:`RAW_COLUMNS` order."""
-    return _engineer(raws, ticket_counts, training)
+    return _engineer(raws, known, False)
 
 
 def to_record(row: Sequence[Any]) -> dict[str, Any]:
@@ -214,9 +296,10 @@ def raw_frame(passengers: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
 class PassengerFeatures(TransformerMixin, BaseEstimator):
     """Engineer the model's features from raw passenger columns.
 
-    Fitting remembers how many training passengers hold each ticket, so that a
-    passenger's ticket group is counted the same way in training and serving:
-    the known passengers on the same ticket plus the passenger itself.
+    Fitting remembers how many training passengers hold each ticket, and, from
+    the labels, how each travelling group's women and children fared, so that a
+    passenger is placed in its groups the same way in training and serving:
+    among the known passengers, never counting its own label.
     """
 
     def fit(self, X: pd.DataFrame, y: Any = None) -> PassengerFeatures:
@@ -226,25 +309,31 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
             if ticket is not None:
                 counts[ticket] = counts.get(ticket, 0) + 1
         self.ticket_counts_ = dict(sorted(counts.items()))
+        labels = None if y is None else np.asarray(y, dtype=int).tolist()
+        self.groups_ = {} if labels is None else count_groups(self._raw_rows(X), labels)
         self.feature_names_out_ = np.asarray(FEATURES, dtype=object)
         return self
 
     def fit_transform(self, X: pd.DataFrame, y: Any = None, **fit_params: Any) -> pd.DataFrame:
         # Training rows are themselves among the known passengers: count the others.
         self.fit(X, y)
-        return self._transform(X, training=True)
+        labels = None if y is None else np.asarray(y, dtype=int).tolist()
+        return engineered_frame(_engineer(self._raw_rows(X), self.known, True, labels), index=X.index)
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        return self._transform(X, training=False)
+        return engineered_frame(_engineer(self._raw_rows(X), self.known, False), index=X.index)
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:
         return np.asarray(FEATURES, dtype=object)
 
-    def _transform(self, X: pd.DataFrame, *, training: bool) -> pd.DataFrame:
-        counts = self.ticket_counts_
-        raw = zip(*(X[column].tolist() for column in RAW_COLUMNS))
-        rows = _engineer(raw, counts, training)
-        return engineered_frame(rows, index=X.index)
+    @property
+    def known(self) -> Known:
+        """The fitted tables, as the engineering functions take them."""
+        return Known(ticket_counts=self.ticket_counts_, groups=self.groups_)
+
+    @staticmethod
+    def _raw_rows(X: pd.DataFrame) -> list[tuple[Any, ...]]:
+        return list(zip(*(X[column].tolist() for column in RAW_COLUMNS)))
 
 
 _FEATURES_JSON = "{" + ",".join(f'"{name}":%s' for name in FEATURES) + "}"

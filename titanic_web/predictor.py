@@ -14,7 +14,7 @@ import numpy as np
 import sklearn
 
 from titanic_web import features
-from titanic_web.compiled import compile_pipeline
+from titanic_web.compiled import Explanation, compile_pipeline
 from titanic_web.training import ARTIFACT_NAME, CARD_NAME
 
 
@@ -106,7 +106,7 @@ class Predictor:
         """:meth:`score` for validated passengers given as columns (field name -> values)."""
         if self.compiled is not None:
             raws = list(zip(*(columns[name] for name in features.RAW_COLUMNS)))
-            rows = features.engineer_raws(raws, ticket_counts=self.compiled.ticket_counts)
+            rows = features.engineer_raws(raws, known=self.compiled.known)
             return self.compiled.probabilities(rows), rows
         names = list(columns)
         return self.score([dict(zip(names, values)) for values in zip(*(columns[n] for n in names))])
@@ -123,3 +123,13 @@ class Predictor:
         probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]
         columns = [engineered[name].tolist() for name in features.FEATURES]  # Python floats and texts
         return probabilities, list(zip(*columns))
+
+    def explain(self, rows: Sequence[Sequence[Any]]) -> list[Explanation]:
+        """Take each answer apart: for engineered rows (as :meth:`score` returns them), the
+        model's base output and every feature's contribution, most important first.
+
+        :raise ModelError: the model has no compiled form, which explaining reads.
+        """
+        if self.compiled is None:
+            raise ModelError(f"model {self.version} ({type(self.pipeline[-1]).__name__}) cannot explain its answers")
+        return self.compiled.explain(rows)

@@ -127,7 +127,9 @@ def test_features_json_matches_json_dumps_of_the_record_for_every_competition_ro
         checked = one_by_one(header, rows)
         passengers += [dict(zip(schema.FIELD_NAMES, values)) for values in zip(*checked.columns.values())]
     passengers.append({**passengers[0], "Age": -0.0, "Fare": -0.0})  # -0.0 is written "-0.0", as json.dumps does
-    rows = features.engineer_many(passengers, ticket_counts={"347082": 7})
+    rows = features.engineer_many(
+        passengers, known=features.Known(ticket_counts={"347082": 7}, groups={"T 347082": (3, 1), "F andersson 3 31.27": (2, 2)})
+    )
     assert any(math.isnan(r[1]) for r in rows), "some ages are unknown: the NaN case is covered"
     expected = [json.dumps(features.to_record(r), separators=(",", ":")) for r in rows]
     assert features.features_json(rows) == expected  # by column

@@ -190,3 +190,93 @@ def test_the_trained_pipeline_starts_with_these_features(model_dir: Path) -> Non
     assert type(pipeline[0]) is features.PassengerFeatures
     train = pd.read_csv(TRAIN_CSV)
     assert pipeline[0].ticket_counts_ == dict(Counter(train["Ticket"].astype(str).str.strip()))
+
+
+def test_the_trained_pipeline_remembers_the_training_groups(model_dir: Path) -> None:
+    pipeline = joblib.load(model_dir / ARTIFACT_NAME)
+    train = pd.read_csv(TRAIN_CSV)
+    raws = list(zip(*(train[c].astype(object).where(train[c].notna(), None) for c in features.RAW_COLUMNS)))
+    assert pipeline[0].groups_ == features.count_groups(raws, train["Survived"].tolist())
+
+
+# --- travelling groups: what the known women and children of a group did ----------
+
+
+def test_surname_of() -> None:
+    assert features.surname_of("Andersson, Mrs. Anders Johan") == "andersson"
+    assert features.surname_of(" De Messemaeker , Mr. Guillaume") == "de messemaeker"
+    assert features.surname_of("John Smith") is None
+    assert features.surname_of(None) is None
+    assert features.surname_of(", Mr. X") is None
+
+
+def test_group_keys_are_the_ticket_and_the_surname_within_class_and_fare() -> None:
+    assert features.group_keys("347082", "Andersson, Mr. Anders", 3, 31.275) == ("T 347082", "F andersson 3 31.27")
+    assert features.group_keys(None, "Andersson, Mr. Anders", 3.0, 31.275) == ("F andersson 3 31.27",)
+    assert features.group_keys("347082", "Andersson, Mr. Anders", 3, None) == ("T 347082",)
+    assert features.group_keys("347082", "Andersson, Mr. Anders", 3, math.nan) == ("T 347082",)
+    assert features.group_keys(None, "no comma", 3, 7.0) == ()
+
+
+FAMILY = [  # one ticket: a mother, a daughter, a son (Master) and the father
+    passenger(Name="Dean, Mrs. Bertram", Sex="female", Ticket="D1", Fare=20.0),
+    passenger(Name="Dean, Miss. Elizabeth", Sex="female", Ticket="D1", Fare=20.0),
+    passenger(Name="Dean, Master. Bertram", Sex="male", Ticket="D1", Fare=20.0),
+    passenger(Name="Dean, Mr. Bertram", Sex="male", Ticket="D1", Fare=20.0),
+]
+
+
+def test_count_groups_tallies_women_and_children_only() -> None:
+    raws = [tuple(p.get(c) for c in features.RAW_COLUMNS) for p in FAMILY]
+    groups = features.count_groups(raws, [1, 1, 0, 0])
+    assert groups == {"T D1": (3, 2), "F dean 3 20.00": (3, 2)}
+
+
+def test_a_new_passenger_sees_whether_the_groups_women_and_children_all_lived() -> None:
+    lived = PassengerFeatures().fit(frame(*FAMILY), [1, 1, 1, 0])
+    mixed = PassengerFeatures().fit(frame(*FAMILY), [1, 0, 1, 0])
+    died = PassengerFeatures().fit(frame(*FAMILY), [0, 0, 0, 1])
+    new = frame(passenger(Name="Dean, Miss. Vera", Sex="female", Ticket="D1", Fare=20.0))
+    assert lived.transform(new).loc[0, ["WCGroupLived", "WCGroupDied"]].tolist() == [1.0, 0.0]
+    assert mixed.transform(new).loc[0, ["WCGroupLived", "WCGroupDied"]].tolist() == [0.0, 0.0]
+    assert died.transform(new).loc[0, ["WCGroupLived", "WCGroupDied"]].tolist() == [0.0, 1.0]
+
+
+def test_a_surname_with_the_same_class_and_fare_joins_a_group_without_the_ticket() -> None:
+    step = PassengerFeatures().fit(frame(*FAMILY), [1, 1, 1, 0])
+    out = step.transform(
+        frame(
+            passenger(Name="Dean, Master. Tom", Sex="male", Ticket="OTHER", Fare=20.0),  # same class and fare
+            passenger(Name="Dean, Master. Tom", Sex="male", Ticket="OTHER", Fare=21.0),  # another fare
+            passenger(Name="Dean, Master. Tom", Sex="male", Ticket="OTHER", Fare=20.0, Pclass=1),
+        )
+    )
+    assert out["WCGroupLived"].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_a_training_passenger_never_sees_its_own_label() -> None:
+    """Leave-one-out: flipping one training label never changes that passenger's own features."""
+    labels = [1, 1, 0, 0]
+    base = PassengerFeatures().fit_transform(frame(*FAMILY), labels)
+    for i in range(len(FAMILY)):
+        flipped = list(labels)
+        flipped[i] = 1 - flipped[i]
+        out = PassengerFeatures().fit_transform(frame(*FAMILY), flipped)
+        assert out.loc[i].tolist() == base.loc[i].tolist(), i
+
+
+def test_training_and_serving_see_the_same_group_outcome() -> None:
+    """A training row's group features equal those of the same passenger served by a model fitted on the others."""
+    labels = [1, 1, 0, 0]
+    trained = PassengerFeatures().fit_transform(frame(*FAMILY), labels)
+    for i, row in enumerate(FAMILY):
+        others = FAMILY[:i] + FAMILY[i + 1 :]
+        served = PassengerFeatures().fit(frame(*others), labels[:i] + labels[i + 1 :]).transform(frame(row))
+        for name in ("WCGroupLived", "WCGroupDied", "TicketGroupSize"):
+            assert served.loc[0, name] == trained.loc[i, name], (i, name)
+
+
+def test_fitting_without_labels_knows_no_group_outcomes() -> None:
+    out = PassengerFeatures().fit_transform(frame(*FAMILY))
+    assert out["WCGroupLived"].tolist() == [0.0] * 4
+    assert out["WCGroupDied"].tolist() == [0.0] * 4
