@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-MODEL := model/artifacts/model.joblib
+# The model registry's active pointer (titanic_web/registry.py): `make run` trains only when no version is active.
+MODEL := $(or $(MODEL_DIR),model/registry)/ACTIVE
 FLASK := $(BIN)/flask --app titanic_web
 HOST ?= 127.0.0.1
 PORT ?= 8000
@@ -15,10 +16,11 @@ help:
 	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
 	@echo "make test   set up, then run the whole test suite (installs Debian's chromium for tests/browser/)"
 	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
-	@echo "make model  train the model now (also: $(FLASK) train)"
+	@echo "make model  train a new model version and make it active (also: $(FLASK) train; versions: $(FLASK) model list)"
 	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV (installs wrk; figures in bench/README.md)"
 	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
-	@echo "make clean  remove the virtualenv, the trained model and instance/"
+	@echo "make lint   ruff (lint and format check) and mypy; changes no file"
+	@echo "make clean  remove the virtualenv, the trained models (model/registry) and instance/"
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -29,7 +31,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
-$(MODEL): $(STAMP)
+$(MODEL): | $(STAMP)
 	$(FLASK) train
 
 model: $(STAMP)
@@ -43,6 +45,17 @@ run: $(STAMP) $(MODEL) db
 
 test: $(STAMP) $(MODEL) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Checks only: nothing is rewritten (`$(BIN)/ruff format` and `$(BIN)/ruff check --fix` do that).
+# Settings in pyproject.toml; the tools are pinned in setup.cfg's test extra. All three run
+# even when one fails, so one run shows every finding; the target fails if any did.
+.PHONY: lint
+lint: $(STAMP)
+	@status=0; \
+	$(BIN)/ruff check titanic_web tests || status=1; \
+	$(BIN)/ruff format --check titanic_web tests || status=1; \
+	$(BIN)/mypy titanic_web || status=1; \
+	exit $$status
 
 # The browser tests (tests/browser/) drive Debian's chromium through Playwright, never a
 # browser Playwright downloads (no `playwright install`).
@@ -68,4 +81,4 @@ bench-quick:
 		BATCH_ARGS="--requests 2"
 
 clean:
-	rm -rf $(VENV) model/artifacts instance .pytest_cache
+	rm -rf $(VENV) model/artifacts model/registry instance .pytest_cache

@@ -8,6 +8,13 @@ import os
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 
+# GET /metrics sums every worker's values, which prometheus_client keeps in files in this
+# folder (one set per process). Set here, in the master, so every worker inherits it before
+# it imports the library. One folder per server: it is emptied when the server starts.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
+    _here = os.path.dirname(os.path.abspath(__file__))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(_here, "instance", "prometheus")
+
 bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "sync"
@@ -54,6 +61,10 @@ def post_worker_init(worker):
     recorder = _recorder(worker.wsgi)
     if recorder is not None:
         recorder.start()
+    # Follow the model registry's ACTIVE pointer: switch versions live, without a restart.
+    watcher = (getattr(worker.wsgi, "extensions", None) or {}).get("titanic.model_watcher")
+    if watcher is not None:
+        watcher.start()
 
 
 def worker_exit(server, worker):
@@ -61,3 +72,20 @@ def worker_exit(server, worker):
     recorder = _recorder(getattr(worker, "wsgi", None))
     if recorder is not None:
         recorder.stop(timeout=worker.wsgi.config["RECORDER_SHUTDOWN_SECONDS"])
+
+
+def on_starting(server):
+    """Empty the metrics folder: values left by an earlier server must not count in this one's totals."""
+    import glob
+
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(directory, exist_ok=True)
+    for path in glob.glob(os.path.join(directory, "*.db")):  # only the library's files, whatever else is there
+        os.remove(path)
+
+
+def child_exit(server, worker):
+    """A worker has exited: drop its live gauges (backlog, model) from /metrics; its counters stay in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, os.environ["PROMETHEUS_MULTIPROC_DIR"])

@@ -8,8 +8,8 @@
    wsgi:app` on a free 127.0.0.1 port; recording on, to a SQLite file made by
    `flask --app titanic_web init-db`; its own SPOOL_DIR; WEB_CONCURRENCY=1 by
    default, so one worker answers and its memory is the request's), and a second
-   Python process holding the plain pipeline (model/artifacts/model.joblib, through
-   Predictor.from_dir), so that each process's memory is its own.
+   Python process holding the plain pipeline (the active version in model/registry,
+   through registry.load_predictor), so that each process's memory is its own.
 3. Posts model/data/test.csv once and runs the pipeline on the file once (warm-ups,
    not measured), then runs rounds. Each round waits
    until the worker's writer has delivered everything spooled, posts the file
@@ -111,9 +111,9 @@ def baseline_child(csv_path: Path, model_dir: Path) -> int:
     import pandas as pd
     from threadpoolctl import threadpool_limits
 
-    from titanic_web.predictor import Predictor
+    from titanic_web import registry
 
-    predictor = Predictor.from_dir(model_dir)
+    predictor = registry.load_predictor(model_dir)
     pipeline, threshold = predictor.pipeline, predictor.threshold
     threadpool_limits(limits=1)  # as in a gunicorn worker (gunicorn.conf.py)
 
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY of the server [1]")
     parser.add_argument("--drain-timeout", type=float, default=300,
                         help="longest wait for the writer to deliver a request's rows [300 s]")
-    parser.add_argument("--model-dir", type=Path, default=None, help="[MODEL_DIR or model/artifacts]")
+    parser.add_argument("--model-dir", type=Path, default=None, help="[MODEL_DIR or model/registry]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (file, log, database)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
     parser.add_argument("--baseline-child", type=Path, help=argparse.SUPPRESS)  # the other process

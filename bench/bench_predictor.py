@@ -46,7 +46,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from titanic_web import compiled as compiled_module  # noqa: E402
-from titanic_web import csvio, features  # noqa: E402
+from titanic_web import csvio, features, registry  # noqa: E402
 from titanic_web.compiled import compile_pipeline  # noqa: E402
 from titanic_web.predictor import Predictor  # noqa: E402
 
@@ -217,7 +217,8 @@ def _forced(trees: Any, XT: np.ndarray, *, row_wise: int, tree_loop: int) -> np.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=PROJECT / "model" / "artifacts")
+    parser.add_argument("--model-dir", type=Path, default=PROJECT / "model" / "registry",
+                        help="a registry (its active version is measured) or one model's folder")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--alternatives", action="store_true", help="also time the tree evaluations compared")
     parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
@@ -226,7 +227,7 @@ def main() -> int:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
-    predictor = Predictor.from_dir(args.model_dir)
+    predictor = registry.load_predictor(args.model_dir)
     model = compile_pipeline(predictor.pipeline)
     print(f"model {predictor.version} ({predictor.card.get('chosen')}, {predictor.card.get('estimator')}); "
           f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}, numpy {np.__version__}; "

@@ -54,6 +54,43 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def second_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another model version, cheaply: one candidate fitted on the first 400 passengers of train.csv."""
+    from titanic_web.training import CANDIDATES
+
+    folder = tmp_path_factory.mktemp("second-model")
+    lines = TRAIN_CSV.read_text().splitlines(keepends=True)
+    data = folder / "train-400.csv"
+    data.write_text("".join(lines[:401]))
+    out = folder / "model"
+    train(data_path=data, out_dir=out, candidates=CANDIDATES[:1])
+    return out
+
+
+def copy_into_registry(root: Path, model: Path) -> str:
+    """Copy a trained model folder into a registry under its version; return the version."""
+    import json
+    import shutil
+
+    version = str(json.loads((model / "model.json").read_text())["version"])
+    shutil.copytree(model, root / version)
+    return version
+
+
+@pytest.fixture
+def model_registry(tmp_path: Path, model_dir: Path, second_model_dir: Path) -> Path:
+    """A registry of its own for one test: model_dir's version (active) and second_model_dir's."""
+    from titanic_web import registry
+
+    root = tmp_path / "registry"
+    root.mkdir()
+    active = copy_into_registry(root, model_dir)
+    copy_into_registry(root, second_model_dir)
+    registry.write_active(root, active)
+    return root
+
+
 def build_app(
     model_dir: Path, db_file: Path, *, tables: bool = True, database_url: str | None = None, **overrides: Any
 ) -> Flask:
@@ -161,3 +198,31 @@ def count_rows(app: Flask) -> tuple[int, int]:
         predictions = db.session.scalar(db.select(db.func.count()).select_from(PredictionRow))
         features = db.session.scalar(db.select(db.func.count()).select_from(FeatureRow))
     return int(predictions or 0), int(features or 0)
+
+
+#: The Redis that the machine and CI run, for rate-limit counts shared by workers; db 15 keeps
+#: the tests' keys apart from anything else on the server (each test also has its own key prefix).
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture
+def redis_limits() -> Iterator[tuple[str, str]]:
+    """(RATELIMIT_STORAGE_URI, RATELIMIT_KEY_PREFIX) on the real Redis; a missing server fails, never skips.
+
+    The prefix is new for each test, and its keys are deleted afterwards.
+    """
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} ({exc}); start it, or point TEST_REDIS_URL at one")
+    prefix = f"titanic-test-{uuid.uuid4().hex[:12]}"
+    try:
+        yield REDIS_URL, prefix
+    finally:
+        for key in client.scan_iter(match=f"*{prefix}*"):
+            client.delete(key)
+        client.close()

@@ -10,10 +10,13 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 
+from titanic_web import security
+from titanic_web import telemetry
 from titanic_web.config import PROJECT_ROOT, engine_options, load_secret_key, settings_from_env
 from titanic_web.extensions import csrf, db, migrate
 from titanic_web.recorder import Recorder
 from titanic_web.service import PredictionService
+from titanic_web.watcher import ModelWatcher
 
 __version__ = "0.1.0"
 
@@ -27,7 +30,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         static_folder="../static",
     )
     app.config.from_mapping(settings_from_env(Path(app.instance_path)))
+    app.config.from_mapping(security.settings_from_env())
     app.config.update(config or {})  # the caller's settings (tests) win
+    security.check_production(app)  # before a secret key could be generated
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the documented field order
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(app.instance_path))
@@ -43,9 +48,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)
     _load_model(app)
+    telemetry.init_app(app)  # /metrics, X-Request-ID, a JSON log line per request
     _register_blueprints(app)
     _register_error_handlers(app)
     _register_commands(app)
+    security.init_app(app)  # last: its rate limits wrap every POST view registered above
     return app
 
 
@@ -96,6 +103,10 @@ def _load_model(app: Flask) -> None:
     else:
         app.logger.info("model %s loaded from %s", service.predictor.version, app.config["MODEL_DIR"])  # type: ignore[union-attr]
     app.extensions["titanic"] = service
+    # Follows the registry's ACTIVE pointer; its thread starts in each gunicorn worker (gunicorn.conf.py).
+    app.extensions["titanic.model_watcher"] = ModelWatcher(
+        service, Path(app.config["MODEL_DIR"]), interval=app.config["MODEL_CHECK_SECONDS"]
+    )
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -104,6 +115,9 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(web.bp)
     app.register_blueprint(api.bp, url_prefix="/api")
     csrf.exempt(api.bp)  # programs authenticate differently; the form keeps CSRF
+    from titanic_web.api.docs import page_bp
+
+    app.register_blueprint(page_bp)  # /docs: the API reference page, rendered from /api/openapi.json
 
 
 def _register_error_handlers(app: Flask) -> None:
@@ -116,9 +130,18 @@ def _register_commands(app: Flask) -> None:
     from titanic_web.cli import register
 
     register(app)
+    from titanic_web.export import export_command
+
+    app.cli.add_command(export_command)  # flask export: the retraining input
 
 
 def get_service(app: Flask) -> PredictionService:
     """Return the app's prediction service (model + recorder)."""
     service: PredictionService = app.extensions["titanic"]
     return service
+
+
+def get_model_watcher(app: Flask) -> ModelWatcher:
+    """Return the app's model watcher (follows the registry's active version)."""
+    watcher: ModelWatcher = app.extensions["titanic.model_watcher"]
+    return watcher

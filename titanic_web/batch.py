@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import IO, Any, TypeVar
 
-from titanic_web import csvio, features, schema
+from titanic_web import csvio, features, requestlog, schema
 from titanic_web.predictor import Predictor
-from titanic_web.recorder import Recorder, Staged, new_ids, spool_rows
+from titanic_web.recorder import PENDING_LATENCY, Recorder, Staged, new_ids, spool_rows
 from titanic_web.schema import FieldError, InputError
 
 P = TypeVar("P")
@@ -220,10 +220,13 @@ class Answers:
     submission, ``PassengerId,Survived``.
     """
 
-    def __init__(self, kind: str, model_version: str) -> None:
+    def __init__(self, kind: str, model_version: str, *, explain: bool = False) -> None:
         if kind not in ("json", "csv"):
             raise ValueError(f"answers are json or csv, not {kind!r}")
+        if explain and kind != "json":
+            raise ValueError("explanations come in json answers only")
         self.kind = kind
+        self.explain = explain  # each prediction then carries its "explanation"
         self.file = tempfile.SpooledTemporaryFile(max_size=4 << 20)
         self._first = True
         if kind == "json":
@@ -231,7 +234,11 @@ class Answers:
         else:
             self.file.write(b"PassengerId,Survived\n")
 
-    def add(self, ids: list[str], passenger_ids: list[int | None], survived: list[int], probabilities: list[float]) -> None:
+    def add(
+        self, ids: list[str], passenger_ids: list[int | None], survived: list[int], probabilities: list[float],
+        explanations: list[str] | None = None,
+    ) -> None:
+        """Write a chunk's answers; ``explanations`` are JSON objects, one per answer, when explaining."""
         if self.kind == "csv":
             self.file.write(
                 "".join(
@@ -244,6 +251,8 @@ class Answers:
             f'{"null" if pid is None else pid},"survived":{s},"probability":{round(p, 4)!r}}}'
             for h, pid, s, p in zip(ids, passenger_ids, survived, probabilities)
         ]
+        if explanations is not None:
+            items = [f'{item[:-1]},"explanation":{why}}}' for item, why in zip(items, explanations)]
         if items:
             self.file.write((("" if self._first else ",") + ",".join(items)).encode())
             self._first = False
@@ -299,12 +308,18 @@ def process(
     if kind not in ("json", "csv"):
         raise ValueError(f"bodies are json or csv, not {kind!r}")
     started = time.perf_counter()
+    # The request being answered (if any): its id goes with every row, and the rows'
+    # latency counts from its arrival; answers are added to it once they are given.
+    request = requestlog.current()
+    request_id = None if request is None else request.id
+    tally = requestlog.Tally()
     checker = _checker()
     summary = Summary(model_version=predictor.version)
     errors: list[FieldError] = []
     error_count = 0
     rows = 0
-    staged = recorder.stage() if recorder is not None else None
+    arrived = started if request is None else request.started
+    staged = recorder.stage(arrived=arrived) if recorder is not None else None
     try:
         chunks = _json_chunks(stream, checker, chunk_rows) if kind == "json" else _csv_chunks(stream, checker, chunk_rows)
         for checked, lines in chunks:
@@ -318,7 +333,7 @@ def process(
                     line = None if lines is None else lines[position]
                     errors += [FieldError(e.index, e.field, e.message, line=line) for e in row_errors[:room]]
             if not error_count and checked.texts:
-                _predict_chunk(checked, predictor, staged, answers, source, summary)
+                _predict_chunk(checked, predictor, staged, answers, source, summary, request_id, tally)
             yield Progress(rows=rows, errors=error_count)
         if error_count:
             raise BatchInputError(errors, error_count)
@@ -329,9 +344,14 @@ def process(
             )
         if staged is not None:
             staged.commit()  # the only step that makes anything permanent
+    except InputError as exc:
+        requestlog.note_invalid([e.field for e in exc.errors], source=source)
+        raise
     finally:
         if staged is not None:
             staged.discard()
+    if request is not None:
+        request.add(tally)
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -392,7 +412,7 @@ def finish(steps: Generator[P, None, R], progress: Callable[[P], None] | None = 
 
 def _predict_chunk(
     checked: schema.CheckedRows, predictor: Predictor, staged: Staged | None, answers: Answers, source: str,
-    summary: Summary,
+    summary: Summary, request_id: str | None, tally: requestlog.Tally,
 ) -> None:
     probabilities, engineered = predictor.score_columns(checked.columns)
     p = probabilities.tolist()
@@ -405,10 +425,15 @@ def _predict_chunk(
             spool_rows(
                 ids, passenger_ids, survived, p, model_version=predictor.version, source=source,
                 created_at=datetime.now(timezone.utc), features_json=features.features_json(engineered),
-                raw_json=checked.texts,
+                raw_json=checked.texts, request_id=request_id, latency_ms=PENDING_LATENCY,
             )
         )
-    answers.add(ids, passenger_ids, survived, p)
+    explanations = None
+    if answers.explain:
+        explanations = [json.dumps(e.as_dict(), separators=(",", ":")) for e in predictor.explain(engineered)]
+    answers.add(ids, passenger_ids, survived, p, explanations)
+    survivors = sum(survived)
     summary.rows += len(p)
-    summary.survived += sum(survived)
+    summary.survived += survivors
     summary.chunks += 1
+    tally.add(p, survivors)

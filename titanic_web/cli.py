@@ -1,9 +1,12 @@
-"""Flask commands: train, predict, init-db, recorder status|replay."""
+"""Flask commands: train, predict, init-db, recorder status|replay, model list|show|activate."""
 
 from __future__ import annotations
 
+import json
+import shutil
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 import click
 from flask import Flask, current_app
@@ -14,31 +17,108 @@ from titanic_web.extensions import db
 from titanic_web.predictor import ModelError, Predictor
 from titanic_web.schema import InputError
 
+#: The outcomes extract's name in a version's folder, beside its artifact and card.
+OUTCOMES_FILE = "outcomes.csv"
+
 
 @click.command("train")
 @with_appcontext
 @click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Training CSV in the competition layout [default: TRAIN_DATA, model/data/train.csv].")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Folder for the artifact and its card [default: MODEL_DIR, model/artifacts].")
-def train_command(data_path: Path | None, out_dir: Path | None) -> None:
-    """Cross-validate the candidate pipelines, fit the best, write artifact + model card."""
+              help="Registry folder to add the new version to [default: MODEL_DIR, model/registry].")
+@click.option("--with-outcomes", is_flag=True,
+              help="Also train on the served passengers whose outcomes are recorded (their stored input).")
+@click.option("--activate/--no-activate", default=True, show_default=True,
+              help="Make the new version the active one (running servers switch to it).")
+def train_command(data_path: Path | None, out_dir: Path | None, with_outcomes: bool, activate: bool) -> None:
+    """Cross-validate the candidate pipelines, fit the best, register it as a new version."""
+    from titanic_web import registry
     from titanic_web.training import TrainingError, train
 
-    try:
-        result = train(
-            data_path=data_path or Path(current_app.config["TRAIN_DATA"]),
-            out_dir=out_dir or Path(current_app.config["MODEL_DIR"]),
-            progress=click.echo,
+    data = data_path or Path(current_app.config["TRAIN_DATA"])
+    root = out_dir or Path(current_app.config["MODEL_DIR"])
+    if registry.is_single_model(root):
+        raise click.ClickException(
+            f"{root} holds a single model (model.json), not a registry of versions: "
+            "point MODEL_DIR or --out at a registry folder such as model/registry"
         )
-    except TrainingError as exc:
+    try:
+        staging = registry.staging_dir(root)
+    except registry.RegistryError as exc:
         raise click.ClickException(str(exc)) from None
+    try:
+        extra = [_outcomes_extract(data, staging)] if with_outcomes else []
+        result = train(data_path=data, out_dir=staging, extra_data=[p for p in extra if p], progress=click.echo)
+        info, new = registry.register(root, staging)
+    except (TrainingError, registry.RegistryError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)  # a failed run leaves no half-made version
     cv = result.card["cv"]
     click.echo(
-        f"model {result.card['version']}: {result.card['estimator']}, "
+        f"model {info.version}: {result.card['estimator']}, "
         f"CV accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, ROC AUC {cv['roc_auc_mean']:.4f}"
     )
-    click.echo("Running servers keep their model until restarted.")
+    if new:
+        click.echo(f"registered version {info.version} in {root}")
+    else:
+        click.echo(f"version {info.version} was already registered in {root} (same data and code, same model)")
+    if not activate:
+        click.echo(f"not activated (--no-activate): `flask --app titanic_web model activate {info.version}` does it")
+        return
+    _activate(root, info.version)
+
+
+def _outcomes_extract(data: Path, folder: Path) -> Path | None:
+    """Write the served passengers with recorded outcomes that add an example to `data`; None if none do."""
+    from titanic_web import outcomes
+    from titanic_web.training import load_training_data
+
+    X, y = load_training_data(data)
+    known = [{**row, "Survived": int(label)} for row, label in zip(X.to_dict("records"), y, strict=True)]
+    known_rows = cast(list[dict[str, Any]], known)  # a frame's records: column names are text
+    try:
+        served = outcomes.served_with_outcomes(db.session)
+    except Exception as exc:  # the operator needs the cause, not a trace
+        db.session.rollback()
+        raise click.ClickException(f"cannot read the recorded outcomes from the database: {exc}") from None
+    rows = outcomes.new_examples(served, known_rows)
+    skipped = len(served) - len(rows)
+    if not rows:
+        click.echo(
+            f"outcomes: {len(served)} served passenger(s) with a recorded outcome, none new"
+            f"{f' ({skipped} already in {data.name} or repeated)' if skipped else ''}; training on {data.name} alone"
+        )
+        return None
+    path = folder / OUTCOMES_FILE
+    outcomes.write_extract(rows, path)
+    click.echo(
+        f"outcomes: {len(rows)} served passenger(s) with a recorded outcome added"
+        f"{f' ({skipped} left out: already in {data.name} or repeated)' if skipped else ''}"
+    )
+    return path
+
+
+def _activate(root: Path, version: str) -> None:
+    """Activate a version (loaded and checked first) and say what running servers will do."""
+    from titanic_web import registry
+
+    try:
+        previous = registry.read_active(root)
+    except registry.RegistryError:
+        previous = None
+    try:
+        registry.activate(root, version)
+    except registry.RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    was = "" if previous in (None, version) else f" (was {previous})"
+    seconds = current_app.config.get("MODEL_CHECK_SECONDS", 1.0)
+    click.echo(
+        f"version {version} is active{was}: running servers switch to it within about "
+        f"{seconds:g} second{'s' if seconds != 1 else ''}"
+    )
 
 
 @click.command("predict")
@@ -46,12 +126,20 @@ def train_command(data_path: Path | None, out_dir: Path | None) -> None:
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the submission here instead of standard output.")
-def predict_command(csv_file: Path, output: Path | None) -> None:
-    """Write a Kaggle submission (PassengerId,Survived) for a test.csv-layout file."""
+@click.option("--version", "version", metavar="VERSION",
+              help="Use this registered version instead of the active one.")
+def predict_command(csv_file: Path, output: Path | None, version: str | None) -> None:
+    """Write a Kaggle submission (PassengerId,Survived) for a test.csv-layout file, with the active model."""
+    from titanic_web import registry
+
+    model_dir = Path(current_app.config["MODEL_DIR"])
     try:
-        predictor = Predictor.from_dir(Path(current_app.config["MODEL_DIR"]))
+        if version is None:
+            predictor = registry.load_predictor(model_dir)
+        else:
+            predictor = Predictor.from_dir(registry.version_dir(model_dir, version))
         passengers = csvio.read_passengers(csvio.decode(csv_file.read_bytes()), max_rows=sys.maxsize)
-    except (ModelError, csvio.CsvError) as exc:
+    except (ModelError, csvio.CsvError, registry.RegistryError) as exc:
         raise click.ClickException(str(exc)) from None
     except InputError as exc:
         lines = [f"  line {e.line}: {e.field or 'row'} {e.message}" for e in exc.errors[:20]]
@@ -146,7 +234,88 @@ def recorder_replay_command(timeout: float) -> None:
         )
 
 
+@click.group("model")
+def model_group() -> None:
+    """The registry of trained versions: list, show, activate (also to roll back)."""
+
+
+def _registry_root() -> Path:
+    from titanic_web import registry
+
+    root = Path(current_app.config["MODEL_DIR"])
+    if registry.is_single_model(root):
+        raise click.ClickException(
+            f"MODEL_DIR {root} is a single model folder, not a registry of versions: "
+            "point MODEL_DIR at a registry such as model/registry"
+        )
+    return root
+
+
+@model_group.command("list")
+@with_appcontext
+def model_list_command() -> None:
+    """Every registered version: training time, CV accuracy, accuracy on outcomes; * marks the active one."""
+    from titanic_web import outcomes, registry
+
+    root = _registry_root()
+    found = registry.versions(root)
+    if not found:
+        raise click.ClickException(f"no versions in {root}: run `flask --app titanic_web train` to create one")
+    try:
+        active = registry.read_active(root)
+    except registry.RegistryError as exc:
+        click.echo(f"warning: {exc}", err=True)
+        active = None
+    try:
+        by_version = outcomes.accuracy_by_version(db.session)
+        note = ""
+    except Exception as exc:  # the list stays useful without the database
+        db.session.rollback()
+        by_version, note = {}, f"outcomes unavailable: database error ({type(exc).__name__})"
+    click.echo(f"  {'version':<14}{'trained at (UTC)':<27}{'CV accuracy':<13}{'outcomes':<18}estimator")
+    for info in found:
+        mark = "*" if info.version == active else " "
+        cv = "-" if info.cv_accuracy is None else f"{info.cv_accuracy:.4f}"
+        seen = by_version.get(info.version)
+        on_outcomes = f"{seen['accuracy']:.4f} ({seen['count']})" if seen and seen["count"] else "-"
+        estimator = f"{info.card.get('estimator', '?')} ({info.card.get('chosen', '?')})"
+        click.echo(f"{mark} {info.version:<14}{info.trained_at or '-':<27}{cv:<13}{on_outcomes:<18}{estimator}")
+    if active is None:
+        click.echo("no version is active: `flask --app titanic_web model activate VERSION` makes one active")
+    if note:
+        click.echo(note, err=True)
+
+
+@model_group.command("show")
+@click.argument("version", required=False)
+@with_appcontext
+def model_show_command(version: str | None) -> None:
+    """Print a version's model card (JSON); without VERSION, the active one's."""
+    from titanic_web import registry
+
+    root = _registry_root()
+    try:
+        if version is None:
+            version = registry.read_active(root)
+            if version is None:
+                raise click.ClickException(f"no version is active in {root}: name one (see `model list`)")
+        path = registry.version_dir(root, version)
+    except registry.RegistryError as exc:
+        raise click.ClickException(str(exc)) from None
+    from titanic_web.training import CARD_NAME
+
+    click.echo(json.dumps(json.loads((path / CARD_NAME).read_text()), indent=2))
+
+
+@model_group.command("activate")
+@click.argument("version")
+@with_appcontext
+def model_activate_command(version: str) -> None:
+    """Make VERSION the active model (also how to roll back); running servers switch to it live."""
+    _activate(_registry_root(), version)
+
+
 def register(app: Flask) -> None:
     """Add the commands to `flask --app titanic_web ...`."""
-    for command in (train_command, predict_command, init_db_command, recorder_group):
+    for command in (train_command, predict_command, init_db_command, recorder_group, model_group):
         app.cli.add_command(command)

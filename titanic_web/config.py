@@ -9,7 +9,8 @@ from typing import Any
 
 #: The project checkout: model/ lives beside the package.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL_DIR = PROJECT_ROOT / "model" / "artifacts"
+#: The model registry: one folder per trained version and an ACTIVE pointer (titanic_web/registry.py).
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "model" / "registry"
 DEFAULT_TRAIN_DATA = PROJECT_ROOT / "model" / "data" / "train.csv"
 
 
@@ -47,6 +48,11 @@ def _float_env(name: str, default: float) -> float:
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
     return value
+
+
+def _path_env(name: str) -> Path | None:
+    text = _env_text(name)
+    return None if text is None else Path(text)
 
 
 def _bool_env(name: str, default: bool) -> bool:
@@ -96,6 +102,8 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "SECRET_KEY": None,  # filled in by create_app unless the caller's config has one
         "SQLALCHEMY_DATABASE_URI": database_url,
         "MODEL_DIR": Path(os.environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
+        # How often each worker looks at the registry's ACTIVE pointer (one stat); 0 never switches live.
+        "MODEL_CHECK_SECONDS": _float_env("MODEL_CHECK_SECONDS", 1.0),
         "TRAIN_DATA": Path(os.environ.get("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
         "MAX_ROWS": _int_env("MAX_ROWS", 100_000),
         "BATCH_CHUNK_ROWS": _int_env("BATCH_CHUNK_ROWS", 2000),
@@ -119,6 +127,15 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "RECORDER_SHUTDOWN_SECONDS": _float_env("RECORDER_SHUTDOWN_SECONDS", 10.0),
         "SQLITE_BUSY_TIMEOUT_MS": _int_env("SQLITE_BUSY_TIMEOUT_MS", 5000, minimum=0),
         "DATABASE_CONNECT_TIMEOUT": _int_env("DATABASE_CONNECT_TIMEOUT", 5),
+        # Set (by gunicorn.conf.py, or by hand): /metrics sums every process's values kept in files
+        # there; unset: one process, values in memory.
+        "PROMETHEUS_MULTIPROC_DIR": _path_env("PROMETHEUS_MULTIPROC_DIR"),
+        # Drift on the dashboard: fewer served rows than DRIFT_MIN_ROWS in the window say
+        # "not enough data"; at most DRIFT_MAX_ROWS (the newest) are read.
+        "DRIFT_MIN_ROWS": _int_env("DRIFT_MIN_ROWS", 200),
+        "DRIFT_MAX_ROWS": _int_env("DRIFT_MAX_ROWS", 50_000),
+        "HISTORY_PAGE_ROWS": _int_env("HISTORY_PAGE_ROWS", 50),
+        "EXPORT_CHUNK_ROWS": _int_env("EXPORT_CHUNK_ROWS", 5000),
     }
 
 

@@ -113,4 +113,4 @@ def register(app: Flask) -> None:
         message = "internal error; it has been logged"
         if wants_json():
             return json_error(500, message)
-        return render_template("error.html", status=500, title=InternalServerError.name, message=message), 500
+        return render_template("error.html", status=500, title=InternalServerError().name, message=message), 500

@@ -98,14 +98,13 @@ def group_keys(ticket: str | None, name: str | None, pclass: Any, fare: Any) -> 
 
     A family travelled in one class on one fare (often on several tickets); a
     shared surname alone would join strangers, hence the class and fare.
+    Runs for every passenger served: one pass, no intermediate list.
     """
-    keys = []
-    if ticket is not None:
-        keys.append("T " + ticket)
     surname = surname_of(name)
-    if surname is not None and pclass is not None and pclass == pclass and fare is not None and fare == fare:
-        keys.append(f"F {surname} {int(pclass)} {float(fare):.2f}")
-    return tuple(keys)
+    if surname is None or pclass is None or pclass != pclass or fare is None or fare != fare:
+        return () if ticket is None else ("T " + ticket,)
+    family = "F %s %d %.2f" % (surname, pclass, fare)
+    return (family,) if ticket is None else ("T " + ticket, family)
 
 
 def is_woman_or_child(sex: Any, title: str) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 from flask import Flask
@@ -37,6 +37,10 @@ from sqlalchemy.orm import Session
 from titanic_web import spool
 from titanic_web.extensions import db
 from titanic_web.models import SOURCES, FeatureRow, PredictionRow, now_utc
+from titanic_web.requestlog import MAX_REQUEST_ID
+
+if TYPE_CHECKING:
+    from titanic_web.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,8 @@ class Record:
     features: dict[str, Any]
     raw_input: dict[str, Any]
     created_at: datetime = field(default_factory=now_utc)
+    request_id: str | None = None  # the request that asked (its X-Request-ID)
+    latency_ms: float | None = None  # from the request's arrival until its records were spooled
 
     def to_fields(self) -> list[str]:
         """The record as the spool keeps it: text fields in :data:`FIELDS` order."""
@@ -67,6 +73,7 @@ class Record:
                 model_version=self.model_version, source=self.source, created_at=self.created_at,
                 features_json=[json.dumps(self.features, separators=(",", ":"), allow_nan=False)],
                 raw_json=[json.dumps(self.raw_input, separators=(",", ":"), allow_nan=False)],
+                request_id=self.request_id, latency_ms=self.latency_ms,
             )[0]
         )
 
@@ -82,9 +89,16 @@ def spool_rows(
     created_at: datetime,
     features_json: Iterable[str],
     raw_json: Iterable[str],
+    request_id: str | None = None,
+    latency_ms: float | str | None = None,
 ) -> list[tuple[str, ...]]:
-    """Many records as the spool keeps them, each a tuple of text fields in :data:`FIELDS` order."""
+    """Many records as the spool keeps them, each a tuple of text fields in :data:`FIELDS` order.
+
+    One request id and one latency for all of them (a request's rows share both);
+    ``latency_ms`` may be :data:`PENDING_LATENCY`, filled in by :meth:`Staged.commit`.
+    """
     created = created_at.astimezone(timezone.utc).isoformat(" ", "microseconds")
+    latency = (latency_ms or "") if latency_ms is None or isinstance(latency_ms, str) else _latency_text(latency_ms)
     return list(
         zip(
             ids,
@@ -96,17 +110,38 @@ def spool_rows(
             itertools.repeat(created),
             features_json,
             raw_json,
+            itertools.repeat(request_id or ""),
+            itertools.repeat(latency),
         )
     )
+
+
+def _latency_text(milliseconds: float) -> str:
+    return f"{milliseconds:.3f}"
+
+
+#: Requests set the backlog gauge at most this often (and the writer on each tick and delivery):
+#: a gauge write per request would cost more than the figure is worth.
+BACKLOG_PUBLISH_SECONDS = 0.5
+
+#: Stands for the request's latency in staged rows until :meth:`Staged.commit` knows it, so
+#: every row of a request gets the one value measured when the last of them is spooled.
+#: No other field can hold it: the JSON fields escape control characters, the rest are plain.
+PENDING_LATENCY = "\x01"
+_PENDING_BYTES = PENDING_LATENCY.encode()
 
 
 #: A spooled record's fields, in order: what :meth:`Record.to_fields` writes.
 FIELDS = (
     "id", "passenger_id", "survived", "probability", "model_version", "source", "created_at", "features", "raw_input",
+    "request_id", "latency_ms",
 )
+#: Records spooled before request ids were stored end at raw_input; they are still delivered.
+_OLD_WIDTH = FIELDS.index("raw_input") + 1
 
-#: One record checked and ready for the database: :data:`FIELDS`, the numbers as numbers.
-Row = tuple[str, "int | None", int, float, str, str, str, str, str]
+#: One record checked and ready for the database: :data:`FIELDS`, the numbers as numbers
+#: (request_id and latency_ms None when not known).
+Row = tuple[str, "int | None", int, float, str, str, str, str, str, "str | None", "float | None"]
 
 _UTC_SUFFIX = "+00:00"
 
@@ -119,9 +154,14 @@ def parse_fields(fields: Sequence[str]) -> Row:
 
     :raise ValueError: not a record that :meth:`Record.to_fields` wrote.
     """
-    if len(fields) != len(FIELDS):
-        raise ValueError(f"a spooled record has {len(FIELDS)} fields, this one {len(fields)}")
-    uid, passenger_id, survived, probability, version, source, created_at, features, raw_input = fields
+    if len(fields) == _OLD_WIDTH:
+        fields = [*fields, "", ""]
+    elif len(fields) != len(FIELDS):
+        raise ValueError(
+            f"a spooled record has {len(FIELDS)} fields ({_OLD_WIDTH} fields if spooled before request ids), "
+            f"this one {len(fields)}"
+        )
+    uid, passenger_id, survived, probability, version, source, created_at, features, raw_input, rid, latency = fields
     if len(uid) != 32:
         raise ValueError(f"bad prediction id {uid!r}")
     int(uid, 16)
@@ -132,9 +172,14 @@ def parse_fields(fields: Sequence[str]) -> Row:
         raise ValueError("features and raw input must be JSON objects")
     if source not in SOURCES or not version:
         raise ValueError(f"bad source {source!r} or model version {version!r}")
+    if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
+        raise ValueError(f"bad request id {rid[:80]!r}")
+    latency_ms = float(latency) if latency else None
+    if latency_ms is not None and not 0.0 <= latency_ms < float("inf"):
+        raise ValueError(f"bad latency {latency!r}")
     return (
         uid, int(passenger_id) if passenger_id else None, int(survived), float(probability),
-        version, source, created_at, features, raw_input,
+        version, source, created_at, features, raw_input, rid or None, latency_ms,
     )
 
 
@@ -144,15 +189,16 @@ def parse_fields(fields: Sequence[str]) -> Row:
 #: offset) and a uuid as its 32 hex digits; PostgreSQL casts to its own types.
 _FAST_SQL: dict[str, tuple[str, str, Callable[[str], str]]] = {
     "sqlite": (
-        "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
+        " request_id, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at)"
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (prediction_id) DO NOTHING",
         lambda stamp: stamp[: -len(_UTC_SUFFIX)],
     ),
     "postgresql": (
-        "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at)"
-        " VALUES (%s::uuid, %s, %s, %s, %s, %s, %s::timestamptz) ON CONFLICT (id) DO NOTHING",
+        "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
+        " request_id, latency_ms) VALUES (%s::uuid, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s)"
+        " ON CONFLICT (id) DO NOTHING",
         "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at)"
         " VALUES (%s::uuid, %s::json, %s::json, %s, %s::timestamptz) ON CONFLICT (prediction_id) DO NOTHING",
         lambda stamp: stamp,
@@ -180,7 +226,7 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
             insert_prediction, insert_features, stamp = sql
             connection = session.connection()
             new = connection.exec_driver_sql(
-                insert_prediction, [(*r[:6], stamp(r[6])) for r in by_id.values()]
+                insert_prediction, [(*r[:6], stamp(r[6]), r[9], r[10]) for r in by_id.values()]
             ).rowcount
             connection.exec_driver_sql(
                 insert_features, [(r[0], r[7], r[8], r[4], stamp(r[6])) for r in by_id.values()]
@@ -201,7 +247,7 @@ def _write_portable(session: Session, rows: list[Row]) -> int:
             insert(PredictionRow),
             [
                 {"id": i, "passenger_id": r[1], "survived": r[2], "probability": r[3], "model_version": r[4],
-                 "source": r[5], "created_at": at}
+                 "source": r[5], "created_at": at, "request_id": r[9], "latency_ms": r[10]}
                 for i, r, at in fresh
             ],
         )
@@ -248,6 +294,9 @@ class Recorder:
         self.rows_spooled = 0
         self.batches_failed = 0
         self.lines_quarantined = 0
+        #: Where the counters and the backlog are also exported (GET /metrics); set by the app.
+        self.metrics: Metrics | None = None
+        self._backlog_published = 0.0  # time.time() the backlog gauge was last set
 
     def init_app(self, app: Flask) -> None:
         """Bind to the app whose database the writer delivers to."""
@@ -264,9 +313,13 @@ class Recorder:
         now = time.time()
         self._append(spool.encode([r.to_fields() for r in records], spooled_at=now), len(records), now)
 
-    def stage(self) -> Staged:
-        """Hold a big request's records back until all its rows have passed (see :class:`Staged`)."""
-        return Staged(self)
+    def stage(self, *, arrived: float | None = None) -> Staged:
+        """Hold a big request's records back until all its rows have passed (see :class:`Staged`).
+
+        ``arrived`` (``time.perf_counter()`` at the request's arrival) sets the
+        latency that :meth:`Staged.commit` writes into rows staged with :data:`PENDING_LATENCY`.
+        """
+        return Staged(self, arrived=arrived)
 
     def _append(self, line: bytes, rows: int, spooled_at: float) -> None:
         try:
@@ -275,6 +328,10 @@ class Recorder:
             log.error("%s", exc)
             raise RecorderError(str(exc)) from exc
         self.rows_spooled += rows
+        if self.metrics is not None:
+            self.metrics.rows_spooled.inc(rows)
+            if spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
+                self.publish_backlog()
         self.start()
         # A transaction per request would cost more than the request: the writer
         # delivers on its RECORDER_FLUSH_SECONDS tick, or now if a batch is full.
@@ -303,11 +360,13 @@ class Recorder:
     def _run(self) -> None:
         delay = 0.0
         while not self._stopping.is_set():
+            self.publish_backlog()  # what requests spooled since the last tick, also while the database fails
             try:
                 if time.monotonic() >= self._next_adopt:
                     adopted = self.spool.adopt_orphans()
                     if adopted:
                         log.info("recorder: adopted %d spool segment(s) left by stopped processes", adopted)
+                        self.publish_backlog()
                     self._next_adopt = time.monotonic() + self.adopt_interval
                 rows = self.deliver_once()
             except Exception as exc:  # keep running whatever the database does
@@ -345,17 +404,30 @@ class Recorder:
                 # A damaged line must not hold back every answer after it: keep it aside.
                 bad = segment.quarantine(line)
                 self.lines_quarantined += 1
+                if self.metrics is not None:
+                    self.metrics.rows_quarantined.inc(spool.line_rows(line))
                 log.error("recorder: undecodable spool line (%s) moved to %s", exc, bad)
             self.spool.delivered(segment, end)
         self.rows_written += new
+        if self.metrics is not None:
+            self.metrics.rows_written.inc(new)
+        self.publish_backlog()
         if self.database == "degraded":
             log.info("recorder: database writes succeed again")
         self.database = "ok"
         self.last_error = None
         return len(records) + len(damaged)
 
+    def publish_backlog(self) -> None:
+        """Set the backlog gauge of GET /metrics to this process's rows waiting now."""
+        if self.metrics is not None:
+            self._backlog_published = time.time()
+            self.metrics.backlog.set(self.spool.backlog_rows)
+
     def _failed(self, exc: Exception) -> None:
         self.batches_failed += 1
+        if self.metrics is not None:
+            self.metrics.write_failures.inc()
         message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
         if self.database != "degraded" or message != self.last_error:
             log.warning("recorder: cannot write to the database, keeping predictions spooled: %s", message)
@@ -435,8 +507,9 @@ class Staged:
     #: Staged bytes kept in memory; past this they go to a temporary file.
     IN_MEMORY_BYTES = 8 << 20
 
-    def __init__(self, recorder: Recorder) -> None:
+    def __init__(self, recorder: Recorder, *, arrived: float | None = None) -> None:
         self.recorder = recorder
+        self.arrived = arrived  # time.perf_counter() when the request arrived: its latency is measured from it
         self.rows = 0
         self._lines: list[bytes] = []  # while small (a request of one passenger: one short line)
         self._size = 0
@@ -461,6 +534,9 @@ class Staged:
     def commit(self) -> None:
         """Append every staged line to the spool; then the answers may be given.
 
+        Rows staged with :data:`PENDING_LATENCY` get the milliseconds from the
+        request's arrival until now (empty, that is NULL, without an arrival time).
+
         :raise RecorderError: the spool refused a line. Lines appended before it
             stay spooled (they are stored, though the request fails).
         """
@@ -468,7 +544,11 @@ class Staged:
         if self._file is not None:
             self._file.seek(0)
             lines = self._file
+        latency = b""
+        if self.arrived is not None:
+            latency = _latency_text((time.perf_counter() - self.arrived) * 1000).encode()
         for line in lines:
+            line = line.replace(_PENDING_BYTES, latency)
             self.recorder._append(line, spool.line_rows(line), time.time())
         self.recorder._wake_if_full()
         self.discard()

@@ -8,8 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from titanic_web import requestlog
 from titanic_web.predictor import ModelError, Predictor
 from titanic_web.recorder import Record, Recorder
+from titanic_web.registry import load_predictor
 
 
 class ModelUnavailable(Exception):
@@ -47,9 +49,10 @@ class PredictionService:
 
     @classmethod
     def from_model_dir(cls, model_dir: Path, *, recorder: Recorder, recording: bool = True) -> PredictionService:
-        """Load the model in model_dir; a missing or bad model is kept as an error, not raised."""
+        """Load the model MODEL_DIR designates (a registry's active version, or a single model folder);
+        a missing or bad model is kept as an error, not raised."""
         try:
-            return cls(predictor=Predictor.from_dir(model_dir), recorder=recorder, recording=recording)
+            return cls(predictor=load_predictor(model_dir), recorder=recorder, recording=recording)
         except ModelError as exc:
             return cls(predictor=None, recorder=recorder, model_error=str(exc), recording=recording)
 
@@ -70,6 +73,8 @@ class PredictionService:
         """
         predictor = self.require_predictor()
         predictions = predictor.predict(passengers)
+        request = requestlog.current()  # the request being answered: stored with each prediction
+        request_id, latency_ms = (None, None) if request is None else (request.id, request.elapsed_ms())
         records = [
             Record(
                 id=uuid.uuid4(),
@@ -80,11 +85,17 @@ class PredictionService:
                 source=source,
                 features=p.features,
                 raw_input=dict(passenger),
+                request_id=request_id,
+                latency_ms=latency_ms,
             )
             for passenger, p in zip(passengers, predictions)
         ]
         if self.recording:
             self.recorder.record(records)
+        if request is not None:
+            answered = requestlog.Tally()
+            answered.add([r.probability for r in records], sum(r.survived for r in records))
+            request.add(answered)
         return predictor.version, [
             Answer(id=r.id, passenger_id=r.passenger_id, survived=r.survived, probability=r.probability)
             for r in records

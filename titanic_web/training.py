@@ -40,7 +40,17 @@ FOLDS = 5
 
 #: The numeric features of the compact candidates: the ones that carry signal
 #: on this data without letting the trees chase noise in SibSp/Parch/raw Fare.
-COMPACT_NUMERIC = ("Pclass", "Age", "FamilySize", "IsAlone", "CabinKnown", "FarePerPerson", "TicketGroupSize")
+COMPACT_NUMERIC = (
+    "Pclass",
+    "Age",
+    "FamilySize",
+    "IsAlone",
+    "CabinKnown",
+    "FarePerPerson",
+    "TicketGroupSize",
+    "WCGroupLived",
+    "WCGroupDied",
+)
 COMPACT_CATEGORICAL = ("Sex", "Title", "Embarked")
 
 
@@ -130,15 +140,16 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_training_data(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
-    """Read a competition-layout train.csv into raw feature columns and labels.
+#: Read as text whatever the cells look like: a file whose tickets are all digits must not
+#: turn "0123" into 123 (or 330911 into 330911.0 next to a gap), or tickets stop matching.
+_TEXT_COLUMNS = {name: str for name in ("Name", "Sex", "Ticket", "Cabin", "Embarked")}
 
-    :raise TrainingError: the file is missing or lacks a column or a label.
-    """
+
+def _read_training_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise TrainingError(f"training data not found: {path}")
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=_TEXT_COLUMNS)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise TrainingError(f"{path}: not a readable CSV file ({exc})") from None
     missing = [c for c in ("Survived", *features.RAW_COLUMNS) if c not in frame.columns]
@@ -149,6 +160,22 @@ def load_training_data(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     labels = frame["Survived"]
     if labels.dtype == bool or labels.isna().any() or not labels.isin([0, 1]).all():
         raise TrainingError(f"{path}: every Survived value must be 0 or 1")
+    return frame
+
+
+def _count_rows(path: Path) -> int:
+    return len(pd.read_csv(path, usecols=["Survived"]))
+
+
+def load_training_data(path: Path, *, extra: Sequence[Path] = ()) -> tuple[pd.DataFrame, np.ndarray]:
+    """Read a competition-layout train.csv (and extra files in the same layout, appended in
+    order) into raw feature columns and labels.
+
+    :raise TrainingError: a file is missing or lacks a column or a label.
+    """
+    frames = [_read_training_file(p) for p in (path, *extra)]
+    frame = pd.concat(frames, ignore_index=True) if extra else frames[0]
+    labels = frame["Survived"]
     smallest = int(labels.value_counts().min()) if labels.nunique() == 2 else 0
     if smallest < FOLDS:
         raise TrainingError(
@@ -208,6 +235,7 @@ def train(
     *,
     data_path: Path,
     out_dir: Path,
+    extra_data: Sequence[Path] = (),
     candidates: Sequence[Candidate] = CANDIDATES,
     progress: Callable[[str], None] = lambda message: None,
 ) -> TrainResult:
@@ -216,8 +244,9 @@ def train(
     :raise TrainingError: the training data cannot be used.
     """
     started = time.perf_counter()
-    X, y = load_training_data(data_path)
-    progress(f"training data: {data_path} ({len(y)} passengers, {y.mean():.1%} survived)")
+    X, y = load_training_data(data_path, extra=extra_data)
+    files = ", ".join(map(str, (data_path, *extra_data)))
+    progress(f"training data: {files} ({len(y)} passengers, {y.mean():.1%} survived)")
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
     scores: dict[str, dict[str, float]] = {}
     for candidate in candidates:
@@ -252,6 +281,10 @@ def train(
             "sha256": sha256_file(data_path),
             "rows": int(len(y)),
             "survival_rate": round(float(y.mean()), 6),
+            # Every file trained on (train.csv, then any outcomes extract), each with its own digest.
+            "sources": [
+                {"file": p.name, "sha256": sha256_file(p), "rows": _count_rows(p)} for p in (data_path, *extra_data)
+            ],
         },
         "libraries": {
             "python": platform.python_version(),

@@ -172,6 +172,20 @@ def context(browser: Browser) -> Iterator[BrowserContext]:
         context.close()
 
 
+def watch_csp(page: Page) -> list[str]:
+    """Collect the page's Content-Security-Policy violations (Chromium reports each on the console)."""
+    violations: list[str] = []
+    page.on(
+        "console",
+        lambda message: violations.append(message.text) if "Content Security Policy" in message.text else None,
+    )
+    return violations
+
+
 @pytest.fixture
-def page(context: BrowserContext) -> Page:
-    return context.new_page()
+def page(context: BrowserContext) -> Iterator[Page]:
+    """A new tab; the test fails if anything on it broke the Content-Security-Policy (inline script or style)."""
+    page = context.new_page()
+    violations = watch_csp(page)
+    yield page
+    assert not violations, "the page broke its Content-Security-Policy:\n" + "\n".join(violations)

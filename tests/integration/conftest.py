@@ -46,3 +46,25 @@ def no_model_dir(tmp_path: Path) -> Path:
 def predictor(model_dir: Path) -> Predictor:
     """The trained model loaded on its own, to compare the app's answers against."""
     return Predictor.from_dir(model_dir)
+
+
+#: An admin key for the apps that activate models, and the header that presents it.
+ADMIN_KEY = "test-admin-key-0123456789abcdef"
+ADMIN = {"X-API-Key": ADMIN_KEY}
+
+
+@pytest.fixture
+def registry_app(model_registry: Path, tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    """An app whose MODEL_DIR is a registry of two versions (tests/conftest.py model_registry)."""
+    app = build_app(model_registry, tmp_path / "test.db", database_url=database_url, ADMIN_API_KEYS=(ADMIN_KEY,))
+    yield app
+    close_app(app)
+
+
+@pytest.fixture
+def cheap_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`flask train` with one candidate instead of all: the command's flow is under test, not the search."""
+    from titanic_web import training
+
+    real = training.train
+    monkeypatch.setattr(training, "train", lambda **kw: real(**kw, candidates=training.CANDIDATES[:1]))

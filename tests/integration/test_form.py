@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
+from titanic_web.web.explanation import LABELS
 from tests.conftest import PASSENGER, count_rows, csrf_token, flush
 
 #: The schema's fields in the contract's (Kaggle) order, as the form must show them.
@@ -180,6 +181,33 @@ def test_valid_submission_shows_probability_and_verdict(client: FlaskClient, pre
     assert shown.group(1) == f"{truth.probability * 100:.1f}%"
     verdict = re.search(r'<p class="verdict">([^<]*)</p>', html)
     assert verdict and verdict.group(1) == ("Likely survived" if truth.survived else "Likely did not survive")
+
+
+def test_the_result_shows_why_as_a_chart_drawn_on_the_server(client: FlaskClient, predictor: Predictor) -> None:
+    """The explanation chart: one bar per feature, largest first, in the direction the feature pushed."""
+    response = submit(client, FORM_VALUES)
+
+    html = response.get_data(as_text=True)
+    truth = predictor.explain(predictor.score([PASSENGER])[1])[0]
+    groups = re.findall(r'<g class="contribution (up|down)">\s*<title>([^<]*)</title>', html)
+    assert len(groups) == min(len(truth.contributions), 9)  # the top eight and "N other features"
+    top = truth.contributions[0]
+    assert groups[0][0] == ("up" if top.contribution >= 0 else "down")
+    assert groups[0][1].startswith(LABELS[top.feature] + ":")
+    assert f"{top.contribution:+.2f}" in groups[0][1]
+    directions = [d for d, _ in groups[:8]]
+    assert directions == ["up" if c.contribution >= 0 else "down" for c in truth.contributions[:8]]
+    assert "<script" not in html.split('<svg class="explanation-chart"')[1].split("</svg>")[0]
+
+
+def test_a_model_that_cannot_explain_still_answers_the_form(client: FlaskClient, app: Flask) -> None:
+    from titanic_web import get_service
+
+    get_service(app).predictor.compiled = None
+    response = submit(client, FORM_VALUES)
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert '<span id="probability">' in html and "explanation-chart" not in html
 
 
 def test_valid_submission_keeps_values_and_stores_form_rows(client: FlaskClient, app: Flask) -> None:

@@ -33,7 +33,14 @@ _CONTROLLED = (
     "SECRET_KEY", "DATABASE_URL", "MODEL_DIR", "TRAIN_DATA", "MAX_ROWS", "MAX_CONTENT_LENGTH",
     "CSRF_TIME_LIMIT", "HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "LOG_LEVEL",
     "GUNICORN_CMD_ARGS", "FLASK_APP", "BATCH_CHUNK_ROWS", "BATCH_DIR", "BATCH_KEEP_HOURS",
+    "APP_ENV", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE", "RATE_LIMIT",
+    "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS", "TRUSTED_PROXIES",
+    "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR", "RECORDING", "SPOOL_DIR",
 )
+
+#: System tests send bursts of thousands of requests from one address: far above any limit meant
+#: for people. Tests of the limits themselves set RATE_LIMIT (or RATELIMIT_ENABLED) explicitly.
+_TEST_RATE_LIMIT = "1000000/minute"
 
 #: gunicorn's access log line with the worker's pid first: "<1234> 127.0.0.1 "GET / HTTP/1.1" 200".
 ACCESS_LOG_FORMAT = '%(p)s %(h)s "%(r)s" %(s)s'
@@ -50,7 +57,10 @@ def free_port() -> int:
 def server_env(**settings: str | None) -> dict[str, str]:
     """This process's environment without the app's settings, plus the given ones (None: unset)."""
     env = {k: v for k, v in os.environ.items() if k not in _CONTROLLED}
+    env["RATE_LIMIT"] = _TEST_RATE_LIMIT
     env.update({k: v for k, v in settings.items() if v is not None})
+    if settings.get("RATE_LIMIT", "") is None:
+        env.pop("RATE_LIMIT")
     return env
 
 

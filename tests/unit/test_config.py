@@ -12,7 +12,7 @@ from titanic_web import config
 from titanic_web.config import ConfigError, load_secret_key, settings_from_env
 
 SETTINGS_ENV = ("DATABASE_URL", "MODEL_DIR", "TRAIN_DATA", "MAX_ROWS", "MAX_CONTENT_LENGTH", "CSRF_TIME_LIMIT",
-                "LOG_LEVEL", "SECRET_KEY")
+                "LOG_LEVEL", "SECRET_KEY", "MODEL_CHECK_SECONDS")
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +25,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_defaults_suit_a_local_install(tmp_path: Path) -> None:
     settings = settings_from_env(tmp_path)
     assert settings["SQLALCHEMY_DATABASE_URI"] == f"sqlite:///{tmp_path / 'titanic.db'}"
-    assert settings["MODEL_DIR"] == config.PROJECT_ROOT / "model" / "artifacts"
+    assert settings["MODEL_DIR"] == config.PROJECT_ROOT / "model" / "registry"
+    assert settings["MODEL_CHECK_SECONDS"] == 1.0
     assert settings["TRAIN_DATA"] == config.PROJECT_ROOT / "model" / "data" / "train.csv"
     assert settings["MAX_ROWS"] == 100_000
     assert settings["BATCH_CHUNK_ROWS"] == 2000

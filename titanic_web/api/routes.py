@@ -15,6 +15,7 @@ from titanic_web.api import bp
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
 from titanic_web.models import check_tables
+from titanic_web.predictor import ModelError
 from titanic_web.service import ModelUnavailable
 
 JSON_TYPES = ("application/json",)
@@ -60,6 +61,22 @@ def file_response(file: IO[bytes], size: int, **options: Any) -> Response:
     return response
 
 
+def _flag(name: str) -> bool:
+    """A true/false query parameter (absent: false).
+
+    :raise ApiError: 400, the value is neither true nor false.
+    """
+    text = request.args.get(name)
+    if text is None:
+        return False
+    word = text.strip().lower()
+    if word in ("true", "1", "yes", "on"):
+        return True
+    if word in ("false", "0", "no", "off", ""):
+        return False
+    raise ApiError(400, f"query parameter {name!r} must be true or false, got {text!r}")
+
+
 @bp.post("/predict")
 def predict() -> Any:
     """Predict one passenger, an array of them, or a CSV file of them (up to MAX_ROWS)."""
@@ -79,7 +96,15 @@ def predict() -> Any:
     except ModelUnavailable as exc:
         raise ApiError(503, str(exc)) from None
     as_csv = request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
-    answers = batch.Answers("csv" if as_csv else "json", predictor.version)
+    explain = _flag("explain")
+    if explain and as_csv:
+        raise ApiError(400, "explain=true needs a JSON answer: ask with Accept: application/json")
+    if explain:
+        try:
+            predictor.explain([])
+        except ModelError as exc:
+            raise ApiError(501, str(exc)) from None
+    answers = batch.Answers("csv" if as_csv else "json", predictor.version, explain=explain)
     try:
         with body_stream() as body:
             batch.run(
@@ -151,10 +176,13 @@ def ready() -> Any:
 
 @bp.get("/model")
 def model_card() -> Any:
-    """The loaded model's card: version, data, metrics, features."""
+    """The loaded model's card (version, data, metrics, features), its accuracy on recorded
+    outcomes, and the other versions (titanic_web/api/model_routes.py)."""
+    from titanic_web.api.model_routes import describe_model
+
     service = get_service(current_app)
     try:
         predictor = service.require_predictor()
     except ModelUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    return jsonify(predictor.card)
+    return jsonify(describe_model(predictor.card))

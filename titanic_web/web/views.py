@@ -6,9 +6,11 @@ from typing import Any
 
 from flask import current_app, render_template
 
-from titanic_web import get_service, schema
+from titanic_web import get_service, requestlog, schema
+from titanic_web.predictor import ModelError
 from titanic_web.service import ModelUnavailable
 from titanic_web.web import bp
+from titanic_web.web.explanation import ExplanationChart, explanation_chart
 from titanic_web.web.forms import PassengerForm
 
 
@@ -26,14 +28,28 @@ def index() -> Any:
             status = 422
         else:
             try:
-                version, answers = get_service(current_app).predict([clean], source="form")
-                result = {"answer": answers[0], "model_version": version}
+                service = get_service(current_app)
+                version, answers = service.predict([clean], source="form")
+                result = {"answer": answers[0], "model_version": version, "why": _why(service, clean, version)}
             except ModelUnavailable as exc:
                 model_error = str(exc)
                 status = 503
     elif form.is_submitted():
         status = 422
+        requestlog.note_invalid([f for f in form.errors if f != "csrf_token"], source="form")  # for GET /metrics
     return render_template("index.html", form=form, result=result, model_error=model_error), status
+
+
+def _why(service: Any, passenger: dict[str, Any], version: str) -> ExplanationChart | None:
+    """The answer's explanation chart, or None when the model cannot explain (the answer still shows)."""
+    predictor = service.predictor
+    if predictor is None or predictor.version != version:  # a new model was activated meanwhile
+        return None
+    try:
+        return explanation_chart(predictor.explain(predictor.score([passenger])[1])[0])
+    except ModelError as exc:
+        current_app.logger.info("no explanation: %s", exc)
+        return None
 
 
 def render_expired_form(reason: str) -> Any:

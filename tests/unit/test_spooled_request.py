@@ -1,0 +1,140 @@
+"""A spooled record's request id and latency: written, read back, checked, and absent from older lines."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from titanic_web import spool
+from titanic_web.recorder import FIELDS, PENDING_LATENCY, Record, Recorder, parse_fields, spool_rows
+
+AT = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
+
+
+def record(**fields: object) -> Record:
+    values: dict[str, object] = dict(
+        id=uuid.uuid4(),
+        passenger_id=892,
+        survived=0,
+        probability=0.25,
+        model_version="v1",
+        source="api",
+        features={"Pclass": 3.0},
+        raw_input={"Pclass": 3, "Sex": "male"},
+        created_at=AT,
+    )
+    values.update(fields)
+    return Record(**values)  # type: ignore[arg-type]
+
+
+def test_request_id_and_latency_are_the_last_two_fields_and_read_back() -> None:
+    fields = record(request_id="abc-123", latency_ms=12.3456).to_fields()
+    assert len(fields) == len(FIELDS) and FIELDS[-2:] == ("request_id", "latency_ms")
+    assert fields[-2:] == ["abc-123", "12.346"]
+    assert parse_fields(fields)[-2:] == ("abc-123", 12.346)
+
+
+def test_unknown_request_id_and_latency_are_empty_and_read_as_none() -> None:
+    fields = record().to_fields()
+    assert fields[-2:] == ["", ""]
+    assert parse_fields(fields)[-2:] == (None, None)
+
+
+def test_a_record_spooled_before_request_ids_still_reads() -> None:
+    """Lines written by the previous format end at raw_input: nine fields a row."""
+    now = record(request_id="abc", latency_ms=1.0)
+    old = now.to_fields()[:9]
+    parsed = parse_fields(old)
+    assert parsed[:9] == parse_fields(now.to_fields())[:9]
+    assert parsed[9:] == (None, None)
+    # A whole old line (two rows of nine fields) splits back into its rows.
+    line = spool.encode([old, record().to_fields()[:9]], spooled_at=time.time())
+    assert [len(parse_fields(fields)) for fields in spool.decode(line)[1]] == [len(FIELDS)] * 2
+
+
+@pytest.mark.parametrize(
+    ("index", "value", "problem"),
+    [
+        (-2, "x" * 65, "bad request id"),
+        (-2, "bell\x07", "bad request id"),
+        (-1, "-1.0", "bad latency"),
+        (-1, "nan", "bad latency"),
+        (-1, "inf", "bad latency"),
+        (-1, "slow", "could not convert"),
+        (-1, PENDING_LATENCY, "could not convert"),  # a latency never filled in
+    ],
+)
+def test_a_damaged_request_field_is_refused(index: int, value: str, problem: str) -> None:
+    fields = record(request_id="abc", latency_ms=1.0).to_fields()
+    fields[index] = value
+    with pytest.raises(ValueError, match=problem):
+        parse_fields(fields)
+
+
+def test_ten_fields_are_neither_format() -> None:
+    with pytest.raises(ValueError, match="11 fields .9 fields if spooled before request ids., this one 10"):
+        parse_fields(record().to_fields()[:10])
+
+
+@pytest.fixture
+def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    """A recorder on a temporary spool, without its writer thread."""
+    made = Recorder(tmp_path / "spool")
+    monkeypatch.setattr(made, "start", lambda: None)
+    yield made
+    made.spool.close()
+
+
+def chunk(count: int, request_id: str | None) -> list[tuple[str, ...]]:
+    return spool_rows(
+        [uuid.uuid4().hex for _ in range(count)],
+        [None] * count,
+        [1] * count,
+        [0.75] * count,
+        model_version="v1",
+        source="batch",
+        created_at=AT,
+        features_json=["{}"] * count,
+        raw_json=['{"Pclass":1}'] * count,
+        request_id=request_id,
+        latency_ms=PENDING_LATENCY,
+    )
+
+
+def spooled(directory: Path) -> list[list[str]]:
+    rows: list[list[str]] = []
+    for path in sorted(directory.glob(f"*{spool.SUFFIX}")):
+        for line in path.read_bytes().splitlines(keepends=True):
+            rows += spool.decode(line)[1]
+    return rows
+
+
+def test_every_row_of_a_staged_request_gets_one_latency_measured_at_commit(recorder: Recorder, tmp_path: Path) -> None:
+    arrived = time.perf_counter() - 0.05  # the request arrived 50 ms ago
+    with recorder.stage(arrived=arrived) as staged:
+        staged.add(chunk(3, "req-1"))
+        time.sleep(0.02)
+        staged.add(chunk(2, "req-1"))
+        before = (time.perf_counter() - arrived) * 1000
+        staged.commit()
+        after = (time.perf_counter() - arrived) * 1000
+
+    rows = [parse_fields(fields) for fields in spooled(tmp_path / "spool")]
+    assert len(rows) == 5
+    assert {r[9] for r in rows} == {"req-1"}
+    latencies = {r[10] for r in rows}
+    assert len(latencies) == 1
+    latency = latencies.pop()
+    assert latency is not None and before - 0.001 <= latency <= after + 0.001
+
+
+def test_staged_rows_without_an_arrival_time_store_no_latency(recorder: Recorder, tmp_path: Path) -> None:
+    with recorder.stage() as staged:
+        staged.add(chunk(2, None))
+        staged.commit()
+    assert [parse_fields(fields)[9:] for fields in spooled(tmp_path / "spool")] == [(None, None)] * 2

@@ -1,0 +1,105 @@
+"""Security settings and wiring: response headers (Flask-Talisman), the proxy in front,
+rate limits, API keys, and the checks production mode makes before it starts."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+from flask_talisman import Talisman
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from titanic_web import auth, ratelimit
+from titanic_web.config import ConfigError, _bool_env, _int_env
+
+APP_ENVS = ("development", "production")
+
+#: The pages use only their own stylesheet and scripts: nothing inline, no other origin.
+#: Inline SVG with presentation attributes (fill="...", stroke="...") is not styling in CSP's
+#: sense and is allowed; style="..." attributes and <style> elements are refused.
+CONTENT_SECURITY_POLICY: dict[str, str] = {
+    "default-src": "'self'",
+    "script-src": "'self'",
+    "style-src": "'self'",
+    "img-src": "'self' data:",
+    "object-src": "'none'",
+    "frame-ancestors": "'none'",
+    "form-action": "'self'",
+    "base-uri": "'self'",
+}
+#: Full URL to this site's own pages (Flask-WTF checks the Referer of HTTPS form posts), nothing to others.
+REFERRER_POLICY = "same-origin"
+
+
+def settings_from_env() -> dict[str, Any]:
+    """Read the security settings from the environment; the defaults suit a local install."""
+    app_env = (os.environ.get("APP_ENV") or "development").strip().lower()
+    if app_env not in APP_ENVS:
+        raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, got {app_env!r}")
+    return {
+        "APP_ENV": app_env,
+        # Off by default: the app serves plain HTTP on 127.0.0.1 and a proxy in front speaks HTTPS.
+        "FORCE_HTTPS": _bool_env("FORCE_HTTPS", False),
+        # How many proxies in front set X-Forwarded-For/-Proto/-Host; 0 trusts none of those headers.
+        "TRUSTED_PROXIES": _int_env("TRUSTED_PROXIES", 0, minimum=0),
+        "RATELIMIT_ENABLED": _bool_env("RATELIMIT_ENABLED", True),
+        # 20 a second sustained, per client and route: far above a person, enough for a script that
+        # predicts one passenger a request; more passengers go in one request as an array or CSV.
+        "RATE_LIMIT": os.environ.get("RATE_LIMIT") or "1200/minute",
+        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI") or "memory://",
+        "RATELIMIT_KEY_PREFIX": os.environ.get("RATELIMIT_KEY_PREFIX") or "titanic-web",
+        "API_KEYS": auth.keys_from_env("API_KEYS"),
+        "ADMIN_API_KEYS": auth.keys_from_env("ADMIN_API_KEYS"),
+    }
+
+
+def check_production(app: Flask) -> None:
+    """In production (APP_ENV=production), refuse debug mode and a generated SECRET_KEY.
+
+    Call before the secret key is filled in: a key generated into instance/ is fine for one
+    machine in development, but production workers on several machines must share one.
+
+    :raise ConfigError: naming every setting that is wrong.
+    """
+    if app.config.get("APP_ENV") != "production":
+        return
+    problems = []
+    if app.debug:
+        problems.append("debug mode is on (unset FLASK_DEBUG and DEBUG): it shows code and values to clients")
+    if not (app.config.get("SECRET_KEY") or os.environ.get("SECRET_KEY")):
+        problems.append(
+            "SECRET_KEY is not set in the environment (generate one with "
+            "python -c 'import secrets; print(secrets.token_hex(32))')"
+        )
+    if problems:
+        raise ConfigError("APP_ENV=production refuses to start: " + "; ".join(problems))
+    if app.config.get("RATELIMIT_ENABLED", True) and app.config["RATELIMIT_STORAGE_URI"].startswith("memory://"):
+        app.logger.warning(
+            "RATELIMIT_STORAGE_URI is memory://: each gunicorn worker counts RATE_LIMIT on its own; "
+            "set a Redis URL to share one count"
+        )
+
+
+def init_app(app: Flask) -> None:
+    """Install the proxy fix, the security headers, the rate limits and the API key checks.
+
+    Call after the blueprints are registered: the rate limits wrap the POST views.
+    """
+    proxies = int(app.config.get("TRUSTED_PROXIES", 0))
+    if proxies:
+        # Only what the trusted proxies set: without it, every client shares the proxy's address
+        # (one rate-limit count for all) and HTTPS requests look like plain HTTP.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    force_https = bool(app.config.get("FORCE_HTTPS", False))
+    Talisman(
+        app,
+        force_https=force_https,
+        session_cookie_secure=force_https,  # a Secure cookie is never sent back over plain HTTP
+        content_security_policy=CONTENT_SECURITY_POLICY,
+        frame_options="DENY",
+        referrer_policy=REFERRER_POLICY,
+        x_content_type_options=True,
+    )
+    ratelimit.init_app(app)
+    auth.init_app(app)
