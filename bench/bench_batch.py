@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         spool_dir = work / "spool"
         server_env = {**env, "MODEL_DIR": str(model_dir), "DATABASE_URL": f"sqlite:///{db_path}",
                       "SPOOL_DIR": str(spool_dir), "BATCH_DIR": str(work / "batches"), "RECORDING": "true",
+                      "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
                       "WEB_CONCURRENCY": str(args.workers)}
         print(f"{'file:':<23}{csv_path.name}: {args.rows:,} passengers, {size / 1e6:.1f} MB "
               f"(model/data/test.csv repeated, PassengerIds 1..{args.rows})")

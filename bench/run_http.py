@@ -75,7 +75,8 @@ CONTROLLED = ("SECRET_KEY", "DATABASE_URL", "MODEL_DIR", "SPOOL_DIR", "RECORDING
               "BATCH_CHUNK_ROWS", "BATCH_DIR", "BATCH_KEEP_HOURS", "SQLITE_BUSY_TIMEOUT_MS", "TRAIN_DATA",
               "APP_ENV", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE", "RATE_LIMIT",
               "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS",
-              "TRUSTED_PROXIES", "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR")
+              "TRUSTED_PROXIES", "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR", "DRIFT_MIN_ROWS",
+              "DRIFT_MAX_ROWS", "HISTORY_PAGE_ROWS", "EXPORT_CHUNK_ROWS")
 
 #: wrk is one client: a limit meant for people would answer it 429. The limiter stays on (its
 #: cost per request is part of what is measured) with a limit no benchmark reaches.
@@ -469,6 +470,7 @@ def start_server(config: Config, env: dict[str, str], work: Path) -> tuple[Serve
     spool_dir = work / f"spool-{config.key}"
     server_env = {**env, "DATABASE_URL": config.database_url, "SPOOL_DIR": str(spool_dir),
                   "BATCH_DIR": str(work / f"batches-{config.key}"),
+                  "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{config.key}"),
                   "RECORDING": "true" if config.recording else "false"}
     server = Server(config, server_env, work / f"gunicorn-{config.key}-{config.name}.log")
     server.start()

@@ -84,12 +84,17 @@ def _frame(width: float, height: float) -> tuple[float, float, float, float]:
     return LEFT, TOP, width - RIGHT, height - BOTTOM
 
 
+def tick_count(top_value: float) -> int:
+    """How many steps from 0 to a nice_ceiling value keep every tick round (0.25 -> 5 steps of 0.05)."""
+    mantissa = round(top_value / 10.0 ** math.floor(math.log10(top_value)), 6) if top_value > 0 else 1.0
+    return 4 if mantissa == 2.0 else 5
+
+
 def _y_ticks(
-    top_value: float, top: float, bottom: float, fmt: Callable[[float], str], count: int = 4
+    top_value: float, top: float, bottom: float, fmt: Callable[[float], str], count: int | None = None
 ) -> tuple[Tick, ...]:
-    return tuple(
-        Tick(bottom - (bottom - top) * i / count, fmt(top_value * i / count)) for i in range(count + 1)
-    )
+    count = count or tick_count(top_value)
+    return tuple(Tick(bottom - (bottom - top) * i / count, fmt(top_value * i / count)) for i in range(count + 1))
 
 
 def _x_ticks(labels: Sequence[str], centres: Sequence[float], most: int) -> tuple[Tick, ...]:
@@ -131,8 +136,16 @@ def bar_chart(
             Bar(round(x, 2), round(bottom - h, 2), round(slot - gap, 2), round(h, 2), tip, css[i] if css else "")
         )
     return Chart(
-        title, width, height, left, top, right, bottom, bars=tuple(bars),
-        x_ticks=_x_ticks(labels, centres, most_x_labels), y_ticks=_y_ticks(top_value, top, bottom, y_format),
+        title,
+        width,
+        height,
+        left,
+        top,
+        right,
+        bottom,
+        bars=tuple(bars),
+        x_ticks=_x_ticks(labels, centres, most_x_labels),
+        y_ticks=_y_ticks(top_value, top, bottom, y_format),
     )
 
 
@@ -168,9 +181,17 @@ def line_chart(
         tip = tooltips[i] if tooltips is not None else f"{labels[i]}: {y_format(value)}"
         dots.append(Dot(x, y, tip))
     return Chart(
-        title, width, height, left, top, right, bottom,
-        lines=tuple(" ".join(run) for run in runs if len(run) > 1), dots=tuple(dots),
-        x_ticks=_x_ticks(labels, centres, most_x_labels), y_ticks=_y_ticks(y_max, top, bottom, y_format),
+        title,
+        width,
+        height,
+        left,
+        top,
+        right,
+        bottom,
+        lines=tuple(" ".join(run) for run in runs if len(run) > 1),
+        dots=tuple(dots),
+        x_ticks=_x_ticks(labels, centres, most_x_labels),
+        y_ticks=_y_ticks(y_max, top, bottom, y_format),
     )
 
 
@@ -184,11 +205,16 @@ def paired_bar_chart(
     height: float = 180,
     y_format: Callable[[float], str] = lambda v: f"{v:.0%}",
     most_x_labels: int = 12,
+    tick_labels: Sequence[str] | None = None,
 ) -> Chart:
-    """Two bars per label (say, training and served shares), side by side, with a legend."""
+    """Two bars per label (say, training and served shares), side by side, with a legend.
+
+    ``tick_labels`` (shorter) are written under the bars instead of ``labels``, which the tooltips keep.
+    """
     if len(pairs) != len(labels):
         raise ValueError(f"{len(pairs)} pairs but {len(labels)} labels")
     left, top, right, bottom = _frame(width, height)
+    bottom -= 14  # room for the legend under the axis labels
     top_value = nice_ceiling(max((max(a, b) for a, b in pairs), default=0))
     slot = (right - left) / max(len(pairs), 1)
     gap = min(4.0, slot * 0.2)
@@ -201,11 +227,25 @@ def paired_bar_chart(
         for j, value in enumerate(pair):
             h = (bottom - top) * min(max(value, 0) / top_value, 1.0)
             bars.append(
-                Bar(round(x0 + j * half, 2), round(bottom - h, 2), round(half, 2), round(h, 2),
-                    f"{labels[i]}, {names[j]}: {y_format(value)}", ("first", "second")[j])
+                Bar(
+                    round(x0 + j * half, 2),
+                    round(bottom - h, 2),
+                    round(half, 2),
+                    round(h, 2),
+                    f"{labels[i]}, {names[j]}: {y_format(value)}",
+                    ("first", "second")[j],
+                )
             )
     return Chart(
-        title, width, height, left, top, right, bottom, bars=tuple(bars),
-        x_ticks=_x_ticks(labels, centres, most_x_labels), y_ticks=_y_ticks(top_value, top, bottom, y_format),
+        title,
+        width,
+        height,
+        left,
+        top,
+        right,
+        bottom,
+        bars=tuple(bars),
+        x_ticks=_x_ticks(tick_labels or labels, centres, most_x_labels),
+        y_ticks=_y_ticks(top_value, top, bottom, y_format),
         legend=(("first", names[0]), ("second", names[1])),
     )

@@ -250,8 +250,15 @@ class Reference:
             if drift.enough and len(values) > 0:
                 value, statistic, p_value, bins = reference.compare(values)
                 drift = FeatureDrift(
-                    name, reference.kind, reference.test, rows=len(values), min_rows=min_rows,
-                    psi=value, statistic=statistic, p_value=p_value, bins=tuple(bins),
+                    name,
+                    reference.kind,
+                    reference.test,
+                    rows=len(values),
+                    min_rows=min_rows,
+                    psi=value,
+                    statistic=statistic,
+                    p_value=p_value,
+                    bins=tuple(bins),
                 )
             out.append(drift)
         return out

@@ -34,8 +34,15 @@ from titanic_web.schema import FIELD_NAMES
 #: The competition's columns (as validated), its label (the recorded outcome), the
 #: prediction, then the engineered features the model saw.
 PREDICTION_COLUMNS = (
-    "prediction_id", "created_at", "model_version", "source", "predicted_survived", "probability",
-    "latency_ms", "request_id", "outcome_recorded_at",
+    "prediction_id",
+    "created_at",
+    "model_version",
+    "source",
+    "predicted_survived",
+    "probability",
+    "latency_ms",
+    "request_id",
+    "outcome_recorded_at",
 )
 FEATURE_COLUMNS = tuple(f"feature_{name}" for name in FEATURES)
 COLUMNS = (*FIELD_NAMES, "Survived", *PREDICTION_COLUMNS, *FEATURE_COLUMNS)
@@ -52,10 +59,18 @@ def statement(filters: Filters, *, outcomes_only: bool = False) -> Select[*tuple
     query: Select[*tuple[Any, ...]] = (
         select(
             # As stored text: each chunk's JSON is parsed in one call (see chunks).
-            cast(FeatureRow.raw_input, Text), cast(FeatureRow.features, Text),
-            PredictionRow.id, PredictionRow.created_at,
-            PredictionRow.model_version, PredictionRow.source, PredictionRow.survived, PredictionRow.probability,
-            PredictionRow.latency_ms, PredictionRow.request_id, OutcomeRow.survived, OutcomeRow.recorded_at,
+            cast(FeatureRow.raw_input, Text),
+            cast(FeatureRow.features, Text),
+            PredictionRow.id,
+            PredictionRow.created_at,
+            PredictionRow.model_version,
+            PredictionRow.source,
+            PredictionRow.survived,
+            PredictionRow.probability,
+            PredictionRow.latency_ms,
+            PredictionRow.request_id,
+            OutcomeRow.survived,
+            OutcomeRow.recorded_at,
         )
         .join(PredictionRow, PredictionRow.id == FeatureRow.prediction_id)
         .outerjoin(OutcomeRow, OutcomeRow.prediction_id == FeatureRow.prediction_id)
@@ -70,9 +85,7 @@ def statement(filters: Filters, *, outcomes_only: bool = False) -> Select[*tuple
 def count(session: Session, filters: Filters, *, outcomes_only: bool = False) -> int:
     """How many rows the export will have."""
     query = (
-        select(func.count())
-        .select_from(FeatureRow)
-        .join(PredictionRow, PredictionRow.id == FeatureRow.prediction_id)
+        select(func.count()).select_from(FeatureRow).join(PredictionRow, PredictionRow.id == FeatureRow.prediction_id)
     )
     if outcomes_only:
         query = query.join(OutcomeRow, OutcomeRow.prediction_id == FeatureRow.prediction_id)
@@ -95,13 +108,33 @@ def chunks(
         engineered = _parse_all(row[1] for row in part)
         yield [
             (
-                *map(raw.get, FIELD_NAMES), outcome,
-                str(pid), as_utc(created_at), version, source, survived, probability, latency, request_id,
+                *map(raw.get, FIELD_NAMES),
+                outcome,
+                str(pid),
+                as_utc(created_at),
+                version,
+                source,
+                survived,
+                probability,
+                latency,
+                request_id,
                 None if recorded_at is None else as_utc(recorded_at),
                 *map(features.get, FEATURES),
             )
-            for raw, features, (_, _, pid, created_at, version, source, survived, probability, latency, request_id,
-                                outcome, recorded_at) in zip(raws, engineered, part, strict=True)
+            for raw, features, (
+                _,
+                _,
+                pid,
+                created_at,
+                version,
+                source,
+                survived,
+                probability,
+                latency,
+                request_id,
+                outcome,
+                recorded_at,
+            ) in zip(raws, engineered, part, strict=True)
         ]
 
 
@@ -134,8 +167,14 @@ def _arrow_schema() -> Any:
     moment = pa.timestamp("us", tz="UTC")
     raw_types = {"PassengerId": whole, "Pclass": whole, "SibSp": whole, "Parch": whole, "Age": number, "Fare": number}
     prediction_types = {
-        "prediction_id": text, "created_at": moment, "model_version": text, "source": text,
-        "predicted_survived": whole, "probability": number, "latency_ms": number, "request_id": text,
+        "prediction_id": text,
+        "created_at": moment,
+        "model_version": text,
+        "source": text,
+        "predicted_survived": whole,
+        "probability": number,
+        "latency_ms": number,
+        "request_id": text,
         "outcome_recorded_at": moment,
     }
     fields = [(name, raw_types.get(name, text)) for name in FIELD_NAMES]
@@ -247,19 +286,36 @@ def _moment_option(end: bool) -> Callable[[click.Context, click.Parameter, str |
 
 
 @click.command("export")
-@click.option("--since", required=True, callback=_moment_option(False),
-              help="First day (YYYY-MM-DD) or time (ISO, UTC) of predictions to export.")
-@click.option("--until", callback=_moment_option(True),
-              help="Last day (included whole) or time (excluded) [default: now].")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="The file to write: .csv, or .parquet (needs pyarrow).")
+@click.option(
+    "--since",
+    required=True,
+    callback=_moment_option(False),
+    help="First day (YYYY-MM-DD) or time (ISO, UTC) of predictions to export.",
+)
+@click.option(
+    "--until", callback=_moment_option(True), help="Last day (included whole) or time (excluded) [default: now]."
+)
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The file to write: .csv, or .parquet (needs pyarrow).",
+)
 @click.option("--source", type=click.Choice(SOURCES), help="Only predictions from this source.")
 @click.option("--model-version", help="Only predictions of this model version.")
-@click.option("--outcomes-only", is_flag=True,
-              help="Only passengers with a recorded outcome: a training file for `flask train --data`.")
+@click.option(
+    "--outcomes-only",
+    is_flag=True,
+    help="Only passengers with a recorded outcome: a training file for `flask train --data`.",
+)
 @with_appcontext
 def export_command(
-    since: datetime, until: datetime | None, output: Path, source: str | None, model_version: str | None,
+    since: datetime,
+    until: datetime | None,
+    output: Path,
+    source: str | None,
+    model_version: str | None,
     outcomes_only: bool,
 ) -> None:
     """Export stored passengers with their predictions and outcomes (the retraining input)."""

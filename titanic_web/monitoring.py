@@ -159,9 +159,7 @@ def time_series(session: Session, window: Window) -> list[Bucket]:
     found = {
         int(number): (int(count), int(survived or 0))
         for number, count, survived in session.execute(
-            select(bucket, func.count(), func.sum(PredictionRow.survived))
-            .where(*window.conditions())
-            .group_by(bucket)
+            select(bucket, func.count(), func.sum(PredictionRow.survived)).where(*window.conditions()).group_by(bucket)
         )
     }
     first = math.floor((window.start - EPOCH).total_seconds() / width)
@@ -191,9 +189,7 @@ class Latency:
     percentiles: Mapping[float, float]
 
 
-def latency_percentiles(
-    session: Session, window: Window, *, quantiles: Sequence[float] = PERCENTILES
-) -> Latency:
+def latency_percentiles(session: Session, window: Window, *, quantiles: Sequence[float] = PERCENTILES) -> Latency:
     """Continuous percentiles (linear between ranks, as PostgreSQL's percentile_cont) of latency_ms.
 
     Predictions without a latency are left out; with none at all the mapping is empty.
@@ -449,9 +445,16 @@ def parse_cursor(text: str, name: str) -> tuple[datetime, uuid.UUID]:
 def _history_select(filters: Filters) -> Select[Any]:
     return (
         select(
-            PredictionRow.id, PredictionRow.created_at, PredictionRow.passenger_id, FeatureRow.raw_input,
-            PredictionRow.survived, PredictionRow.probability, PredictionRow.model_version,
-            PredictionRow.source, PredictionRow.latency_ms, OutcomeRow.survived,
+            PredictionRow.id,
+            PredictionRow.created_at,
+            PredictionRow.passenger_id,
+            FeatureRow.raw_input,
+            PredictionRow.survived,
+            PredictionRow.probability,
+            PredictionRow.model_version,
+            PredictionRow.source,
+            PredictionRow.latency_ms,
+            OutcomeRow.survived,
         )
         .outerjoin(FeatureRow, FeatureRow.prediction_id == PredictionRow.id)
         .outerjoin(OutcomeRow, OutcomeRow.prediction_id == PredictionRow.id)
@@ -489,8 +492,16 @@ def history_page(
         found.reverse()  # read oldest-first to find the newer page; shown newest first
     rows = [
         HistoryRow(
-            id=r[0], created_at=as_utc(r[1]), passenger_id=r[2], name=(r[3] or {}).get("Name"), survived=r[4],
-            probability=r[5], model_version=r[6], source=r[7], latency_ms=r[8], outcome=r[9],
+            id=r[0],
+            created_at=as_utc(r[1]),
+            passenger_id=r[2],
+            name=(r[3] or {}).get("Name"),
+            survived=r[4],
+            probability=r[5],
+            model_version=r[6],
+            source=r[7],
+            latency_ms=r[8],
+            outcome=r[9],
         )
         for r in found
     ]

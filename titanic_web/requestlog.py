@@ -10,10 +10,10 @@ and adds what it answered, without touching Flask's request objects.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -38,7 +38,16 @@ def request_id_from(header: str | None) -> str:
     """The client's X-Request-ID when it is a sane short token, else a new uuid4 in hex."""
     if header and _SANE_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return new_request_id()
+
+
+def new_request_id() -> str:
+    """A new uuid4 in hex: the same bits as ``uuid.uuid4().hex``, without building a UUID object,
+    which costs a few microseconds more on every request."""
+    data = bytearray(os.urandom(16))
+    data[6] = (data[6] & 0x0F) | 0x40  # version 4
+    data[8] = (data[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    return data.hex()
 
 
 @dataclass(slots=True)
@@ -163,6 +172,13 @@ def emit(line: str) -> None:
     log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, line, (), None))
 
 
+class _LineFormatter(logging.Formatter):
+    """The line as it is: the message, nothing added (what ``%(message)s`` gives, for less work)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is at the time (a test runner may swap it)."""
 
@@ -185,5 +201,5 @@ def configure_logger(level: str | int) -> None:
     log.propagate = False
     if not any(isinstance(h, _StderrHandler) for h in log.handlers):  # once per process
         handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_LineFormatter())
         log.addHandler(handler)

@@ -49,17 +49,29 @@ def store(app: Flask, rows: Sequence[Stored], *, chunk: int = 2000) -> None:
             db.session.execute(
                 insert(PredictionRow),
                 [
-                    {"id": r.id, "passenger_id": r.passenger_id, "survived": r.survived, "probability": r.probability,
-                     "model_version": r.model_version, "source": r.source, "created_at": r.created_at,
-                     "latency_ms": r.latency_ms}
+                    {
+                        "id": r.id,
+                        "passenger_id": r.passenger_id,
+                        "survived": r.survived,
+                        "probability": r.probability,
+                        "model_version": r.model_version,
+                        "source": r.source,
+                        "created_at": r.created_at,
+                        "latency_ms": r.latency_ms,
+                    }
                     for r in part
                 ],
             )
             db.session.execute(
                 insert(FeatureRow),
                 [
-                    {"prediction_id": r.id, "features": r.features, "raw_input": r.raw_input,
-                     "model_version": r.model_version, "created_at": r.created_at}
+                    {
+                        "prediction_id": r.id,
+                        "features": r.features,
+                        "raw_input": r.raw_input,
+                        "model_version": r.model_version,
+                        "created_at": r.created_at,
+                    }
                     for r in part
                 ],
             )
@@ -75,7 +87,11 @@ def passengers(kind: str = "test") -> list[dict[str, Any]]:
 
 
 def traffic(
-    predictor: Predictor, count: int, *, now: datetime | None = None, spacing: timedelta = timedelta(seconds=7),
+    predictor: Predictor,
+    count: int,
+    *,
+    now: datetime | None = None,
+    spacing: timedelta = timedelta(seconds=7),
     pool: Sequence[dict[str, Any]] | None = None,
 ) -> list[Stored]:
     """``count`` predictions of real passengers (test.csv by default), one every ``spacing`` back from now.

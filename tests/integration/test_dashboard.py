@@ -85,7 +85,7 @@ def test_every_window_of_an_empty_database(client: FlaskClient, window: str | No
 def test_charts_are_inline_svg_without_scripts_or_style_attributes(client: FlaskClient) -> None:
     html = client.get("/dashboard").text
 
-    assert html.count("<svg class=\"chart\"") == 3  # volume, survival rate, probabilities (no latency yet)
+    assert html.count('<svg class="chart"') == 3  # volume, survival rate, probabilities (no latency yet)
     assert "no predictions in this window" in html
     assert "<script" not in html
     assert "style=" not in html
@@ -104,8 +104,14 @@ def test_an_unknown_window_is_refused_by_name(client: FlaskClient) -> None:
 
 @pytest.mark.parametrize(
     ("window", "groups"),
-    [("1h", ["recent"]), ("24h", ["recent", "today"]), (None, ["recent", "today"]), ("7d", ["recent", "today"]),
-     ("30d", ["recent", "today"]), ("all", ["recent", "today", "old"])],
+    [
+        ("1h", ["recent"]),
+        ("24h", ["recent", "today"]),
+        (None, ["recent", "today"]),
+        ("7d", ["recent", "today"]),
+        ("30d", ["recent", "today"]),
+        ("all", ["recent", "today", "old"]),
+    ],
 )
 def test_figures_match_the_rows_in_the_window(
     client: FlaskClient, three_ages: dict[str, list[Stored]], window: str | None, groups: list[str]
@@ -149,9 +155,7 @@ def test_traffic_per_hour_matches_the_rows(client: FlaskClient, three_ages: dict
     table = dashboard(client, "24h").table("table-traffic")
 
     assert table[0] == ["from (UTC)", "predictions", "predicted to survive", "rate"]
-    assert table[1:] == [
-        [hour, str(n), str(s), f"{s / n * 100:.1f}%"] for hour, (n, s) in sorted(hours.items())
-    ]
+    assert table[1:] == [[hour, str(n), str(s), f"{s / n * 100:.1f}%"] for hour, (n, s) in sorted(hours.items())]
 
 
 def test_charts_have_a_bar_per_bucket(client: FlaskClient, three_ages: dict[str, list[Stored]]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from titanic_web.predictor import Predictor
 from titanic_web.schema import FIELD_NAMES
 from titanic_web.training import load_training_data
 
-DAY = datetime(2026, 2, 1, 6, 0, tzinfo=timezone.utc)
+DAY = datetime(2026, 2, 1, 6, 0, tzinfo=UTC)
 ADMIN_KEY = "export-admin-key-0123456789"
 
 
@@ -79,7 +79,7 @@ def test_export_since_a_day_writes_those_rows_with_every_column(
 
     assert result.exit_code == 0, result.output + repr(result.exception)
     lines = read_csv(out.read_text())
-    expected = [r for r in ten_days if r.created_at >= datetime(2026, 2, 8, tzinfo=timezone.utc)]
+    expected = [r for r in ten_days if r.created_at >= datetime(2026, 2, 8, tzinfo=UTC)]
     assert 0 < len(expected) < len(ten_days)
     assert list(lines[0]) == list(COLUMNS)
     assert [line["prediction_id"] for line in lines] == [str(r.id) for r in expected]  # oldest first
@@ -95,7 +95,7 @@ def test_until_includes_its_whole_day(app: Flask, ten_days: list[Stored], tmp_pa
 
     assert result.exit_code == 0, result.output
     got = [line["prediction_id"] for line in read_csv(out.read_text())]
-    start, end = datetime(2026, 2, 3, tzinfo=timezone.utc), datetime(2026, 2, 5, tzinfo=timezone.utc)
+    start, end = datetime(2026, 2, 3, tzinfo=UTC), datetime(2026, 2, 5, tzinfo=UTC)
     assert got == [str(r.id) for r in ten_days if start <= r.created_at < end]
     assert len(got) == 20
 
@@ -204,7 +204,10 @@ def test_parquet_without_pyarrow_says_so(
     [
         (["--since", "last week", "-o", "x.csv"], "Invalid value for '--since': 'last week' is not a date"),
         (["-o", "x.csv"], "Missing option '--since'"),
-        (["--since", "2026-02-05", "--until", "2026-02-01", "-o", "x.csv"], "Invalid value for --until: must be after --since"),
+        (
+            ["--since", "2026-02-05", "--until", "2026-02-01", "-o", "x.csv"],
+            "Invalid value for --until: must be after --since",
+        ),
         (["--since", "2026-02-05", "-o", "x.json"], "the output file must end in .csv or .parquet, got 'x.json'"),
         (["--since", "2026-02-05", "--source", "fax", "-o", "x.csv"], "Invalid value for '--source'"),
     ],
@@ -247,7 +250,7 @@ def test_download_honours_the_page_filters(admin_app: Flask, ten_days: list[Stor
     assert response.mimetype == "text/csv"
     assert response.headers["Content-Disposition"].startswith('attachment; filename="predictions-')
     lines = read_csv(body)
-    start, end = datetime(2026, 2, 5, tzinfo=timezone.utc), datetime(2026, 2, 9, tzinfo=timezone.utc)
+    start, end = datetime(2026, 2, 5, tzinfo=UTC), datetime(2026, 2, 9, tzinfo=UTC)
     expected = [r for r in ten_days if r.source == "api" and r.survived == 0 and start <= r.created_at < end]
     assert expected
     assert [line["prediction_id"] for line in lines] == [str(r.id) for r in expected]
@@ -255,9 +258,7 @@ def test_download_honours_the_page_filters(admin_app: Flask, ten_days: list[Stor
         check_row(line, row)
 
 
-def test_download_of_everything_streams_in_chunks(
-    make_app: MakeApp, predictor: Predictor
-) -> None:
+def test_download_of_everything_streams_in_chunks(make_app: MakeApp, predictor: Predictor) -> None:
     app = make_app(EXPORT_CHUNK_ROWS=64, ADMIN_API_KEYS=(ADMIN_KEY,))
     rows = traffic(predictor, 300, pool=passengers("train"))
     store(app, rows)

@@ -7,7 +7,7 @@ import html
 import re
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from flask import Flask
@@ -19,7 +19,7 @@ from titanic_web.models import SOURCES
 from titanic_web.predictor import Predictor
 
 PAGE_ROWS = 50  # HISTORY_PAGE_ROWS' default
-BASE = datetime(2026, 3, 10, 12, 0, tzinfo=timezone.utc)
+BASE = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 
 ROW_ID = re.compile(r'<tr data-id="([0-9a-f-]{36})">')
 OLDER = re.compile(r'<a href="([^"]+)" rel="next" id="page-older">')
@@ -128,11 +128,13 @@ def test_a_forged_page_position_is_refused(client: FlaskClient) -> None:
         ("source=batch&verdict=survived", lambda r: r.source == "batch" and r.survived == 1),
         ("verdict=died", lambda r: r.survived == 0),
         ("model=v2", lambda r: r.model_version == "v2"),
-        ("from=2026-03-08", lambda r: r.created_at >= datetime(2026, 3, 8, tzinfo=timezone.utc)),
+        ("from=2026-03-08", lambda r: r.created_at >= datetime(2026, 3, 8, tzinfo=UTC)),
         # "to" includes its whole day
-        ("to=2026-03-07", lambda r: r.created_at < datetime(2026, 3, 8, tzinfo=timezone.utc)),
-        ("from=2026-03-06&to=2026-03-06&model=v1",
-         lambda r: r.created_at.date().isoformat() == "2026-03-06" and r.model_version == "v1"),
+        ("to=2026-03-07", lambda r: r.created_at < datetime(2026, 3, 8, tzinfo=UTC)),
+        (
+            "from=2026-03-06&to=2026-03-06&model=v1",
+            lambda r: r.created_at.date().isoformat() == "2026-03-06" and r.model_version == "v1",
+        ),
         ("source=form&model=v3", lambda r: False),
     ],
 )
@@ -184,9 +186,7 @@ def test_bad_filters_are_named(client: FlaskClient, query: str, message: str) ->
 # -- details and escaping ------------------------------------------------------------------------
 
 
-def test_each_row_links_to_its_stored_features_and_input(
-    client: FlaskClient, app: Flask, predictor: Predictor
-) -> None:
+def test_each_row_links_to_its_stored_features_and_input(client: FlaskClient, app: Flask, predictor: Predictor) -> None:
     passenger = passengers()[0]
     [row] = traffic(predictor, 1, pool=[passenger])
     row.outcome, row.latency_ms = 1, 12.5
@@ -245,8 +245,17 @@ def test_source_and_outcome_columns(client: FlaskClient, app: Flask, predictor: 
 
     table = Page(get(client, "/history")).table("history-table")
 
-    assert table[0] == ["time (UTC)", "passenger", "name", "verdict", "probability", "model", "source", "latency",
-                        "outcome"]
+    assert table[0] == [
+        "time (UTC)",
+        "passenger",
+        "name",
+        "verdict",
+        "probability",
+        "model",
+        "source",
+        "latency",
+        "outcome",
+    ]
     for cells, row in zip(table[1:], rows, strict=True):  # traffic() makes them newest first
         assert cells[1] == str(row.passenger_id)
         assert cells[3] == ("survived" if row.survived else "died")

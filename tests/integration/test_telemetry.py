@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -24,7 +25,7 @@ from tests.integration.conftest import MakeApp
 from titanic_web import get_service, requestlog, spool
 from titanic_web import recorder as recorder_module
 from titanic_web.extensions import db
-from titanic_web.metrics import PROBABILITY_BUCKETS, Metrics
+from titanic_web.metrics import MULTIPROC_ENV, PROBABILITY_BUCKETS, Metrics, use_directory
 from titanic_web.models import PredictionRow
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -253,6 +254,25 @@ def test_recorder_metrics_follow_the_backlog_a_failing_database_and_a_damaged_li
     assert samples[("titanic_recorder_rows_quarantined_total", ())] == 1
     assert samples[("titanic_recorder_rows_spooled_total", ())] == 4
     assert samples[("titanic_recorder_backlog_rows", ())] == 0
+
+
+def test_an_app_made_with_a_metrics_folder_keeps_its_values_there(
+    make_app: MakeApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What gunicorn.conf.py arranges: the setting read when the app is made, values in per-process files."""
+    folder = tmp_path / "prometheus"
+    monkeypatch.setenv(MULTIPROC_ENV, str(folder))
+    try:
+        app = make_app()
+        client = app.test_client()
+        assert client.post("/api/predict", json=[PASSENGER, PASSENGER]).status_code == 200
+        samples = scrape(client)
+    finally:
+        use_directory(None)  # the rest of the run keeps its values in memory
+    assert app.extensions["metrics"].multiprocess
+    assert (folder / f"counter_{os.getpid()}.db").exists()
+    assert samples[("titanic_prediction_probability_count", ())] == 2
+    assert requests_of(samples, "api.predict", 200) == 1
 
 
 # -- X-Request-ID -------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ _CONTROLLED = (
     "APP_ENV", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE", "RATE_LIMIT",
     "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS", "TRUSTED_PROXIES",
     "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR", "RECORDING", "SPOOL_DIR",
+    "DRIFT_MIN_ROWS", "DRIFT_MAX_ROWS", "HISTORY_PAGE_ROWS", "EXPORT_CHUNK_ROWS",
 )
 
 #: System tests send bursts of thousands of requests from one address: far above any limit meant
@@ -89,6 +90,8 @@ class GunicornServer:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.env = {**env, "HOST": "127.0.0.1", "PORT": str(self.port), "LOG_LEVEL": "info"}
+        # Each server its own metrics folder (the master empties it at start): never the checkout's.
+        self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(log_path.parent / f"prometheus-{self.port}"))
         self.log_path = log_path
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None

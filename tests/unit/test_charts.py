@@ -17,6 +17,22 @@ def test_nice_ceiling(value: float, expected: float) -> None:
     assert charts.nice_ceiling(value) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("top", "labels"),
+    [
+        (1.0, ["0", "0.2", "0.4", "0.6", "0.8", "1"]),
+        (0.25, ["0", "0.05", "0.1", "0.15", "0.2", "0.25"]),
+        (20.0, ["0", "5", "10", "15", "20"]),
+        (500.0, ["0", "100", "200", "300", "400", "500"]),
+    ],
+)
+def test_y_ticks_are_round(top: float, labels: list[str]) -> None:
+    chart = charts.bar_chart([top], ["a"], title="t")
+    assert [t.label for t in chart.y_ticks] == labels
+    assert chart.y_ticks[0].position == pytest.approx(chart.bottom)
+    assert chart.y_ticks[-1].position == pytest.approx(chart.top)
+
+
 def test_bars_are_scaled_to_the_plot() -> None:
     chart = charts.bar_chart([0, 5, 10], ["a", "b", "c"], title="t")
 
@@ -31,7 +47,7 @@ def test_bars_are_scaled_to_the_plot() -> None:
     xs = [bar.x for bar in chart.bars]
     assert all(b.x >= a.x + a.width for a, b in itertools.pairwise(chart.bars)), "bars overlap"
     assert xs == sorted(xs)
-    assert [t.label for t in chart.y_ticks] == ["0", "2.5", "5", "7.5", "10"]
+    assert [t.label for t in chart.y_ticks] == ["0", "2", "4", "6", "8", "10"]
     assert chart.bars[1].label == "b: 5"
     assert not chart.empty
 

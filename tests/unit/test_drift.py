@@ -71,8 +71,12 @@ def test_psi_is_symmetric() -> None:
 
 @pytest.mark.parametrize(
     ("expected", "actual", "message"),
-    [([1, 2], [1, 2, 3], "one length"), ([], [], "one length"), ([0, 0], [1, 1], "at least one count"),
-     ([1, -1], [1, 1], "negative")],
+    [
+        ([1, 2], [1, 2, 3], "one length"),
+        ([], [], "one length"),
+        ([0, 0], [1, 1], "at least one count"),
+        ([1, -1], [1, 1], "negative"),
+    ],
 )
 def test_bad_count_vectors_are_refused(expected: list[int], actual: list[int], message: str) -> None:
     with pytest.raises(ValueError, match=message):

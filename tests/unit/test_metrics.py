@@ -148,3 +148,16 @@ def test_a_directory_keeps_values_in_files_and_none_returns_to_memory(
     alone.rows_spooled.inc(1)
     assert samples(alone.registry)[("titanic_recorder_rows_spooled_total", ())] == 1
     assert samples(shared.registry)[("titanic_recorder_rows_spooled_total", ())] == 7
+
+
+def test_the_folder_setting_is_read_from_the_environment_when_settings_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanic_web.config import settings_from_env
+
+    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    assert settings_from_env(tmp_path)["PROMETHEUS_MULTIPROC_DIR"] is None
+    monkeypatch.setenv(MULTIPROC_ENV, " ")
+    assert settings_from_env(tmp_path)["PROMETHEUS_MULTIPROC_DIR"] is None
+    monkeypatch.setenv(MULTIPROC_ENV, str(tmp_path / "prometheus"))
+    assert settings_from_env(tmp_path)["PROMETHEUS_MULTIPROC_DIR"] == tmp_path / "prometheus"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, abort, current_app, render_template, request, stream_with_context
+from flask import Response, abort, current_app, render_template, request
+from sqlalchemy.orm import Session
 
 from titanic_web import export, monitoring
 from titanic_web.auth import require_admin
@@ -33,8 +35,11 @@ def history() -> Any:
     try:
         filters = monitoring.filters_from_args(request.args)
         page = monitoring.history_page(
-            session, filters, size=current_app.config["HISTORY_PAGE_ROWS"],
-            after=request.args.get("after") or None, before=request.args.get("before") or None,
+            session,
+            filters,
+            size=current_app.config["HISTORY_PAGE_ROWS"],
+            after=request.args.get("after") or None,
+            before=request.args.get("before") or None,
         )
     except monitoring.FilterError as exc:
         error = str(exc)
@@ -42,7 +47,12 @@ def history() -> Any:
     if args.get("model") and args["model"] not in versions:
         versions.append(args["model"])  # keep the chosen value on the form even if it matches nothing
     return render_template(
-        "history.html", page=page, error=error, args=args, versions=versions, sources=SOURCES,
+        "history.html",
+        page=page,
+        error=error,
+        args=args,
+        versions=versions,
+        sources=SOURCES,
         verdicts=list(monitoring.VERDICTS),
     ), (400 if error else 200)
 
@@ -61,9 +71,13 @@ def prediction_detail(prediction_id: uuid.UUID) -> Any:
     raw_rows = [(name, raw.get(name)) for name in FIELD_NAMES if name in raw]
     raw_rows += [(name, value) for name, value in raw.items() if name not in FIELD_NAMES]
     return render_template(
-        "prediction.html", detail=detail, p=detail.prediction,
+        "prediction.html",
+        detail=detail,
+        p=detail.prediction,
         created_at=monitoring.as_utc(detail.prediction.created_at),
-        feature_rows=feature_rows, raw_rows=raw_rows, categorical=CATEGORICAL_FEATURES,
+        feature_rows=feature_rows,
+        raw_rows=raw_rows,
+        categorical=CATEGORICAL_FEATURES,
     )
 
 
@@ -76,10 +90,17 @@ def history_export() -> Any:
     except monitoring.FilterError as exc:
         abort(400, description=str(exc))
     chunk_rows = current_app.config["EXPORT_CHUNK_ROWS"]
-    body = export.csv_text(export.chunks(db.session(), filters, chunk_rows=chunk_rows))
+    engine = db.engine
+
+    def body() -> Iterator[str]:
+        # A session of its own, closed when the stream ends or the client goes away: the
+        # body is produced after the view returns, outside the request's own session.
+        with Session(engine) as session:
+            yield from export.csv_text(export.chunks(session, filters, chunk_rows=chunk_rows))
+
     name = f"predictions-{now_utc().strftime('%Y%m%dT%H%M%SZ')}.csv"
     return Response(
-        stream_with_context(body),
+        body(),
         mimetype="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{name}"'},
     )
