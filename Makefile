@@ -14,7 +14,7 @@ export HOST PORT
 
 help:
 	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
-	@echo "make test   set up, then run the whole test suite (installs Debian's chromium for tests/browser/)"
+	@echo "make test   set up, run make lint, then the whole test suite (installs Debian's chromium for tests/browser/)"
 	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
 	@echo "make model  train a new model version and make it active (also: $(FLASK) train; versions: $(FLASK) model list)"
 	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV (installs wrk; figures in bench/README.md)"
@@ -43,7 +43,9 @@ db: $(STAMP)
 run: $(STAMP) $(MODEL) db
 	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
 
-test: $(STAMP) $(MODEL) browser
+# `lint` comes before the model and the browser: a ruff or mypy finding fails `make test`
+# (and so .ci/run and CI) before anything is trained or installed.
+test: $(STAMP) lint $(MODEL) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Checks only: nothing is rewritten (`$(BIN)/ruff format` and `$(BIN)/ruff check --fix` do that).

@@ -67,6 +67,7 @@ TARGET_PEAK_MB = 300.0  # the worker's peak memory (VmHWM), in MB of 10^6 bytes
 
 # -- the file ---------------------------------------------------------------------------------
 
+
 def write_csv(path: Path, rows: int) -> int:
     """The rows of test.csv repeated to `rows` lines, PassengerIds 1..rows; returns the size in bytes."""
     with open(TEST_CSV, newline="", encoding="utf-8") as fh:
@@ -86,6 +87,7 @@ def write_csv(path: Path, rows: int) -> int:
 
 # -- memory -----------------------------------------------------------------------------------
 
+
 def status_kb(pid: int | str, field: str) -> int | None:
     """A `kB` field of /proc/PID/status (VmRSS, VmHWM), None once the process is gone."""
     try:
@@ -103,6 +105,7 @@ def mb(kb: int | None) -> float:
 
 
 # -- the other process: read_csv + predict_proba ------------------------------------------------
+
 
 def baseline_child(csv_path: Path, model_dir: Path) -> int:
     """Serve timing requests on stdin ("run", "quit"), one JSON line on stdout for each."""
@@ -131,8 +134,16 @@ def baseline_child(csv_path: Path, model_dir: Path) -> int:
             probabilities = pipeline.predict_proba(frame)[:, 1]
             t2, cpu1 = time.perf_counter(), time.process_time()
             survived = "".join("1" if p >= threshold else "0" for p in probabilities.tolist())
-            emit({"seconds": t2 - t0, "read_csv": t1 - t0, "predict_proba": t2 - t1, "cpu": cpu1 - cpu0,
-                  "rows": len(probabilities), "survived": survived})
+            emit(
+                {
+                    "seconds": t2 - t0,
+                    "read_csv": t1 - t0,
+                    "predict_proba": t2 - t1,
+                    "cpu": cpu1 - cpu0,
+                    "rows": len(probabilities),
+                    "survived": survived,
+                }
+            )
         elif command == "quit":
             usage = resource.getrusage(resource.RUSAGE_SELF)
             emit({"maxrss_kb": usage.ru_maxrss, "rss_kb": status_kb("self", "VmRSS")})
@@ -145,9 +156,19 @@ class Baseline:
 
     def __init__(self, csv_path: Path, model_dir: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--baseline-child", str(csv_path),
-             "--model-dir", str(model_dir)],
-            cwd=PROJECT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--baseline-child",
+                str(csv_path),
+                "--model-dir",
+                str(model_dir),
+            ],
+            cwd=PROJECT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.ready = self._read()
 
@@ -176,6 +197,7 @@ class Baseline:
 
 
 # -- the server side ----------------------------------------------------------------------------
+
 
 def undelivered_bytes(spool_dir: Path) -> int:
     """Bytes spooled and not yet delivered, from the segments' sizes and their .done offsets.
@@ -213,8 +235,9 @@ def post_file(session: Any, url: str, path: Path) -> tuple[int, bytes, float]:
     """POST a CSV file streamed from disk, asking for a CSV answer: (status, body, wall seconds)."""
     began = time.perf_counter()
     with open(path, "rb") as fh:
-        with session.post(url, data=fh, headers={"Content-Type": "text/csv", "Accept": "text/csv"},
-                          stream=True, timeout=600) as response:
+        with session.post(
+            url, data=fh, headers={"Content-Type": "text/csv", "Accept": "text/csv"}, stream=True, timeout=600
+        ) as response:
             content = b"".join(response.iter_content(1 << 16))
             status = response.status_code
     return status, content, time.perf_counter() - began
@@ -247,18 +270,24 @@ def database_counts(path: Path) -> tuple[int, int]:
 
 # -- the report ---------------------------------------------------------------------------------
 
+
 def machine() -> dict[str, str]:
     return {**machine_base(), "requests": _version("requests")}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rows", type=int, default=100_000, help="passengers in the CSV file [100000]")
     parser.add_argument("--requests", type=int, default=5, help="measured rounds: one POST and one baseline each [5]")
     parser.add_argument("--workers", type=int, default=1, help="WEB_CONCURRENCY of the server [1]")
-    parser.add_argument("--drain-timeout", type=float, default=300,
-                        help="longest wait for the writer to deliver a request's rows [300 s]")
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=300,
+        help="longest wait for the writer to deliver a request's rows [300 s]",
+    )
     parser.add_argument("--model-dir", type=Path, default=None, help="[MODEL_DIR or model/registry]")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (file, log, database)")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
@@ -275,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     import requests
 
     info = machine()
-    print(f"# titanic-web batch benchmark: POST /api/predict with a {args.rows:,}-passenger CSV, "
-          "against pandas.read_csv + pipeline.predict_proba")
+    print(
+        f"# titanic-web batch benchmark: POST /api/predict with a {args.rows:,}-passenger CSV, "
+        "against pandas.read_csv + pipeline.predict_proba"
+    )
     for k, v in info.items():
         print(f"{k + ':':<23}{v}")
     python = os.path.relpath(sys.executable, PROJECT) if sys.executable.startswith(str(PROJECT)) else sys.executable
@@ -291,14 +322,24 @@ def main(argv: list[str] | None = None) -> int:
         size = write_csv(csv_path, args.rows)
         db_path = work / "batch.db"
         spool_dir = work / "spool"
-        server_env = {**env, "MODEL_DIR": str(model_dir), "DATABASE_URL": f"sqlite:///{db_path}",
-                      "SPOOL_DIR": str(spool_dir), "BATCH_DIR": str(work / "batches"), "RECORDING": "true",
-                      "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
-                      "WEB_CONCURRENCY": str(args.workers)}
-        print(f"{'file:':<23}{csv_path.name}: {args.rows:,} passengers, {size / 1e6:.1f} MB "
-              f"(model/data/test.csv repeated, PassengerIds 1..{args.rows})")
-        print(f"{'server:':<23}gunicorn -c gunicorn.conf.py wsgi:app, WEB_CONCURRENCY={args.workers}, recording on "
-              "to SQLite (flask init-db), MAX_ROWS and the rest at their defaults")
+        server_env = {
+            **env,
+            "MODEL_DIR": str(model_dir),
+            "DATABASE_URL": f"sqlite:///{db_path}",
+            "SPOOL_DIR": str(spool_dir),
+            "BATCH_DIR": str(work / "batches"),
+            "RECORDING": "true",
+            "PROMETHEUS_MULTIPROC_DIR": str(work / "prometheus"),
+            "WEB_CONCURRENCY": str(args.workers),
+        }
+        print(
+            f"{'file:':<23}{csv_path.name}: {args.rows:,} passengers, {size / 1e6:.1f} MB "
+            f"(model/data/test.csv repeated, PassengerIds 1..{args.rows})"
+        )
+        print(
+            f"{'server:':<23}gunicorn -c gunicorn.conf.py wsgi:app, WEB_CONCURRENCY={args.workers}, recording on "
+            "to SQLite (flask init-db), MAX_ROWS and the rest at their defaults"
+        )
         print(flush=True)
         init_db(server_env)
         config = Config("batch", "sqlite", "wsgi:app", True, "loaded from", server_env["DATABASE_URL"], "sqlite")
@@ -308,16 +349,21 @@ def main(argv: list[str] | None = None) -> int:
         workers = children(server.proc.pid)
         rss_start = {pid: status_kb(pid, "VmRSS") for pid in workers}
         hwm_start = {pid: status_kb(pid, "VmHWM") for pid in workers}
-        print(f"started on port {server.port}: master {server.proc.pid}, worker(s) {', '.join(map(str, workers))}; "
-              "VmRSS before the first request "
-              + ", ".join(f"{mb(v):.0f} MB" for v in rss_start.values()), flush=True)
+        print(
+            f"started on port {server.port}: master {server.proc.pid}, worker(s) {', '.join(map(str, workers))}; "
+            "VmRSS before the first request " + ", ".join(f"{mb(v):.0f} MB" for v in rss_start.values()),
+            flush=True,
+        )
 
         child_env = {**env, **{name: "1" for name in THREAD_VARIABLES}}
         baseline = Baseline(csv_path, model_dir, child_env)
         warm = baseline.ask("run")  # its warm-up, as the server has one: the first call pays for lazy set-up
         expected_survived = str(warm["survived"])
-        print(f"baseline process {baseline.proc.pid}: pipeline loaded, VmRSS {mb(baseline.ready['rss_kb']):.0f} MB;"
-              f" warm-up run on the file {warm['seconds']:.2f} s", flush=True)
+        print(
+            f"baseline process {baseline.proc.pid}: pipeline loaded, VmRSS {mb(baseline.ready['rss_kb']):.0f} MB;"
+            f" warm-up run on the file {warm['seconds']:.2f} s",
+            flush=True,
+        )
 
         url = f"{server.base}/api/predict"
         session = requests.Session()
@@ -326,8 +372,11 @@ def main(argv: list[str] | None = None) -> int:
         if status != 200:
             raise RuntimeError(f"warm-up POST of {TEST_CSV.name} answered {status}: {content[:300]!r}")
         hwm_warm = {pid: status_kb(pid, "VmHWM") for pid in workers}
-        print(f"warm-up: {TEST_CSV.name} ({warm_rows} passengers) in {seconds:.2f} s; worker VmHWM "
-              + ", ".join(f"{mb(v):.0f} MB" for v in hwm_warm.values()), flush=True)
+        print(
+            f"warm-up: {TEST_CSV.name} ({warm_rows} passengers) in {seconds:.2f} s; worker VmHWM "
+            + ", ".join(f"{mb(v):.0f} MB" for v in hwm_warm.values()),
+            flush=True,
+        )
 
         rounds: list[dict[str, Any]] = []
         answered = 0
@@ -346,17 +395,30 @@ def main(argv: list[str] | None = None) -> int:
             if problem:
                 problems.append(f"round {n}: {problem}")
             hwm = max(status_kb(pid, "VmHWM") or 0 for pid in workers)
-            record = {"round": n, "post_s": seconds, "worker_cpu_s": cpu, "drain_s": drain,
-                      "waited_before_s": idle, "baseline_s": base["seconds"], "read_csv_s": base["read_csv"],
-                      "predict_proba_s": base["predict_proba"], "baseline_cpu_s": base["cpu"],
-                      "ratio": seconds / base["seconds"], "cpu_ratio": cpu / base["cpu"], "hwm_kb": hwm,
-                      "answer_lines": len(content.splitlines()) - 1}
+            record = {
+                "round": n,
+                "post_s": seconds,
+                "worker_cpu_s": cpu,
+                "drain_s": drain,
+                "waited_before_s": idle,
+                "baseline_s": base["seconds"],
+                "read_csv_s": base["read_csv"],
+                "predict_proba_s": base["predict_proba"],
+                "baseline_cpu_s": base["cpu"],
+                "ratio": seconds / base["seconds"],
+                "cpu_ratio": cpu / base["cpu"],
+                "hwm_kb": hwm,
+                "answer_lines": len(content.splitlines()) - 1,
+            }
             rounds.append(record)
-            print(f"round {n}: POST {seconds:6.2f} s (worker CPU {cpu:5.2f} s)   delivery to SQLite "
-                  + ("not done" if drain is None else f"{drain:5.1f} s")
-                  + f"   read_csv {base['read_csv']:.2f} s + predict_proba {base['predict_proba']:.2f} s = "
-                  f"{base['seconds']:.2f} s   ratio {record['ratio']:.2f}   worker VmHWM {mb(hwm):.0f} MB"
-                  + (f"   {problem}" if problem else ""), flush=True)
+            print(
+                f"round {n}: POST {seconds:6.2f} s (worker CPU {cpu:5.2f} s)   delivery to SQLite "
+                + ("not done" if drain is None else f"{drain:5.1f} s")
+                + f"   read_csv {base['read_csv']:.2f} s + predict_proba {base['predict_proba']:.2f} s = "
+                f"{base['seconds']:.2f} s   ratio {record['ratio']:.2f}   worker VmHWM {mb(hwm):.0f} MB"
+                + (f"   {problem}" if problem else ""),
+                flush=True,
+            )
 
         rss_end = {pid: status_kb(pid, "VmRSS") for pid in workers}
         hwm_end = {pid: status_kb(pid, "VmHWM") for pid in workers}
@@ -377,53 +439,98 @@ def main(argv: list[str] | None = None) -> int:
         cpu_ratio = median([r["cpu_ratio"] for r in rounds])
         peak = max(v or 0 for v in hwm_end.values())
         drains = [r["drain_s"] for r in rounds if r["drain_s"] is not None]
-        print(f"\nfinished in {time.monotonic() - began:.0f} s; load average at the end "
-              + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        print(
+            f"\nfinished in {time.monotonic() - began:.0f} s; load average at the end "
+            + " ".join(f"{x:.2f}" for x in os.getloadavg())
+        )
         print(f"\nmedians of {len(rounds)} round(s), wall time (CPU time in brackets)")
-        print(f"  POST /api/predict, {args.rows:,} passengers, CSV in and out  {post:6.2f} s   "
-              f"[{median([r['worker_cpu_s'] for r in rounds]):.2f} s worker CPU]   "
-              f"{args.rows / post:,.0f} passengers/s")
-        print(f"  pandas.read_csv + pipeline.predict_proba              {base_s:6.2f} s   "
-              f"[{median([r['baseline_cpu_s'] for r in rounds]):.2f} s CPU]   read_csv "
-              f"{median([r['read_csv_s'] for r in rounds]):.2f} s, predict_proba "
-              f"{median([r['predict_proba_s'] for r in rounds]):.2f} s")
-        print(f"  ratio (median of within-round ratios)                 {ratio:6.2f}x  "
-              f"[CPU {cpu_ratio:.2f}x]   rounds {min(r['ratio'] for r in rounds):.2f}-"
-              f"{max(r['ratio'] for r in rounds):.2f}x")
-        print(f"  the writer's delivery of a request's rows to SQLite    {median(drains):6.1f} s   "
-              f"(after the answer; {args.rows / median(drains):,.0f} rows/s)" if drains else
-              "  the writer's delivery: not done within --drain-timeout")
+        print(
+            f"  POST /api/predict, {args.rows:,} passengers, CSV in and out  {post:6.2f} s   "
+            f"[{median([r['worker_cpu_s'] for r in rounds]):.2f} s worker CPU]   "
+            f"{args.rows / post:,.0f} passengers/s"
+        )
+        print(
+            f"  pandas.read_csv + pipeline.predict_proba              {base_s:6.2f} s   "
+            f"[{median([r['baseline_cpu_s'] for r in rounds]):.2f} s CPU]   read_csv "
+            f"{median([r['read_csv_s'] for r in rounds]):.2f} s, predict_proba "
+            f"{median([r['predict_proba_s'] for r in rounds]):.2f} s"
+        )
+        print(
+            f"  ratio (median of within-round ratios)                 {ratio:6.2f}x  "
+            f"[CPU {cpu_ratio:.2f}x]   rounds {min(r['ratio'] for r in rounds):.2f}-"
+            f"{max(r['ratio'] for r in rounds):.2f}x"
+        )
+        print(
+            f"  the writer's delivery of a request's rows to SQLite    {median(drains):6.1f} s   "
+            f"(after the answer; {args.rows / median(drains):,.0f} rows/s)"
+            if drains
+            else "  the writer's delivery: not done within --drain-timeout"
+        )
         print("\nmemory (MB of 10^6 bytes)")
-        print("  worker VmRSS before the first request " + ", ".join(f"{mb(v):.0f}" for v in rss_start.values())
-              + "; VmHWM then " + ", ".join(f"{mb(v):.0f}" for v in hwm_start.values())
-              + ", after the warm-up " + ", ".join(f"{mb(v):.0f}" for v in hwm_warm.values())
-              + f", after the {args.rows:,}-row requests " + ", ".join(f"{mb(v):.0f}" for v in hwm_end.values())
-              + "; VmRSS at the end " + ", ".join(f"{mb(v):.0f}" for v in rss_end.values()))
-        print(f"  baseline process: VmRSS after loading the pipeline {mb(ready_rss):.0f}; "
-              f"peak (ru_maxrss) {mb(child['maxrss_kb']):.0f}")
+        print(
+            "  worker VmRSS before the first request "
+            + ", ".join(f"{mb(v):.0f}" for v in rss_start.values())
+            + "; VmHWM then "
+            + ", ".join(f"{mb(v):.0f}" for v in hwm_start.values())
+            + ", after the warm-up "
+            + ", ".join(f"{mb(v):.0f}" for v in hwm_warm.values())
+            + f", after the {args.rows:,}-row requests "
+            + ", ".join(f"{mb(v):.0f}" for v in hwm_end.values())
+            + "; VmRSS at the end "
+            + ", ".join(f"{mb(v):.0f}" for v in rss_end.values())
+        )
+        print(
+            f"  baseline process: VmRSS after loading the pipeline {mb(ready_rss):.0f}; "
+            f"peak (ru_maxrss) {mb(child['maxrss_kb']):.0f}"
+        )
         print("\nchecks")
-        print(f"  answers: {answered} x {args.rows:,} data lines, PassengerIds 1..{args.rows} in order, Survived as the"
-              " pipeline's: " + ("all correct" if not problems else "; ".join(problems)))
+        print(
+            f"  answers: {answered} x {args.rows:,} data lines, PassengerIds 1..{args.rows} in order, Survived as the"
+            " pipeline's: " + ("all correct" if not problems else "; ".join(problems))
+        )
         where = f"{predictions:,} rows in predictions, {feature_rows:,} in feature_store"
         if left["rows"]:
             where += f", {left['rows']:,} still spooled"
         kept = predictions + left["rows"] == expected_rows and feature_rows == predictions
-        print(f"  stored after the stop ({stop_seconds:.1f} s, SIGTERM): {where}; expected {expected_rows:,} "
-              f"({answered} x {args.rows:,} + {warm_rows} warm-up): {'all kept' if kept else 'NOT ALL KEPT'}")
+        print(
+            f"  stored after the stop ({stop_seconds:.1f} s, SIGTERM): {where}; expected {expected_rows:,} "
+            f"({answered} x {args.rows:,} + {warm_rows} warm-up): {'all kept' if kept else 'NOT ALL KEPT'}"
+        )
         print("\ntargets (figures, not assertions):")
-        print(f"  {'met    ' if ratio <= TARGET_RATIO else 'NOT met'}  end to end / (read_csv + predict_proba) = "
-              f"{ratio:.2f}   (target <= {TARGET_RATIO:.2f})")
-        print(f"  {'met    ' if mb(peak) < TARGET_PEAK_MB else 'NOT met'}  worker peak memory (VmHWM) = "
-              f"{mb(peak):.0f} MB   (target < {TARGET_PEAK_MB:.0f} MB)")
+        print(
+            f"  {'met    ' if ratio <= TARGET_RATIO else 'NOT met'}  end to end / (read_csv + predict_proba) = "
+            f"{ratio:.2f}   (target <= {TARGET_RATIO:.2f})"
+        )
+        print(
+            f"  {'met    ' if mb(peak) < TARGET_PEAK_MB else 'NOT met'}  worker peak memory (VmHWM) = "
+            f"{mb(peak):.0f} MB   (target < {TARGET_PEAK_MB:.0f} MB)"
+        )
         if args.json:
-            args.json.write_text(json.dumps({
-                "machine": info, "args": {k: str(v) for k, v in vars(args).items()}, "rounds": rounds,
-                "worker": {"rss_start_kb": rss_start, "hwm_start_kb": hwm_start, "hwm_warm_kb": hwm_warm,
-                           "hwm_end_kb": hwm_end, "rss_end_kb": rss_end},
-                "baseline": {"rss_ready_kb": ready_rss, "end": child},
-                "stored": {"predictions": predictions, "feature_store": feature_rows, "spooled": left["rows"],
-                           "expected": expected_rows},
-            }, indent=2, default=str))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "machine": info,
+                        "args": {k: str(v) for k, v in vars(args).items()},
+                        "rounds": rounds,
+                        "worker": {
+                            "rss_start_kb": rss_start,
+                            "hwm_start_kb": hwm_start,
+                            "hwm_warm_kb": hwm_warm,
+                            "hwm_end_kb": hwm_end,
+                            "rss_end_kb": rss_end,
+                        },
+                        "baseline": {"rss_ready_kb": ready_rss, "end": child},
+                        "stored": {
+                            "predictions": predictions,
+                            "feature_store": feature_rows,
+                            "spooled": left["rows"],
+                            "expected": expected_rows,
+                        },
+                    },
+                    indent=2,
+                    default=str,
+                )
+            )
     finally:
         if baseline is not None:
             baseline.kill()

@@ -115,8 +115,10 @@ def main_timings(predictor: Predictor, model: compiled_module.CompiledModel, pas
                     ratios.setdefault((n, f"{base} / {fast}"), []).append(now[base] / now[fast])
         print(f"  round {round_ + 1}/{rounds} done", file=sys.stderr)
 
-    print(f"\nmedians of {rounds} rounds, {'CPU' if CLOCK is time.process_time else 'wall'} time"
-          " (per call; per passenger in brackets)")
+    print(
+        f"\nmedians of {rounds} rounds, {'CPU' if CLOCK is time.process_time else 'wall'} time"
+        " (per call; per passenger in brackets)"
+    )
     for n in SIZES:
         print(f"\n{n} passenger(s)")
         for name in variants:
@@ -130,20 +132,29 @@ def main_timings(predictor: Predictor, model: compiled_module.CompiledModel, pas
     many_rounds = ratios[(SIZES[-1], "pipeline, DataFrame / compiled")]
     one, many = statistics.median(one_rounds), statistics.median(many_rounds)
     print()
-    print(f"target 1 passenger   >= {TARGET_ONE:.0f}x faster than the pipeline on a DataFrame: "
-          f"{one:.1f}x (rounds {min(one_rounds):.1f}-{max(one_rounds):.1f}x), "
-          f"{'met' if one >= TARGET_ONE else 'NOT met'}")
-    print(f"target {SIZES[-1]:,} passengers >= {TARGET_MANY}x faster per row: "
-          f"{many:.2f}x (rounds {min(many_rounds):.2f}-{max(many_rounds):.2f}x), "
-          f"{'met' if many >= TARGET_MANY else 'NOT met'}")
+    print(
+        f"target 1 passenger   >= {TARGET_ONE:.0f}x faster than the pipeline on a DataFrame: "
+        f"{one:.1f}x (rounds {min(one_rounds):.1f}-{max(one_rounds):.1f}x), "
+        f"{'met' if one >= TARGET_ONE else 'NOT met'}"
+    )
+    print(
+        f"target {SIZES[-1]:,} passengers >= {TARGET_MANY}x faster per row: "
+        f"{many:.2f}x (rounds {min(many_rounds):.2f}-{max(many_rounds):.2f}x), "
+        f"{'met' if many >= TARGET_MANY else 'NOT met'}"
+    )
 
 
 def python_walk(estimator: Any, init: float) -> Callable[[list[float]], float]:
     """A pure-Python walk of boosted trees over one float32-rounded row (an alternative)."""
     rate = estimator.learning_rate
     trees = [
-        (t.feature.tolist(), t.threshold.tolist(), t.children_left.tolist(), t.children_right.tolist(),
-         (rate * t.value[:, 0, 0]).tolist())
+        (
+            t.feature.tolist(),
+            t.threshold.tolist(),
+            t.children_left.tolist(),
+            t.children_right.tolist(),
+            (rate * t.value[:, 0, 0]).tolist(),
+        )
         for t in (e.tree_ for e in estimator.estimators_[:, 0])
     ]
 
@@ -180,9 +191,11 @@ def alternatives(predictor: Predictor, model: compiled_module.CompiledModel, pas
         )
     walk = make(False)
     rng = random.Random(SEED + 1)
-    print(f"\nalternatives: {trees.n_trees} trees of depth <= {trees.depth}; medians of {rounds} rounds"
-          f" (compiled.py: tables when depth <= {compiled_module.TABLE_DEPTH}, row-wise up to"
-          f" {compiled_module.ROW_WISE} rows, per-tree loop from {compiled_module.TREE_LOOP}; else the level walk)")
+    print(
+        f"\nalternatives: {trees.n_trees} trees of depth <= {trees.depth}; medians of {rounds} rounds"
+        f" (compiled.py: tables when depth <= {compiled_module.TABLE_DEPTH}, row-wise up to"
+        f" {compiled_module.ROW_WISE} rows, per-tree loop from {compiled_module.TREE_LOOP}; else the level walk)"
+    )
     for n in (1, 2, 4, 16, 100, 1000, 10_000):
         XT = model._inputs_t(model.engineer([rng.choice(passengers) for _ in range(n)]))
         X = np.ascontiguousarray(XT.T)
@@ -217,21 +230,31 @@ def _forced(trees: Any, XT: np.ndarray, *, row_wise: int, tree_loop: int) -> np.
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-dir", type=Path, default=PROJECT / "model" / "registry",
-                        help="a registry (its active version is measured) or one model's folder")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=PROJECT / "model" / "registry",
+        help="a registry (its active version is measured) or one model's folder",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--alternatives", action="store_true", help="also time the tree evaluations compared")
-    parser.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                        help="cpu: this process's CPU time (steadier on a shared machine); wall: perf_counter")
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="cpu: this process's CPU time (steadier on a shared machine); wall: perf_counter",
+    )
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
 
     predictor = registry.load_predictor(args.model_dir)
     model = compile_pipeline(predictor.pipeline)
-    print(f"model {predictor.version} ({predictor.card.get('chosen')}, {predictor.card.get('estimator')}); "
-          f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}, numpy {np.__version__}; "
-          f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"model {predictor.version} ({predictor.card.get('chosen')}, {predictor.card.get('estimator')}); "
+        f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}, numpy {np.__version__}; "
+        f"{os.cpu_count()} CPUs, load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}"
+    )
     if model is None:
         print("compile_pipeline returned None: this pipeline is not supported, the predictor keeps the pipeline")
         return 1

@@ -56,8 +56,19 @@ LUA = BENCH / "post.lua"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:{port}/test"
 
-PASSENGER = {"PassengerId": 892, "Pclass": 3, "Name": "Kelly, Mr. James", "Sex": "male", "Age": 34.5,
-             "SibSp": 0, "Parch": 0, "Ticket": "330911", "Fare": 7.8292, "Cabin": None, "Embarked": "Q"}
+PASSENGER = {
+    "PassengerId": 892,
+    "Pclass": 3,
+    "Name": "Kelly, Mr. James",
+    "Sex": "male",
+    "Age": 34.5,
+    "SibSp": 0,
+    "Parch": 0,
+    "Ticket": "330911",
+    "Fare": 7.8292,
+    "Cabin": None,
+    "Embarked": "Q",
+}
 TEST_CSV = PROJECT / "model" / "data" / "test.csv"
 MANY = 100  # passengers in the array body of the *-100 configurations
 DEFAULT_ONLY = "i,ii,iii,iv,v,i-100,iii-100"
@@ -68,15 +79,50 @@ STOP_TIMEOUT = 30.0  # gunicorn's graceful_timeout; the recorder drains within 1
 WORKERS = 2  # what gunicorn.conf.py runs without WEB_CONCURRENCY
 
 #: Settings the runner decides; inherited values must not leak into the servers.
-CONTROLLED = ("SECRET_KEY", "DATABASE_URL", "MODEL_DIR", "SPOOL_DIR", "RECORDING", "HOST", "PORT",
-              "WEB_CONCURRENCY", "GUNICORN_CMD_ARGS", "GUNICORN_TIMEOUT", "FLASK_APP", "LOG_LEVEL",
-              "SPOOL_FSYNC", "RECORDER_BATCH_ROWS", "RECORDER_FLUSH_SECONDS", "RECORDER_RETRY_MAX_SECONDS",
-              "RECORDER_SHUTDOWN_SECONDS", "DATABASE_CONNECT_TIMEOUT", "MAX_ROWS", "MAX_CONTENT_LENGTH",
-              "BATCH_CHUNK_ROWS", "BATCH_DIR", "BATCH_KEEP_HOURS", "SQLITE_BUSY_TIMEOUT_MS", "TRAIN_DATA",
-              "APP_ENV", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE", "RATE_LIMIT",
-              "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS",
-              "TRUSTED_PROXIES", "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR", "DRIFT_MIN_ROWS",
-              "DRIFT_MAX_ROWS", "HISTORY_PAGE_ROWS", "EXPORT_CHUNK_ROWS")
+CONTROLLED = (
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "MODEL_DIR",
+    "SPOOL_DIR",
+    "RECORDING",
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_CMD_ARGS",
+    "GUNICORN_TIMEOUT",
+    "FLASK_APP",
+    "LOG_LEVEL",
+    "SPOOL_FSYNC",
+    "RECORDER_BATCH_ROWS",
+    "RECORDER_FLUSH_SECONDS",
+    "RECORDER_RETRY_MAX_SECONDS",
+    "RECORDER_SHUTDOWN_SECONDS",
+    "DATABASE_CONNECT_TIMEOUT",
+    "MAX_ROWS",
+    "MAX_CONTENT_LENGTH",
+    "BATCH_CHUNK_ROWS",
+    "BATCH_DIR",
+    "BATCH_KEEP_HOURS",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "TRAIN_DATA",
+    "APP_ENV",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "ADMIN_API_KEYS",
+    "ADMIN_API_KEYS_FILE",
+    "RATE_LIMIT",
+    "RATELIMIT_ENABLED",
+    "RATELIMIT_STORAGE_URI",
+    "RATELIMIT_KEY_PREFIX",
+    "FORCE_HTTPS",
+    "TRUSTED_PROXIES",
+    "MODEL_CHECK_SECONDS",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "DRIFT_MIN_ROWS",
+    "DRIFT_MAX_ROWS",
+    "HISTORY_PAGE_ROWS",
+    "EXPORT_CHUNK_ROWS",
+)
 
 #: wrk is one client: a limit meant for people would answer it 429. The limiter stays on (its
 #: cost per request is part of what is measured) with a limit no benchmark reaches.
@@ -130,6 +176,7 @@ class Run:
 
 
 # -- the machine -----------------------------------------------------------------------------
+
 
 def _cpu_model() -> str:
     try:
@@ -196,6 +243,7 @@ def machine() -> dict[str, str]:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
 
 def passengers_from_test_csv(count: int) -> list[dict[str, Any]]:
     """The first `count` passengers of model/data/test.csv as API objects (empty cells: null)."""
@@ -272,14 +320,20 @@ class Server:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(GUNICORN), "-c", "gunicorn.conf.py", self.config.wsgi],
-                cwd=PROJECT, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=PROJECT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so a hung stop can be killed whole
             )
         deadline = time.monotonic() + START_TIMEOUT
         listening = f"Listening at: {self.base} ({self.proc.pid})"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.config.name}: gunicorn exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+                raise RuntimeError(
+                    f"{self.config.name}: gunicorn exited with {self.proc.returncode}:\n{self.log()[-3000:]}"
+                )
             text = self.log()
             # This master on this port, every worker's app loaded, and /api/health answers.
             if listening in text and text.count(self.config.ready_marker) >= self.workers:
@@ -315,17 +369,33 @@ class Server:
 
 
 def wrk(url: str, *, body: Path, seconds: int, threads: int, connections: int) -> dict[str, Any]:
-    command = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
-               "-s", str(LUA), f"{url}/api/predict"]
-    out = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=False,
-                         env={**os.environ, "WRK_BODY": str(body)})
+    command = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{seconds:g}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA),
+        f"{url}/api/predict",
+    ]
+    out = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=False,
+        env={**os.environ, "WRK_BODY": str(body)},
+    )
     for line in out.stdout.splitlines():
         if line.startswith("WRK_JSON "):
-            return json.loads(line[len("WRK_JSON "):])
+            return json.loads(line[len("WRK_JSON ") :])
     raise RuntimeError(f"wrk gave no result ({out.returncode}):\n{out.stdout}\n{out.stderr}")
 
 
 # -- databases -------------------------------------------------------------------------------
+
 
 def pg_create_schema() -> tuple[str, str]:
     import psycopg
@@ -344,8 +414,15 @@ def pg_drop_schema(schema: str) -> None:
 
 
 def init_db(env: dict[str, str]) -> None:
-    out = subprocess.run([str(FLASK), "--app", "titanic_web", "init-db"], cwd=PROJECT, env=env,
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        [str(FLASK), "--app", "titanic_web", "init-db"],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"flask init-db failed ({out.returncode}):\n{out.stdout}\n{out.stderr}")
 
@@ -458,6 +535,7 @@ def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
 
 # -- the benchmark ---------------------------------------------------------------------------
 
+
 def base_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in CONTROLLED}
     env["SECRET_KEY"] = "bench-" + uuid.uuid4().hex
@@ -468,10 +546,14 @@ def base_env() -> dict[str, str]:
 
 def start_server(config: Config, env: dict[str, str], work: Path) -> tuple[Server, Path]:
     spool_dir = work / f"spool-{config.key}"
-    server_env = {**env, "DATABASE_URL": config.database_url, "SPOOL_DIR": str(spool_dir),
-                  "BATCH_DIR": str(work / f"batches-{config.key}"),
-                  "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{config.key}"),
-                  "RECORDING": "true" if config.recording else "false"}
+    server_env = {
+        **env,
+        "DATABASE_URL": config.database_url,
+        "SPOOL_DIR": str(spool_dir),
+        "BATCH_DIR": str(work / f"batches-{config.key}"),
+        "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{config.key}"),
+        "RECORDING": "true" if config.recording else "false",
+    }
     server = Server(config, server_env, work / f"gunicorn-{config.key}-{config.name}.log")
     server.start()
     # The body wrk will post, once: answered 200, with one prediction per passenger.
@@ -517,11 +599,18 @@ def one_run(server: Server, rnd: int, args: argparse.Namespace, work: Path) -> R
     lat = result["latency_us"]
     requests = max(1, result["requests"])
     return Run(
-        config=config.key, round=rnd,
+        config=config.key,
+        round=rnd,
         rps=result["requests"] / (result["duration_us"] / 1e6),
-        p50_ms=lat["p50"] / 1000, p99_ms=lat["p99"] / 1000, mean_ms=lat["mean"] / 1000, max_ms=lat["max"] / 1000,
-        requests=result["requests"], errors=result["errors"], backlog_after=backlog,
-        cpu_ms=1000 * app_cpu / requests, db_cpu_ms=(1000 * db_cpu / requests) if backends else None,
+        p50_ms=lat["p50"] / 1000,
+        p99_ms=lat["p99"] / 1000,
+        mean_ms=lat["mean"] / 1000,
+        max_ms=lat["max"] / 1000,
+        requests=result["requests"],
+        errors=result["errors"],
+        backlog_after=backlog,
+        cpu_ms=1000 * app_cpu / requests,
+        db_cpu_ms=(1000 * db_cpu / requests) if backends else None,
     )
 
 
@@ -540,8 +629,10 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
     by = {(r.config, r.round): r for r in runs}
     numbers = range(1, rounds + 1)
     lines = []
-    head = (f"{'config':<17}{'body':>5}{'req/s':>7}{'pass/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-            f"{'/floor':>7}{'/off':>6}{'p99/floor':>10}{'p99/off':>8}{'CPU ms/req':>11}{'errors':>7}  stored")
+    head = (
+        f"{'config':<17}{'body':>5}{'req/s':>7}{'pass/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
+        f"{'/floor':>7}{'/off':>6}{'p99/floor':>10}{'p99/off':>8}{'CPU ms/req':>11}{'errors':>7}  stored"
+    )
     lines.append(head)
     lines.append("-" * (len(head) + 40))
     summary: dict[str, Any] = {}
@@ -551,20 +642,33 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
             continue
 
         def ratio(other: str, attr: str) -> float:
-            return median([getattr(by[(c.key, n)], attr) / getattr(by[(other, n)], attr)
-                           for n in numbers if (c.key, n) in by and (other, n) in by])
+            return median(
+                [
+                    getattr(by[(c.key, n)], attr) / getattr(by[(other, n)], attr)
+                    for n in numbers
+                    if (c.key, n) in by and (other, n) in by
+                ]
+            )
 
         db_cpu = [r.db_cpu_ms for r in mine if r.db_cpu_ms is not None]
         s = {
             "rows": c.rows,
-            "rps": median([r.rps for r in mine]), "p50_ms": median([r.p50_ms for r in mine]),
-            "p99_ms": median([r.p99_ms for r in mine]), "max_ms": median([r.max_ms for r in mine]),
-            "rps_vs_floor": ratio(c.floor, "rps"), "rps_vs_off": ratio(c.off, "rps"),
-            "p99_vs_floor": ratio(c.floor, "p99_ms"), "p99_vs_off": ratio(c.off, "p99_ms"),
-            "p99_vs_sqlite": ratio("iii" + c.suffix, "p99_ms"), "p99_vs_postgres": ratio("iv" + c.suffix, "p99_ms"),
-            "cpu_ms": median([r.cpu_ms for r in mine]), "db_cpu_ms": median(db_cpu) if db_cpu else None,
-            "cpu_vs_off": ratio(c.off, "total_cpu_ms"), "cpu_vs_floor": ratio(c.floor, "total_cpu_ms"),
-            "errors": sum(sum(r.errors.values()) for r in mine), "stored": kept.get(c.key, "-"),
+            "rps": median([r.rps for r in mine]),
+            "p50_ms": median([r.p50_ms for r in mine]),
+            "p99_ms": median([r.p99_ms for r in mine]),
+            "max_ms": median([r.max_ms for r in mine]),
+            "rps_vs_floor": ratio(c.floor, "rps"),
+            "rps_vs_off": ratio(c.off, "rps"),
+            "p99_vs_floor": ratio(c.floor, "p99_ms"),
+            "p99_vs_off": ratio(c.off, "p99_ms"),
+            "p99_vs_sqlite": ratio("iii" + c.suffix, "p99_ms"),
+            "p99_vs_postgres": ratio("iv" + c.suffix, "p99_ms"),
+            "cpu_ms": median([r.cpu_ms for r in mine]),
+            "db_cpu_ms": median(db_cpu) if db_cpu else None,
+            "cpu_vs_off": ratio(c.off, "total_cpu_ms"),
+            "cpu_vs_floor": ratio(c.floor, "total_cpu_ms"),
+            "errors": sum(sum(r.errors.values()) for r in mine),
+            "stored": kept.get(c.key, "-"),
         }
         summary[c.key] = s
         cpu = f"{s['cpu_ms']:.1f}" + (f"+{s['db_cpu_ms']:.1f}" if s["db_cpu_ms"] is not None else "")
@@ -587,8 +691,11 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
     lines.append("")
     lines.append("per round: req/s, p99 ms, CPU ms/req")
     for n in numbers:
-        cells = [f"({c.key}) {by[(c.key, n)].rps:.0f}, {by[(c.key, n)].p99_ms:.0f}, {by[(c.key, n)].cpu_ms:.1f}"
-                 for c in configs if (c.key, n) in by]
+        cells = [
+            f"({c.key}) {by[(c.key, n)].rps:.0f}, {by[(c.key, n)].p99_ms:.0f}, {by[(c.key, n)].cpu_ms:.1f}"
+            for c in configs
+            if (c.key, n) in by
+        ]
         lines.append(f"  round {n}: " + " | ".join(cells))
     lines.append("")
 
@@ -597,39 +704,52 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
 
     def spread(key: str, other: str, attr: str) -> str:
         """The within-round ratios' range: how far one round's figure can be trusted."""
-        values = [getattr(by[(key, n)], attr) / getattr(by[(other, n)], attr)
-                  for n in numbers if (key, n) in by and (other, n) in by]
+        values = [
+            getattr(by[(key, n)], attr) / getattr(by[(other, n)], attr)
+            for n in numbers
+            if (key, n) in by and (other, n) in by
+        ]
         return f"rounds {min(values):.2f}-{max(values):.2f}" if values else "no rounds"
 
     lines.append("issue 3 targets, recording against recording off (figures, not assertions):")
     for key in ("iii", "iv"):
         if key in summary and "ii" in summary:
             value = summary[key]["rps_vs_off"]
-            lines.append(f"  {verdict(value >= RPS_VS_OFF)}  req/s ({key}) / (ii) = {value:.2f}   (target >= "
-                         f"{RPS_VS_OFF:.2f}; {spread(key, 'ii', 'rps')}; CPU per request ({key}) / (ii) = "
-                         f"{summary[key]['cpu_vs_off']:.2f})")
+            lines.append(
+                f"  {verdict(value >= RPS_VS_OFF)}  req/s ({key}) / (ii) = {value:.2f}   (target >= "
+                f"{RPS_VS_OFF:.2f}; {spread(key, 'ii', 'rps')}; CPU per request ({key}) / (ii) = "
+                f"{summary[key]['cpu_vs_off']:.2f})"
+            )
     for key, name in (("iv", "postgres"), ("iii", "sqlite")):
         if "v" in summary and key in summary:
             value = summary["v"][f"p99_vs_{name}"]
-            lines.append(f"  {verdict(value <= P99_DOWN)}  p99 (v) / ({key}) = {value:.2f}   (target <= {P99_DOWN:.2f};"
-                         f" {spread('v', key, 'p99_ms')})")
+            lines.append(
+                f"  {verdict(value <= P99_DOWN)}  p99 (v) / ({key}) = {value:.2f}   (target <= {P99_DOWN:.2f};"
+                f" {spread('v', key, 'p99_ms')})"
+            )
     lines.append("issue 4 targets, recording on SQLite against the floor (figures, not assertions):")
     if "iii" in summary and "i" in summary:
         value = summary["iii"]["rps_vs_floor"]
-        lines.append(f"  {verdict(value >= RPS_VS_FLOOR)}  req/s (iii) / (i) = {value:.2f}   (target >= "
-                     f"{RPS_VS_FLOOR:.2f}; {spread('iii', 'i', 'rps')}; CPU per request (iii) / (i) = "
-                     f"{summary['iii']['cpu_vs_floor']:.2f})")
+        lines.append(
+            f"  {verdict(value >= RPS_VS_FLOOR)}  req/s (iii) / (i) = {value:.2f}   (target >= "
+            f"{RPS_VS_FLOOR:.2f}; {spread('iii', 'i', 'rps')}; CPU per request (iii) / (i) = "
+            f"{summary['iii']['cpu_vs_floor']:.2f})"
+        )
     for key in ("iii", f"iii-{MANY}"):
         floor = "i" + key.removeprefix("iii")
         if key in summary and floor in summary:
             value = summary[key]["p99_vs_floor"]
-            lines.append(f"  {verdict(value <= P99_VS_FLOOR)}  p99 ({key}) / ({floor}) = {value:.2f}   (target <= "
-                         f"{P99_VS_FLOOR:.2f}; {spread(key, floor, 'p99_ms')}; {summary[key]['p99_ms']:.1f} ms against "
-                         f"{summary[floor]['p99_ms']:.1f} ms)")
+            lines.append(
+                f"  {verdict(value <= P99_VS_FLOOR)}  p99 ({key}) / ({floor}) = {value:.2f}   (target <= "
+                f"{P99_VS_FLOOR:.2f}; {spread(key, floor, 'p99_ms')}; {summary[key]['p99_ms']:.1f} ms against "
+                f"{summary[floor]['p99_ms']:.1f} ms)"
+            )
     key = f"iii-{MANY}"
     if key in summary and f"i-{MANY}" in summary:
-        lines.append(f"  figure   req/s ({key}) / (i-{MANY}) = {summary[key]['rps_vs_floor']:.2f}   (no target: the"
-                     f" floor answers one object; CPU per request {summary[key]['cpu_vs_floor']:.2f}x the floor's)")
+        lines.append(
+            f"  figure   req/s ({key}) / (i-{MANY}) = {summary[key]['rps_vs_floor']:.2f}   (no target: the"
+            f" floor answers one object; CPU per request {summary[key]['cpu_vs_floor']:.2f}x the floor's)"
+        )
     backlog = [f"({r.config}) r{r.round} {r.backlog_after}" for r in runs if r.backlog_after is not None]
     if backlog:
         lines.append("")
@@ -638,8 +758,9 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     # Many short rounds rather than a few long ones: on a shared machine, other work comes in
     # bursts of seconds; short interleaved runs spread a burst over every configuration.
     parser.add_argument("--rounds", type=int, default=12, help="interleaved rounds of all configurations [12]")
@@ -647,9 +768,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=1, help="whole seconds of unmeasured load before each run [1]")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections [8]")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads [2]")
-    parser.add_argument("--only", default=DEFAULT_ONLY,
-                        help=f"comma-separated configurations to run, of i,ii,iii,iv,v,i-{MANY},ii-{MANY},iii-{MANY}"
-                             f" [{DEFAULT_ONLY}]")
+    parser.add_argument(
+        "--only",
+        default=DEFAULT_ONLY,
+        help=f"comma-separated configurations to run, of i,ii,iii,iv,v,i-{MANY},ii-{MANY},iii-{MANY} [{DEFAULT_ONLY}]",
+    )
     parser.add_argument("--json", type=Path, help="also write machine, runs and summary to this file")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, spools, SQLite files)")
     args = parser.parse_args(argv)
@@ -698,21 +821,25 @@ def main(argv: list[str] | None = None) -> int:
         ]
         unknown = set(wanted) - {c.key for c in configs}
         if unknown:
-            print(f"unknown configuration(s) {', '.join(sorted(unknown))}: choose from "
-                  f"{', '.join(c.key for c in configs)}", file=sys.stderr)
+            print(
+                f"unknown configuration(s) {', '.join(sorted(unknown))}: choose from "
+                f"{', '.join(c.key for c in configs)}",
+                file=sys.stderr,
+            )
             return 2
         configs = sorted((c for c in configs if c.key in wanted), key=lambda c: wanted.index(c.key))
 
         info = machine()
-        print("# titanic-web HTTP benchmark: POST /api/predict, one passenger or an array of "
-              f"{MANY} per request")
+        print(f"# titanic-web HTTP benchmark: POST /api/predict, one passenger or an array of {MANY} per request")
         for k, v in info.items():
             print(f"{k + ':':<23}{v}")
         python = os.path.relpath(sys.executable, PROJECT) if sys.executable.startswith(str(PROJECT)) else sys.executable
         print(f"{'command:':<23}{' '.join([python, 'bench/run_http.py', *(sys.argv[1:] if argv is None else argv)])}")
-        print(f"{'load:':<23}wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s "
-              f"warm-up, {args.rounds} interleaved round(s) of {', '.join(c.key for c in configs)}; "
-              f"gunicorn -c gunicorn.conf.py ({WORKERS} sync workers)")
+        print(
+            f"{'load:':<23}wrk -t{args.threads} -c{args.connections} -d{args.duration:g}s after {args.warmup:g}s "
+            f"warm-up, {args.rounds} interleaved round(s) of {', '.join(c.key for c in configs)}; "
+            f"gunicorn -c gunicorn.conf.py ({WORKERS} sync workers)"
+        )
         print(flush=True)
 
         for c in configs:
@@ -722,8 +849,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 schema, pg_url = pg_create_schema()
             except Exception as exc:
-                print(f"PostgreSQL at {PG_ADMIN} is not reachable ({type(exc).__name__}: {exc}); "
-                      "start it, or leave (iv) out with --only", file=sys.stderr)
+                print(
+                    f"PostgreSQL at {PG_ADMIN} is not reachable ({type(exc).__name__}: {exc}); "
+                    "start it, or leave (iv) out with --only",
+                    file=sys.stderr,
+                )
                 return 2
             for c in configs:
                 if c.db_kind == "postgres":
@@ -740,10 +870,13 @@ def main(argv: list[str] | None = None) -> int:
                 run = one_run(servers[c.key][0], n, args, work)
                 runs.append(run)
                 errs = sum(run.errors.values())
-                print(f"round {n} ({c.key}) {c.name:<9}{run.rps:6.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
-                      f"p99 {run.p99_ms:6.1f} ms  max {run.max_ms:6.0f} ms  CPU {run.cpu_ms:5.1f} ms/req"
-                      + ("" if run.db_cpu_ms is None else f" + PostgreSQL {run.db_cpu_ms:.1f}")
-                      + (f"  errors {run.errors}" if errs else ""), flush=True)
+                print(
+                    f"round {n} ({c.key}) {c.name:<9}{run.rps:6.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
+                    f"p99 {run.p99_ms:6.1f} ms  max {run.max_ms:6.0f} ms  CPU {run.cpu_ms:5.1f} ms/req"
+                    + ("" if run.db_cpu_ms is None else f" + PostgreSQL {run.db_cpu_ms:.1f}")
+                    + (f"  errors {run.errors}" if errs else ""),
+                    flush=True,
+                )
         # Stop (the recorder drains its spool on the way out), then check every answer was kept.
         for c in configs:
             server, spool_dir = servers.pop(c.key)
@@ -756,9 +889,18 @@ def main(argv: list[str] | None = None) -> int:
         text, summary = report(configs, runs, args.rounds, kept)
         print(text)
         if args.json:
-            args.json.write_text(json.dumps({"machine": info, "args": {k: str(v) for k, v in vars(args).items()},
-                                             "runs": [r.__dict__ for r in runs], "summary": summary,
-                                             "kept": kept}, indent=2))
+            args.json.write_text(
+                json.dumps(
+                    {
+                        "machine": info,
+                        "args": {k: str(v) for k, v in vars(args).items()},
+                        "runs": [r.__dict__ for r in runs],
+                        "summary": summary,
+                        "kept": kept,
+                    },
+                    indent=2,
+                )
+            )
     finally:
         for server, _ in servers.values():
             server.stop()

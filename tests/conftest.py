@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,22 @@ PASSENGER: dict[str, Any] = {
     "Cabin": None,
     "Embarked": "Q",
 }
+
+
+@pytest.fixture(autouse=True)
+def metrics_in_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts with prometheus_client counting in memory.
+
+    An app created with PROMETHEUS_MULTIPROC_DIR switches the whole process to
+    per-process files and sets that variable (as gunicorn would); without this,
+    every app a later test creates would inherit both.
+    """
+    from titanic_web.metrics import use_directory
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    use_directory(None)
+    yield
+    use_directory(None)
 
 
 @pytest.fixture(scope="session")

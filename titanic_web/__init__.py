@@ -10,8 +10,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 
-from titanic_web import security
-from titanic_web import telemetry
+from titanic_web import security, telemetry
 from titanic_web.config import PROJECT_ROOT, engine_options, load_secret_key, settings_from_env
 from titanic_web.extensions import csrf, db, migrate
 from titanic_web.recorder import Recorder

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 from titanic_web import csvio, features, requestlog, schema
@@ -190,7 +190,9 @@ def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise BodyError("the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,...") from None
+        raise BodyError(
+            "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
+        ) from None
     except UnicodeDecodeError as exc:
         raise BodyError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
     except csv.Error as exc:
@@ -227,7 +229,7 @@ class Answers:
             raise ValueError("explanations come in json answers only")
         self.kind = kind
         self.explain = explain  # each prediction then carries its "explanation"
-        self.file = tempfile.SpooledTemporaryFile(max_size=4 << 20)
+        self.file = tempfile.SpooledTemporaryFile(max_size=4 << 20)  # noqa: SIM115  (closed by close() or the reader)
         self._first = True
         if kind == "json":
             self.file.write(b'{"model_version":' + json.dumps(model_version).encode() + b',"predictions":[')
@@ -235,24 +237,28 @@ class Answers:
             self.file.write(b"PassengerId,Survived\n")
 
     def add(
-        self, ids: list[str], passenger_ids: list[int | None], survived: list[int], probabilities: list[float],
+        self,
+        ids: list[str],
+        passenger_ids: list[int | None],
+        survived: list[int],
+        probabilities: list[float],
         explanations: list[str] | None = None,
     ) -> None:
         """Write a chunk's answers; ``explanations`` are JSON objects, one per answer, when explaining."""
         if self.kind == "csv":
             self.file.write(
                 "".join(
-                    f"{'' if pid is None else pid},{s}\n" for pid, s in zip(passenger_ids, survived)
+                    f"{'' if pid is None else pid},{s}\n" for pid, s in zip(passenger_ids, survived, strict=True)
                 ).encode()
             )
             return
         items = [
             f'{{"id":"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}","PassengerId":'
             f'{"null" if pid is None else pid},"survived":{s},"probability":{round(p, 4)!r}}}'
-            for h, pid, s, p in zip(ids, passenger_ids, survived, probabilities)
+            for h, pid, s, p in zip(ids, passenger_ids, survived, probabilities, strict=True)
         ]
         if explanations is not None:
-            items = [f'{item[:-1]},"explanation":{why}}}' for item, why in zip(items, explanations)]
+            items = [f'{item[:-1]},"explanation":{why}}}' for item, why in zip(items, explanations, strict=True)]
         if items:
             self.file.write((("" if self._first else ",") + ",".join(items)).encode())
             self._first = False
@@ -321,7 +327,9 @@ def process(
     arrived = started if request is None else request.started
     staged = recorder.stage(arrived=arrived) if recorder is not None else None
     try:
-        chunks = _json_chunks(stream, checker, chunk_rows) if kind == "json" else _csv_chunks(stream, checker, chunk_rows)
+        chunks = (
+            _json_chunks(stream, checker, chunk_rows) if kind == "json" else _csv_chunks(stream, checker, chunk_rows)
+        )
         for checked, lines in chunks:
             rows += len(checked.kept)
             if rows > max_rows:
@@ -339,7 +347,8 @@ def process(
             raise BatchInputError(errors, error_count)
         if rows == 0:
             raise BodyError(
-                "the array is empty: send at least one passenger" if kind == "json"
+                "the array is empty: send at least one passenger"
+                if kind == "json"
                 else "the CSV file has a header but no passengers"
             )
         if staged is not None:
@@ -405,14 +414,20 @@ def finish(steps: Generator[P, None, R], progress: Callable[[P], None] | None = 
         try:
             step = next(steps)
         except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
+            return done.value
         if progress is not None:
             progress(step)
 
 
 def _predict_chunk(
-    checked: schema.CheckedRows, predictor: Predictor, staged: Staged | None, answers: Answers, source: str,
-    summary: Summary, request_id: str | None, tally: requestlog.Tally,
+    checked: schema.CheckedRows,
+    predictor: Predictor,
+    staged: Staged | None,
+    answers: Answers,
+    source: str,
+    summary: Summary,
+    request_id: str | None,
+    tally: requestlog.Tally,
 ) -> None:
     probabilities, engineered = predictor.score_columns(checked.columns)
     p = probabilities.tolist()
@@ -423,9 +438,17 @@ def _predict_chunk(
     if staged is not None:
         staged.add(
             spool_rows(
-                ids, passenger_ids, survived, p, model_version=predictor.version, source=source,
-                created_at=datetime.now(timezone.utc), features_json=features.features_json(engineered),
-                raw_json=checked.texts, request_id=request_id, latency_ms=PENDING_LATENCY,
+                ids,
+                passenger_ids,
+                survived,
+                p,
+                model_version=predictor.version,
+                source=source,
+                created_at=datetime.now(UTC),
+                features_json=features.features_json(engineered),
+                raw_json=checked.texts,
+                request_id=request_id,
+                latency_ms=PENDING_LATENCY,
             )
         )
     explanations = None

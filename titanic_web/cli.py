@@ -23,14 +23,29 @@ OUTCOMES_FILE = "outcomes.csv"
 
 @click.command("train")
 @with_appcontext
-@click.option("--data", "data_path", type=click.Path(dir_okay=False, path_type=Path),
-              help="Training CSV in the competition layout [default: TRAIN_DATA, model/data/train.csv].")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Registry folder to add the new version to [default: MODEL_DIR, model/registry].")
-@click.option("--with-outcomes", is_flag=True,
-              help="Also train on the served passengers whose outcomes are recorded (their stored input).")
-@click.option("--activate/--no-activate", default=True, show_default=True,
-              help="Make the new version the active one (running servers switch to it).")
+@click.option(
+    "--data",
+    "data_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Training CSV in the competition layout [default: TRAIN_DATA, model/data/train.csv].",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Registry folder to add the new version to [default: MODEL_DIR, model/registry].",
+)
+@click.option(
+    "--with-outcomes",
+    is_flag=True,
+    help="Also train on the served passengers whose outcomes are recorded (their stored input).",
+)
+@click.option(
+    "--activate/--no-activate",
+    default=True,
+    show_default=True,
+    help="Make the new version the active one (running servers switch to it).",
+)
 def train_command(data_path: Path | None, out_dir: Path | None, with_outcomes: bool, activate: bool) -> None:
     """Cross-validate the candidate pipelines, fit the best, register it as a new version."""
     from titanic_web import registry
@@ -124,10 +139,13 @@ def _activate(root: Path, version: str) -> None:
 @click.command("predict")
 @with_appcontext
 @click.argument("csv_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the submission here instead of standard output.")
-@click.option("--version", "version", metavar="VERSION",
-              help="Use this registered version instead of the active one.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the submission here instead of standard output.",
+)
+@click.option("--version", "version", metavar="VERSION", help="Use this registered version instead of the active one.")
 def predict_command(csv_file: Path, output: Path | None, version: str | None) -> None:
     """Write a Kaggle submission (PassengerId,Survived) for a test.csv-layout file, with the active model."""
     from titanic_web import registry
@@ -144,9 +162,11 @@ def predict_command(csv_file: Path, output: Path | None, version: str | None) ->
     except InputError as exc:
         lines = [f"  line {e.line}: {e.field or 'row'} {e.message}" for e in exc.errors[:20]]
         more = f"\n  ... and {len(exc.errors) - 20} more" if len(exc.errors) > 20 else ""
-        raise click.ClickException(f"{csv_file}: {len(exc.errors)} invalid value(s)\n" + "\n".join(lines) + more) from None
+        raise click.ClickException(
+            f"{csv_file}: {len(exc.errors)} invalid value(s)\n" + "\n".join(lines) + more
+        ) from None
     predictions = predictor.predict(passengers)
-    body = csvio.submission((p.get("PassengerId"), r.survived) for p, r in zip(passengers, predictions))
+    body = csvio.submission((p.get("PassengerId"), r.survived) for p, r in zip(passengers, predictions, strict=True))
     if output is None:
         click.echo(body, nl=False)
     else:

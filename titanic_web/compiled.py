@@ -127,9 +127,7 @@ class _Trees:
             self.slot_features = self.condition_features[self.slots.ravel()]
             self.slot_thresholds = self.condition_thresholds[self.slots.ravel()]
 
-    def _build_tables(
-        self, trees: Sequence[Any], node_conditions: list[list[int]], values: list[np.ndarray]
-    ) -> None:
+    def _build_tables(self, trees: Sequence[Any], node_conditions: list[list[int]], values: list[np.ndarray]) -> None:
         slots = np.zeros((len(trees), 8), dtype=np.intp)  # heap slots 0..6; slot 7 stays "go left"
         tables = np.empty((len(trees), 256), dtype=np.float64)
         for t, tree in enumerate(trees):
@@ -142,21 +140,19 @@ class _Trees:
                     stack += [(int(left[node]), 2 * slot + 1), (int(right[node]), 2 * slot + 2)]
             # Walk every code at once; bit j of a code: the condition at heap slot j holds.
             codes = np.arange(256)
-            node = np.zeros(256, dtype=np.intp)
-            slot = np.zeros(256, dtype=np.intp)
+            nodes = np.zeros(256, dtype=np.intp)
+            heap_slots = np.zeros(256, dtype=np.intp)
             for _ in range(self.depth):
-                inner = left[node] != _LEAF
-                right_ = ((codes >> slot) & 1).astype(bool)
-                node = np.where(inner, np.where(right_, right[node], left[node]), node)
-                slot = np.where(inner, 2 * slot + 1 + right_, slot)
-            tables[t] = values[t][node]
+                inner = left[nodes] != _LEAF
+                right_ = ((codes >> heap_slots) & 1).astype(bool)
+                nodes = np.where(inner, np.where(right_, right[nodes], left[nodes]), nodes)
+                heap_slots = np.where(inner, 2 * heap_slots + 1 + right_, heap_slots)
+            tables[t] = values[t][nodes]
         self.slots = slots
         self.tables = tables.ravel()
         self.table_base = np.arange(len(trees), dtype=np.intp) * 256
 
-    def _build_walk(
-        self, trees: Sequence[Any], node_conditions: list[list[int]], values: list[np.ndarray]
-    ) -> None:
+    def _build_walk(self, trees: Sequence[Any], node_conditions: list[list[int]], values: list[np.ndarray]) -> None:
         roots, conds, children, leaf_values = [], [], [], []
         offset = 0
         for t, tree in enumerate(trees):
@@ -257,10 +253,14 @@ class _Paths:
     contributions is the model's output exactly: faithful by construction.
     """
 
-    def __init__(self, trees: Sequence[Any], leaf_values: Sequence[np.ndarray], *, start: float, divisor: float | None) -> None:
+    def __init__(
+        self, trees: Sequence[Any], leaf_values: Sequence[np.ndarray], *, start: float, divisor: float | None
+    ) -> None:
         self.trees = list(trees)
         self.divisor = divisor
-        self.expected = [_expected_values(tree, np.asarray(v, dtype=np.float64)) for tree, v in zip(trees, leaf_values)]
+        self.expected = [
+            _expected_values(tree, np.asarray(v, dtype=np.float64)) for tree, v in zip(trees, leaf_values, strict=True)
+        ]
         base = start + math.fsum(float(e[0]) for e in self.expected)
         self.base = base / divisor if divisor is not None else base
 
@@ -268,8 +268,7 @@ class _Paths:
         width, n = XT.shape
         X32 = XT.astype(np.float32)  # trees compare float32 features, as in scikit-learn
         out = np.zeros((width, n), dtype=np.float64)
-        rows = np.arange(n)
-        for tree, expected in zip(self.trees, self.expected):
+        for tree, expected in zip(self.trees, self.expected, strict=True):
             left, right, feature, threshold = tree.children_left, tree.children_right, tree.feature, tree.threshold
             node = np.zeros(n, dtype=np.intp)
             for _ in range(int(tree.max_depth)):
@@ -294,8 +293,8 @@ def _expected_values(tree: Any, leaf_values: np.ndarray) -> np.ndarray:
     weights = tree.weighted_n_node_samples
     for node in range(tree.node_count - 1, -1, -1):  # children are numbered after their parent
         if left[node] != _LEAF:
-            l, r = left[node], right[node]
-            values[node] = (weights[l] * values[l] + weights[r] * values[r]) / (weights[l] + weights[r])
+            lc, rc = left[node], right[node]
+            values[node] = (weights[lc] * values[lc] + weights[rc] * values[rc]) / (weights[lc] + weights[rc])
     return values
 
 
@@ -396,7 +395,7 @@ class CompiledModel:
         n = len(rows)
         if n <= SMALL_BATCH:
             return np.array([self._row_inputs(row) for row in rows], dtype=np.float64).reshape(n, self.width).T
-        columns = list(zip(*rows))
+        columns = list(zip(*rows, strict=True))
         XT = np.zeros((self.width, n), dtype=np.float64)
         for column in self.numeric:
             values = XT[column.position]
@@ -420,9 +419,9 @@ class CompiledModel:
                 value = fill
             out[position] = (value - shift) / scale
         for source, positions in self._categorical_plain:
-            position = positions.get(row[source])
-            if position is not None:
-                out[position] = 1.0
+            found = positions.get(row[source])
+            if found is not None:
+                out[found] = 1.0
         return out
 
     def probabilities(self, rows: Sequence[Sequence[Any]]) -> np.ndarray:
@@ -600,12 +599,12 @@ def _compile_columns(columns: Any) -> tuple[list[_Numeric], list[_OneHot], int]:
         _require(isinstance(selected, (list, tuple)) and selected)
         sources = [_feature_index(c) for c in selected]
         if type(transformer) is OneHotEncoder:
-            for source, categories in zip(sources, _one_hot_categories(transformer, len(sources))):
+            for source, categories in zip(sources, _one_hot_categories(transformer, len(sources)), strict=True):
                 categorical.append(_OneHot(source, {c: width + i for i, c in enumerate(categories)}))
                 width += len(categories)
         else:
             fills, shifts, scales = _numeric_chain(transformer, len(sources))
-            for source, fill, shift, scale in zip(sources, fills, shifts, scales):
+            for source, fill, shift, scale in zip(sources, fills, shifts, scales, strict=True):
                 numeric.append(_Numeric(width, source, fill, shift, scale))
                 width += 1
     _require(width > 0)
@@ -629,10 +628,7 @@ def _one_hot_categories(encoder: OneHotEncoder, n: int) -> list[list[str]]:
 
 def _numeric_chain(transformer: Any, n: int) -> tuple[list[float], list[float], list[float]]:
     """Fill, shift and scale per column of a SimpleImputer [+ StandardScaler] chain."""
-    if type(transformer) is Pipeline:
-        steps = [s for _, s in transformer.steps]
-    else:
-        steps = [transformer]
+    steps = [s for _, s in transformer.steps] if type(transformer) is Pipeline else [transformer]
     _require(len(steps) in (1, 2))
     imputer = steps[0]
     _require(type(imputer) is SimpleImputer)

@@ -61,7 +61,9 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise CsvError("the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,...") from None
+        raise CsvError(
+            "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
+        ) from None
     except csv.Error as exc:
         raise CsvError(f"line 1: {exc}") from None
     check_header(header)
@@ -83,7 +85,7 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
                 passengers.append({})
                 index += 1
                 continue
-            raw = schema.parse_text_row(dict(zip(header, cells)))
+            raw = schema.parse_text_row(dict(zip(header, cells, strict=True)))
             clean, row_errors = schema.validate_passenger(raw, index=index)
             errors.extend(FieldError(e.index, e.field, e.message, line=line) for e in row_errors)
             passengers.append(clean)

@@ -22,7 +22,7 @@ import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -103,7 +103,8 @@ def group_keys(ticket: str | None, name: str | None, pclass: Any, fare: Any) -> 
     surname = surname_of(name)
     if surname is None or pclass is None or pclass != pclass or fare is None or fare != fare:
         return () if ticket is None else ("T " + ticket,)
-    family = "F %s %d %.2f" % (surname, pclass, fare)
+    # %d truncates the float class pandas gives; the keys must stay as trained models stored them.
+    family = "F %s %d %.2f" % (surname, pclass, fare)  # noqa: UP031
     return (family,) if ticket is None else ("T " + ticket, family)
 
 
@@ -127,7 +128,9 @@ class Known:
 def count_groups(raws: Iterable[Sequence[Any]], labels: Sequence[int]) -> dict[str, tuple[int, int]]:
     """Each group's women and children and the survivors among them, from labelled raw rows (RAW_COLUMNS order)."""
     groups: dict[str, list[int]] = {}
-    for (pclass, name, sex, _age, _sibsp, _parch, ticket, fare, _cabin, _embarked), label in zip(raws, labels):
+    for (pclass, name, sex, _age, _sibsp, _parch, ticket, fare, _cabin, _embarked), label in zip(
+        raws, labels, strict=True
+    ):
         name = _text(name)
         if not is_woman_or_child(_text(sex), title_of(name)):
             continue
@@ -180,7 +183,7 @@ def _engineer(
     keys_of = group_keys
     minus = 1 if training else 0
     own_labels = iter(labels) if training and labels is not None else itertools.repeat(0)
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     append = rows.append
     for pclass, name, sex, age, sibsp, parch, ticket, fare, cabin, embarked in raws:
         sibsp = float(sibsp) if sibsp.__class__ is int else count(sibsp)
@@ -267,8 +270,9 @@ def engineer_raws(raws: Iterable[Sequence[Any]], *, known: Known) -> list[tuple[
 
 def to_record(row: Sequence[Any]) -> dict[str, Any]:
     """An engineered row as the feature store keeps it: keyed by FEATURES, None for NaN."""
-    record = dict(zip(FEATURES, row))
-    for name, value in zip(NUMERIC_FEATURES, row):
+    record = dict(zip(FEATURES, row, strict=True))
+    # The numbers come first in a row: zip stops after them, before the texts.
+    for name, value in zip(NUMERIC_FEATURES, row, strict=False):
         if value != value:
             record[name] = None
     return record
@@ -276,10 +280,13 @@ def to_record(row: Sequence[Any]) -> dict[str, Any]:
 
 def engineered_frame(rows: Sequence[Sequence[Any]], *, index: Any = None) -> pd.DataFrame:
     """Build the engineered frame (float numbers, text categories) from rows in FEATURES order."""
-    columns = list(zip(*rows)) if rows else [()] * len(FEATURES)
+    columns = list(zip(*rows, strict=True)) if rows else [()] * len(FEATURES)
     width = len(NUMERIC_FEATURES)
-    data: dict[str, Any] = {name: np.array(column, dtype=float) for name, column in zip(NUMERIC_FEATURES, columns)}
-    data.update({name: list(column) for name, column in zip(CATEGORICAL_FEATURES, columns[width:])})
+    # The numeric columns come first: zip stops after them; the texts follow from columns[width:].
+    data: dict[str, Any] = {
+        name: np.array(column, dtype=float) for name, column in zip(NUMERIC_FEATURES, columns, strict=False)
+    }
+    data.update({name: list(column) for name, column in zip(CATEGORICAL_FEATURES, columns[width:], strict=True)})
     return pd.DataFrame(data, columns=list(FEATURES), index=index)
 
 
@@ -332,7 +339,7 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
 
     @staticmethod
     def _raw_rows(X: pd.DataFrame) -> list[tuple[Any, ...]]:
-        return list(zip(*(X[column].tolist() for column in RAW_COLUMNS)))
+        return list(zip(*(X[column].tolist() for column in RAW_COLUMNS), strict=True))
 
 
 _FEATURES_JSON = "{" + ",".join(f'"{name}":%s' for name in FEATURES) + "}"
@@ -361,10 +368,8 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     """
     width = len(NUMERIC_FEATURES)
     if len(rows) < 8:  # a request of a few passengers: row by row is quicker than setting up columns
-        return [
-            _FEATURES_JSON % (*map(_float_json, row[:width]), *map(_text_json, row[width:])) for row in rows
-        ]
-    columns = list(zip(*rows))
+        return [_FEATURES_JSON % (*map(_float_json, row[:width]), *map(_text_json, row[width:])) for row in rows]
+    columns = list(zip(*rows, strict=True))
     parts: list[list[str]] = []
     for column in columns[:width]:
         # Most columns hold few distinct numbers: write each once (as json.dumps writes a float).
@@ -376,6 +381,7 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     for column in columns[width:]:
         texts = list(map(_TEXT_JSON.get, column))
         if None in texts:
-            texts = list(map(_text_json, column))
-        parts.append(texts)
-    return list(map(_FEATURES_JSON.__mod__, zip(*parts)))
+            parts.append(list(map(_text_json, column)))
+        else:
+            parts.append(cast(list[str], texts))  # no None: every text was cached
+    return list(map(_FEATURES_JSON.__mod__, zip(*parts, strict=True)))

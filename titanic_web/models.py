@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, SmallInteger, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
-from titanic_web.extensions import db
+from titanic_web.extensions import Model, db
 
 SOURCES = ("api", "form", "batch")
 
 
 def now_utc() -> datetime:
     """Current time, timezone-aware (a callable default: evaluated per row)."""
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
-class PredictionRow(db.Model):
+class PredictionRow(Model):
     """One passenger's prediction, as answered."""
 
     __tablename__ = "predictions"
@@ -37,7 +37,7 @@ class PredictionRow(db.Model):
     latency_ms: Mapped[float | None] = mapped_column(Float)
 
 
-class FeatureRow(db.Model):
+class FeatureRow(Model):
     """The engineered features and the raw input behind one prediction."""
 
     __tablename__ = "feature_store"
@@ -51,7 +51,7 @@ class FeatureRow(db.Model):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
-class OutcomeRow(db.Model):
+class OutcomeRow(Model):
     """What really happened to a predicted passenger, reported later (POST /api/outcomes)."""
 
     __tablename__ = "outcomes"

@@ -52,9 +52,7 @@ class Predictor:
         card_path = directory / CARD_NAME
         artifact_path = directory / ARTIFACT_NAME
         if not card_path.is_file() or not artifact_path.is_file():
-            raise ModelError(
-                f"no trained model in {directory}: run `flask --app titanic_web train` to create one"
-            )
+            raise ModelError(f"no trained model in {directory}: run `flask --app titanic_web train` to create one")
         try:
             card = json.loads(card_path.read_text())
             expected = card["artifact_sha256"]
@@ -84,9 +82,7 @@ class Predictor:
     @overload
     def predict(self, passengers: Sequence[Mapping[str, Any]]) -> list[Prediction]: ...
 
-    def predict(
-        self, passengers: Mapping[str, Any] | Sequence[Mapping[str, Any]]
-    ) -> Prediction | list[Prediction]:
+    def predict(self, passengers: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> Prediction | list[Prediction]:
         """Predict one passenger (returns one Prediction) or many (returns a list, in order).
 
         Passengers are validated mappings of the schema's fields.
@@ -99,17 +95,19 @@ class Predictor:
         probabilities, rows = self.score(passengers)
         return [
             Prediction(survived=int(p >= self.threshold), probability=p, features=features.to_record(row))
-            for p, row in zip(probabilities.tolist(), rows)
+            for p, row in zip(probabilities.tolist(), rows, strict=True)
         ]
 
     def score_columns(self, columns: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
         """:meth:`score` for validated passengers given as columns (field name -> values)."""
         if self.compiled is not None:
-            raws = list(zip(*(columns[name] for name in features.RAW_COLUMNS)))
+            raws = list(zip(*(columns[name] for name in features.RAW_COLUMNS), strict=True))
             rows = features.engineer_raws(raws, known=self.compiled.known)
             return self.compiled.probabilities(rows), rows
         names = list(columns)
-        return self.score([dict(zip(names, values)) for values in zip(*(columns[n] for n in names))])
+        return self.score(
+            [dict(zip(names, values, strict=True)) for values in zip(*(columns[n] for n in names), strict=True)]
+        )
 
     def score(self, passengers: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[tuple[Any, ...]]]:
         """P(survived) for validated passengers, with the engineered rows (FEATURES order, NaN
@@ -122,7 +120,7 @@ class Predictor:
         engineered = self.pipeline[0].transform(features.raw_frame(passengers))
         probabilities = self.pipeline[1:].predict_proba(engineered)[:, 1]
         columns = [engineered[name].tolist() for name in features.FEATURES]  # Python floats and texts
-        return probabilities, list(zip(*columns))
+        return probabilities, list(zip(*columns, strict=True))
 
     def explain(self, rows: Sequence[Sequence[Any]]) -> list[Explanation]:
         """Take each answer apart: for engineered rows (as :meth:`score` returns them), the

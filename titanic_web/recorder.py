@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -69,11 +69,17 @@ class Record:
         """The record as the spool keeps it: text fields in :data:`FIELDS` order."""
         return list(
             spool_rows(
-                [self.id.hex], [self.passenger_id], [self.survived], [float(self.probability)],
-                model_version=self.model_version, source=self.source, created_at=self.created_at,
+                [self.id.hex],
+                [self.passenger_id],
+                [self.survived],
+                [float(self.probability)],
+                model_version=self.model_version,
+                source=self.source,
+                created_at=self.created_at,
                 features_json=[json.dumps(self.features, separators=(",", ":"), allow_nan=False)],
                 raw_json=[json.dumps(self.raw_input, separators=(",", ":"), allow_nan=False)],
-                request_id=self.request_id, latency_ms=self.latency_ms,
+                request_id=self.request_id,
+                latency_ms=self.latency_ms,
             )[0]
         )
 
@@ -97,7 +103,7 @@ def spool_rows(
     One request id and one latency for all of them (a request's rows share both);
     ``latency_ms`` may be :data:`PENDING_LATENCY`, filled in by :meth:`Staged.commit`.
     """
-    created = created_at.astimezone(timezone.utc).isoformat(" ", "microseconds")
+    created = created_at.astimezone(UTC).isoformat(" ", "microseconds")
     latency = (latency_ms or "") if latency_ms is None or isinstance(latency_ms, str) else _latency_text(latency_ms)
     return list(
         zip(
@@ -133,8 +139,17 @@ _PENDING_BYTES = PENDING_LATENCY.encode()
 
 #: A spooled record's fields, in order: what :meth:`Record.to_fields` writes.
 FIELDS = (
-    "id", "passenger_id", "survived", "probability", "model_version", "source", "created_at", "features", "raw_input",
-    "request_id", "latency_ms",
+    "id",
+    "passenger_id",
+    "survived",
+    "probability",
+    "model_version",
+    "source",
+    "created_at",
+    "features",
+    "raw_input",
+    "request_id",
+    "latency_ms",
 )
 #: Records spooled before request ids were stored end at raw_input; they are still delivered.
 _OLD_WIDTH = FIELDS.index("raw_input") + 1
@@ -178,8 +193,17 @@ def parse_fields(fields: Sequence[str]) -> Row:
     if latency_ms is not None and not 0.0 <= latency_ms < float("inf"):
         raise ValueError(f"bad latency {latency!r}")
     return (
-        uid, int(passenger_id) if passenger_id else None, int(survived), float(probability),
-        version, source, created_at, features, raw_input, rid or None, latency_ms,
+        uid,
+        int(passenger_id) if passenger_id else None,
+        int(survived),
+        float(probability),
+        version,
+        source,
+        created_at,
+        features,
+        raw_input,
+        rid or None,
+        latency_ms,
     )
 
 
@@ -228,9 +252,7 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
             new = connection.exec_driver_sql(
                 insert_prediction, [(*r[:6], stamp(r[6]), r[9], r[10]) for r in by_id.values()]
             ).rowcount
-            connection.exec_driver_sql(
-                insert_features, [(r[0], r[7], r[8], r[4], stamp(r[6])) for r in by_id.values()]
-            )
+            connection.exec_driver_sql(insert_features, [(r[0], r[7], r[8], r[4], stamp(r[6])) for r in by_id.values()])
     session.commit()
     return new
 
@@ -241,21 +263,35 @@ def _write_portable(session: Session, rows: list[Row]) -> int:
     existing: set[uuid.UUID] = set()
     for start in range(0, len(ids), 500):
         existing.update(session.scalars(select(PredictionRow.id).where(PredictionRow.id.in_(ids[start : start + 500]))))
-    fresh = [(i, r, datetime.fromisoformat(r[6])) for i, r in zip(ids, rows) if i not in existing]
+    fresh = [(i, r, datetime.fromisoformat(r[6])) for i, r in zip(ids, rows, strict=True) if i not in existing]
     if fresh:
         session.execute(
             insert(PredictionRow),
             [
-                {"id": i, "passenger_id": r[1], "survived": r[2], "probability": r[3], "model_version": r[4],
-                 "source": r[5], "created_at": at, "request_id": r[9], "latency_ms": r[10]}
+                {
+                    "id": i,
+                    "passenger_id": r[1],
+                    "survived": r[2],
+                    "probability": r[3],
+                    "model_version": r[4],
+                    "source": r[5],
+                    "created_at": at,
+                    "request_id": r[9],
+                    "latency_ms": r[10],
+                }
                 for i, r, at in fresh
             ],
         )
         session.execute(
             insert(FeatureRow),
             [
-                {"prediction_id": i, "features": json.loads(r[7]), "raw_input": json.loads(r[8]),
-                 "model_version": r[4], "created_at": at}
+                {
+                    "prediction_id": i,
+                    "features": json.loads(r[7]),
+                    "raw_input": json.loads(r[8]),
+                    "model_version": r[4],
+                    "created_at": at,
+                }
                 for i, r, at in fresh
             ],
         )
@@ -396,17 +432,17 @@ class Recorder:
                     damaged.append((line, exc))
             with self.app.app_context():
                 try:
-                    new = write_batch(db.session, records)
+                    new = write_batch(db.session(), records)  # the scoped session's own Session
                 except Exception:
                     db.session.rollback()
                     raise
-            for line, exc in damaged:
+            for line, problem in damaged:
                 # A damaged line must not hold back every answer after it: keep it aside.
                 bad = segment.quarantine(line)
                 self.lines_quarantined += 1
                 if self.metrics is not None:
                     self.metrics.rows_quarantined.inc(spool.line_rows(line))
-                log.error("recorder: undecodable spool line (%s) moved to %s", exc, bad)
+                log.error("recorder: undecodable spool line (%s) moved to %s", problem, bad)
             self.spool.delivered(segment, end)
         self.rows_written += new
         if self.metrics is not None:
@@ -468,7 +504,9 @@ class Recorder:
         drained = self.flush(max(0.0, deadline - time.monotonic())) if self.app is not None else False
         rows, _ = self.backlog()
         if rows:
-            log.warning("recorder: stopping with %d row(s) spooled; the next start or `recorder replay` delivers them", rows)
+            log.warning(
+                "recorder: stopping with %d row(s) spooled; the next start or `recorder replay` delivers them", rows
+            )
         self.spool.close()
         self._thread = None
         return drained
@@ -526,7 +564,7 @@ class Staged:
             self._lines.append(line)
             return
         if self._file is None:
-            self._file = tempfile.TemporaryFile()
+            self._file = tempfile.TemporaryFile()  # noqa: SIM115  (kept until discard() closes it)
             self._file.writelines(self._lines)
             self._lines = []
         self._file.write(line)

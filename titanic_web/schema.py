@@ -13,7 +13,7 @@ import math
 import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 
 @dataclass(frozen=True)
@@ -53,20 +53,112 @@ def _num(value: float) -> str:
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("PassengerId", int, "Passenger id", "Optional; echoed back with the prediction.", placeholder="e.g. 892", minimum=1, maximum=2**31 - 1, nullable=True),
-    Field("Pclass", int, "Ticket class", "1st, 2nd or 3rd class.", required=True, form_default=3, minimum=1, maximum=3,
-          choices=((1, "1st class"), (2, "2nd class"), (3, "3rd class"))),
-    Field("Sex", str, "Sex", "As recorded on the passenger list.", required=True, form_default="female",
-          choices=(("male", "male"), ("female", "female"))),
-    Field("Name", str, "Name", 'As "Surname, Title. Given names"; the title matters.', default="", placeholder="Kelly, Mrs. Anna", max_length=200),
-    Field("Age", float, "Age", "Years; fractions below 1. Leave empty if unknown.", nullable=True, form_default=30, minimum=0, maximum=120),
-    Field("SibSp", int, "Siblings / spouses aboard", "How many travelled with the passenger.", default=0, form_default=0, minimum=0, maximum=20),
-    Field("Parch", int, "Parents / children aboard", "How many travelled with the passenger.", default=0, form_default=0, minimum=0, maximum=20),
-    Field("Ticket", str, "Ticket", "Ticket number; shared tickets mark travelling groups.", default="", placeholder="A/5 21171", max_length=50),
-    Field("Fare", float, "Fare", "Price of the whole ticket, in pounds. Leave empty if unknown.", nullable=True, form_default=8.05, minimum=0, maximum=10_000),
-    Field("Cabin", str, "Cabin", "Deck letter first. Leave empty if unknown.", nullable=True, placeholder="C85", max_length=50),
-    Field("Embarked", str, "Port of embarkation", "Where the passenger boarded.", nullable=True, form_default="S",
-          choices=(("C", "Cherbourg"), ("Q", "Queenstown"), ("S", "Southampton"))),
+    Field(
+        "PassengerId",
+        int,
+        "Passenger id",
+        "Optional; echoed back with the prediction.",
+        placeholder="e.g. 892",
+        minimum=1,
+        maximum=2**31 - 1,
+        nullable=True,
+    ),
+    Field(
+        "Pclass",
+        int,
+        "Ticket class",
+        "1st, 2nd or 3rd class.",
+        required=True,
+        form_default=3,
+        minimum=1,
+        maximum=3,
+        choices=((1, "1st class"), (2, "2nd class"), (3, "3rd class")),
+    ),
+    Field(
+        "Sex",
+        str,
+        "Sex",
+        "As recorded on the passenger list.",
+        required=True,
+        form_default="female",
+        choices=(("male", "male"), ("female", "female")),
+    ),
+    Field(
+        "Name",
+        str,
+        "Name",
+        'As "Surname, Title. Given names"; the title matters.',
+        default="",
+        placeholder="Kelly, Mrs. Anna",
+        max_length=200,
+    ),
+    Field(
+        "Age",
+        float,
+        "Age",
+        "Years; fractions below 1. Leave empty if unknown.",
+        nullable=True,
+        form_default=30,
+        minimum=0,
+        maximum=120,
+    ),
+    Field(
+        "SibSp",
+        int,
+        "Siblings / spouses aboard",
+        "How many travelled with the passenger.",
+        default=0,
+        form_default=0,
+        minimum=0,
+        maximum=20,
+    ),
+    Field(
+        "Parch",
+        int,
+        "Parents / children aboard",
+        "How many travelled with the passenger.",
+        default=0,
+        form_default=0,
+        minimum=0,
+        maximum=20,
+    ),
+    Field(
+        "Ticket",
+        str,
+        "Ticket",
+        "Ticket number; shared tickets mark travelling groups.",
+        default="",
+        placeholder="A/5 21171",
+        max_length=50,
+    ),
+    Field(
+        "Fare",
+        float,
+        "Fare",
+        "Price of the whole ticket, in pounds. Leave empty if unknown.",
+        nullable=True,
+        form_default=8.05,
+        minimum=0,
+        maximum=10_000,
+    ),
+    Field(
+        "Cabin",
+        str,
+        "Cabin",
+        "Deck letter first. Leave empty if unknown.",
+        nullable=True,
+        placeholder="C85",
+        max_length=50,
+    ),
+    Field(
+        "Embarked",
+        str,
+        "Port of embarkation",
+        "Where the passenger boarded.",
+        nullable=True,
+        form_default="S",
+        choices=(("C", "Cherbourg"), ("Q", "Queenstown"), ("S", "Southampton")),
+    ),
 )
 FIELDS_BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
 FIELD_NAMES: tuple[str, ...] = tuple(FIELDS_BY_NAME)
@@ -390,6 +482,7 @@ class BatchChecker:
         values: list[Any] = []
         parts: list[str] = []
         text_memo = self._text_memo
+        outcome: tuple[Any, str | None, str] | None
         for field, column in plan:
             if column < 0:
                 if field.required:
@@ -406,10 +499,15 @@ class BatchChecker:
                     return self._general_text(header, cells, index=index)
             values.append(outcome[0])
             parts.append(outcome[2])
-        return dict(zip(FIELD_NAMES, values)), "{" + ",".join(parts) + "}", []
+        return dict(zip(FIELD_NAMES, values, strict=True)), "{" + ",".join(parts) + "}", []
 
     def check_text_rows(
-        self, header: Sequence[str], plan: list[tuple[Field, int]] | None, rows: Sequence[Sequence[str]], *, first_index: int
+        self,
+        header: Sequence[str],
+        plan: list[tuple[Field, int]] | None,
+        rows: Sequence[Sequence[str]],
+        *,
+        first_index: int,
     ) -> CheckedRows:
         """:meth:`check_cells` for many rows, a column at a time (the batch path's CSV reader).
 
@@ -420,7 +518,7 @@ class BatchChecker:
         if plan is None or set(map(len, rows)) - {width}:
             return self._rows_one_by_one(header, plan, rows, first_index=first_index)
         count = len(rows)
-        cells_by_column = list(zip(*rows)) if rows else [() for _ in header]
+        cells_by_column = list(zip(*rows, strict=True)) if rows else [() for _ in header]
         columns: dict[str, list[Any]] = {}
         parts: list[list[str]] = []
         failing: set[int] = set()
@@ -434,22 +532,30 @@ class BatchChecker:
                 continue
             texts = cells_by_column[column]
             memo = self._text_memo[field.name]
-            outcomes = list(map(memo.get, texts))
-            if None in outcomes:
-                for i, outcome in enumerate(outcomes):
+            found = list(map(memo.get, texts))
+            if None in found:
+                for i, outcome in enumerate(found):
                     if outcome is None:
-                        outcomes[i] = outcome = self._check_text(field, texts[i])
+                        found[i] = outcome = self._check_text(field, texts[i])
                         self._remember(memo, texts[i], outcome)
+            outcomes = cast(list[tuple[Any, str | None, str]], found)  # every None was checked just above
             if any(map(_MESSAGE, outcomes)):
                 failing.update(i for i, outcome in enumerate(outcomes) if outcome[1] is not None)
             columns[field.name] = list(map(_VALUE, outcomes))
             parts.append(list(map(_FRAGMENT, outcomes)))
         if failing:  # rare: the rows with a problem, one by one, for their exact errors
             return self._rows_one_by_one(header, plan, rows, first_index=first_index)
-        return CheckedRows(columns, list(map("{%s}".__mod__, map(",".join, zip(*parts)))), [], list(range(count)))
+        return CheckedRows(
+            columns, list(map("{%s}".__mod__, map(",".join, zip(*parts, strict=True)))), [], list(range(count))
+        )
 
     def _rows_one_by_one(
-        self, header: Sequence[str], plan: list[tuple[Field, int]] | None, rows: Sequence[Sequence[str]], *, first_index: int
+        self,
+        header: Sequence[str],
+        plan: list[tuple[Field, int]] | None,
+        rows: Sequence[Sequence[str]],
+        *,
+        first_index: int,
     ) -> CheckedRows:
         def passengers() -> Iterator[tuple[int, dict[str, Any], str, list[FieldError]]]:
             index = first_index
@@ -467,7 +573,9 @@ class BatchChecker:
         # values, ids and names, miss the memory): plain digits for a whole number...
         if field.kind is int and not field.choices and text.isascii() and text.isdigit():
             number = int(text)
-            if (field.minimum is None or number >= field.minimum) and (field.maximum is None or number <= field.maximum):
+            if (field.minimum is None or number >= field.minimum) and (
+                field.maximum is None or number <= field.maximum
+            ):
                 return number, None, f'"{field.name}":{number}'
         # ... and free text that is not blank and not too long.
         elif field.kind is str and not field.choices:
@@ -490,4 +598,4 @@ class BatchChecker:
     ) -> tuple[dict[str, Any], str, list[FieldError]]:
         if len(cells) != len(header):
             return {}, "", [FieldError(index, None, f"has {len(cells)} cells, the header has {len(header)}")]
-        return self._general(parse_text_row(dict(zip(header, cells))), index=index)
+        return self._general(parse_text_row(dict(zip(header, cells, strict=True))), index=index)

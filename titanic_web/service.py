@@ -88,7 +88,7 @@ class PredictionService:
                 request_id=request_id,
                 latency_ms=latency_ms,
             )
-            for passenger, p in zip(passengers, predictions)
+            for passenger, p in zip(passengers, predictions, strict=True)
         ]
         if self.recording:
             self.recorder.record(records)

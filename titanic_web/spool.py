@@ -14,6 +14,7 @@ Nothing here knows Flask or SQL, or what the fields mean.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import socket
@@ -118,10 +119,8 @@ class Segment:
         """Delete a fully delivered segment and release its lock."""
         done_tmp = self.done_path.with_name(self.done_path.name + ".tmp")  # a kill inside mark_done
         for path in (self.path, self.done_path, done_tmp):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            except FileNotFoundError:
-                pass
         self.release()
 
     def release(self) -> None:

@@ -15,9 +15,9 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import joblib
 import numpy as np
@@ -66,9 +66,7 @@ class Candidate:
     build: Callable[[], Pipeline]
 
 
-def _pipeline(
-    model: Any, *, numeric: Sequence[str], categorical: Sequence[str], scale: bool = False
-) -> Pipeline:
+def _pipeline(model: Any, *, numeric: Sequence[str], categorical: Sequence[str], scale: bool = False) -> Pipeline:
     numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
     if scale:
         numeric_steps.append(("scale", StandardScaler()))
@@ -181,7 +179,8 @@ def load_training_data(path: Path, *, extra: Sequence[Path] = ()) -> tuple[pd.Da
         raise TrainingError(
             f"{path}: {FOLDS}-fold cross-validation needs at least {FOLDS} survivors and {FOLDS} victims"
         )
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    # The column labels are the CSV header's names, all str (pandas' stubs say Hashable).
+    records = cast(list[dict[str, Any]], frame.astype(object).where(frame.notna(), None).to_dict("records"))
     return features.raw_frame(records), frame["Survived"].to_numpy(dtype=int)
 
 
@@ -215,14 +214,16 @@ class _StringsOncePickler(pickle._Pickler):  # the pure-Python pickler: its disp
         super().__init__(file, protocol=protocol)
         self._strings: dict[str, Any] = {}  # value -> the first object of that value written
 
+    # typeshed leaves out the pure-Python pickler's undocumented save and save_str methods,
+    # and types its dispatch table as the Unpickler's: hence the three ignores below.
     def save_str(self, obj: str) -> None:
         first = self._strings.setdefault(obj, obj)
         if first is not obj:
-            self.save(first)  # the memo has it: written as a reference
+            self.save(first)  # type: ignore[attr-defined]  # the memo has it: written as a reference
             return
-        pickle._Pickler.save_str(self, obj)
+        pickle._Pickler.save_str(self, obj)  # type: ignore[attr-defined]
 
-    dispatch[str] = save_str
+    dispatch[str] = save_str  # type: ignore[assignment]
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -298,7 +299,7 @@ def train(
         "chosen": best.name,
         **_describe(pipeline),
         "threshold": 0.5,
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "training_seconds": round(time.perf_counter() - started, 3),
     }
     # Artifact first, card last: a card always describes bytes that are on disk.

@@ -106,8 +106,13 @@ def running_site(model_dir: Path, folder: Path, **settings: str) -> Iterator[Sit
     """
     db_path = folder / "titanic.db"
     settings.setdefault("BATCH_DIR", str(folder / "batches"))  # batch results stay out of the checkout
-    env = server_env(DATABASE_URL=f"sqlite:///{db_path}", MODEL_DIR=str(model_dir), SPOOL_DIR=str(folder / "spool"),
-                     SECRET_KEY="browser-test-secret-key", **settings)
+    env = server_env(
+        DATABASE_URL=f"sqlite:///{db_path}",
+        MODEL_DIR=str(model_dir),
+        SPOOL_DIR=str(folder / "spool"),
+        SECRET_KEY="browser-test-secret-key",
+        **settings,
+    )
     init_db(PROJECT_ROOT, env)
     assert db_path.exists(), "flask init-db did not create the SQLite file"
     with GunicornServer(PROJECT_ROOT, env, folder / "gunicorn.log", workers=1) as server:

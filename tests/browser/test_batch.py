@@ -49,6 +49,7 @@ WATCH_PROGRESS = """() => {
 
 # -- helpers -------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def predictor(model_dir: Path) -> Predictor:
     return Predictor.from_dir(model_dir)
@@ -58,7 +59,7 @@ def expected_submission(predictor: Predictor, path: Path) -> list[str]:
     """The Kaggle submission of a competition-layout file, as lines, from the model itself."""
     rows = kaggle_rows(path)
     answers = predictor.predict(rows)
-    return ["PassengerId,Survived", *(f"{r['PassengerId']},{a.survived}" for r, a in zip(rows, answers))]
+    return ["PassengerId,Survived", *(f"{r['PassengerId']},{a.survived}" for r, a in zip(rows, answers, strict=True))]
 
 
 def write_big_csv(path: Path, rows: int) -> Path:
@@ -113,6 +114,7 @@ def number(text: str) -> int:
 
 # -- a file of 20,123 passengers -----------------------------------------------------------------
 
+
 def test_big_file_shows_progress_summary_and_downloads_its_submission(
     batch_site: Site, page: Page, predictor: Predictor, tmp_path: Path
 ) -> None:
@@ -163,6 +165,7 @@ def test_big_file_shows_progress_summary_and_downloads_its_submission(
 
 # -- a bad row -----------------------------------------------------------------------------------
 
+
 def test_bad_row_shows_the_error_table_with_its_line(batch_site: Site, page: Page, tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text(csv_with_cell(7, "Pclass", "4"))
@@ -184,6 +187,7 @@ def test_bad_row_shows_the_error_table_with_its_line(batch_site: Site, page: Pag
 
 # -- without JavaScript --------------------------------------------------------------------------
 
+
 def test_without_javascript_the_form_posts_and_answers(batch_site: Site, browser: Browser) -> None:
     context = browser.new_context(viewport=VIEWPORT, locale="en-GB", java_script_enabled=False)
     try:
@@ -203,6 +207,7 @@ def test_without_javascript_the_form_posts_and_answers(batch_site: Site, browser
 
 
 # -- a screenshot for the documentation ----------------------------------------------------------
+
 
 def test_screenshot_of_a_finished_batch(batch_site: Site, page: Page) -> None:
     upload(page, batch_site, TEST_CSV)

@@ -29,18 +29,36 @@ FIX_NOTICE = "Some values need fixing"
 
 #: What the user types or picks, by field name (selects by option value).
 PASSENGER = {
-    "Pclass": "1", "Sex": "female", "Name": "Doe, Mrs. Jane", "Age": "29", "SibSp": "1", "Parch": "0",
-    "Ticket": "PC 17599", "Fare": "100", "Cabin": "C85", "Embarked": "C",
+    "Pclass": "1",
+    "Sex": "female",
+    "Name": "Doe, Mrs. Jane",
+    "Age": "29",
+    "SibSp": "1",
+    "Parch": "0",
+    "Ticket": "PC 17599",
+    "Fare": "100",
+    "Cabin": "C85",
+    "Embarked": "C",
 }
 SELECTS = {"Pclass", "Sex", "Embarked"}
 #: The same passenger as the server must have stored it (the validated input).
 RAW_INPUT = {
-    "PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "Doe, Mrs. Jane", "Age": 29, "SibSp": 1,
-    "Parch": 0, "Ticket": "PC 17599", "Fare": 100, "Cabin": "C85", "Embarked": "C",
+    "PassengerId": None,
+    "Pclass": 1,
+    "Sex": "female",
+    "Name": "Doe, Mrs. Jane",
+    "Age": 29,
+    "SibSp": 1,
+    "Parch": 0,
+    "Ticket": "PC 17599",
+    "Fare": 100,
+    "Cabin": "C85",
+    "Embarked": "C",
 }
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 def control(page: Page, name: str) -> Any:
     return page.locator(f"[name='{name}']")
@@ -100,6 +118,7 @@ def assert_only_new(site: Site, before: tuple[set[str], set[str]], expected: set
 
 # -- (a) a valid passenger -----------------------------------------------------------------------
 
+
 def test_submitted_passenger_is_predicted_shown_and_stored(site: Site, page: Page) -> None:
     before = site.settled_ids()
     page.goto(site.url)
@@ -129,10 +148,13 @@ def test_submitted_passenger_is_predicted_shown_and_stored(site: Site, page: Pag
 
 # -- (b) an invalid value ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("field", "value", "message"),
-    [("Age", "200", "Age must be a number from 0 to 120, got 200"),
-     ("Fare", "20000", "Fare must be a number from 0 to 10000, got 20000")],
+    [
+        ("Age", "200", "Age must be a number from 0 to 120, got 200"),
+        ("Fare", "20000", "Fare must be a number from 0 to 10000, got 20000"),
+    ],
 )
 def test_invalid_value_is_explained_beside_its_field_and_nothing_stored(
     site: Site, page: Page, field: str, value: str, message: str
@@ -153,8 +175,7 @@ def test_invalid_value_is_explained_beside_its_field_and_nothing_stored(
     assert box.get_attribute("class").split() == ["field", "has-error"]
     assert box.locator("p.error").inner_text() == message
     assert control(page, field).get_attribute("aria-invalid") == "true"
-    input_box, error_box, field_box = (control(page, field).bounding_box(), errors.bounding_box(),
-                                       box.bounding_box())
+    input_box, error_box, field_box = (control(page, field).bounding_box(), errors.bounding_box(), box.bounding_box())
     assert input_box and error_box and field_box
     assert error_box["y"] >= input_box["y"] + input_box["height"] - 1, "the message is not below its input"
     assert field_box["x"] <= error_box["x"] < field_box["x"] + field_box["width"], "the message left its field"
@@ -172,6 +193,7 @@ def test_invalid_value_is_explained_beside_its_field_and_nothing_stored(
 
 
 # -- (c) a form left open past its CSRF token's lifetime -----------------------------------------
+
 
 @pytest.fixture
 def short_lived_tokens(model_dir: Path, tmp_path: Path) -> Iterator[Site]:
@@ -210,6 +232,7 @@ def test_expired_form_is_shown_again_with_its_values_then_submits(short_lived_to
 
 # -- (d) screenshots for the documentation -------------------------------------------------------
 
+
 def test_screenshots_of_form_and_result(site: Site, page: Page) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.goto(site.url)
@@ -220,8 +243,7 @@ def test_screenshots_of_form_and_result(site: Site, page: Page) -> None:
     page.locator(".result").wait_for()
     # The prediction's uuid is new on every run: masked (a --line grey bar), the picture is the
     # same each run, so running the tests does not leave a changed file in the checkout.
-    page.screenshot(path=SCREENSHOTS / "result.png", mask=[page.locator(".result .meta code")],
-                    mask_color="#d5dae3")
+    page.screenshot(path=SCREENSHOTS / "result.png", mask=[page.locator(".result .meta code")], mask_color="#d5dae3")
 
     for name in ("form.png", "result.png"):
         data = (SCREENSHOTS / name).read_bytes()

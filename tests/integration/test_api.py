@@ -13,21 +13,39 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV, count_rows, flush
+from tests.integration.helpers import csv_with_cell, kaggle_rows
 from titanic_web import features, get_service
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
-from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV, count_rows, flush
-from tests.integration.helpers import csv_with_cell, kaggle_rows
 
 #: Two more test.csv passengers (893, 894) with the same layout as PASSENGER.
 WILKES: dict[str, Any] = {
-    "PassengerId": 893, "Pclass": 3, "Name": "Wilkes, Mrs. James (Ellen Needs)", "Sex": "female",
-    "Age": 47.0, "SibSp": 1, "Parch": 0, "Ticket": "363272", "Fare": 7.0, "Cabin": None, "Embarked": "S",
+    "PassengerId": 893,
+    "Pclass": 3,
+    "Name": "Wilkes, Mrs. James (Ellen Needs)",
+    "Sex": "female",
+    "Age": 47.0,
+    "SibSp": 1,
+    "Parch": 0,
+    "Ticket": "363272",
+    "Fare": 7.0,
+    "Cabin": None,
+    "Embarked": "S",
 }
 MYLES: dict[str, Any] = {
-    "PassengerId": 894, "Pclass": 2, "Name": "Myles, Mr. Thomas Francis", "Sex": "male",
-    "Age": 62.0, "SibSp": 0, "Parch": 0, "Ticket": "240276", "Fare": 9.6875, "Cabin": None, "Embarked": "Q",
+    "PassengerId": 894,
+    "Pclass": 2,
+    "Name": "Myles, Mr. Thomas Francis",
+    "Sex": "male",
+    "Age": 62.0,
+    "SibSp": 0,
+    "Parch": 0,
+    "Ticket": "240276",
+    "Fare": 9.6875,
+    "Cabin": None,
+    "Embarked": "Q",
 }
 ANSWER_KEYS = ["id", "PassengerId", "survived", "probability"]
 
@@ -122,8 +140,17 @@ def test_predict_stores_the_clean_input_with_defaults(client: FlaskClient, app: 
     _, feature = stored(app, answer["id"])
     assert feature is not None
     assert feature.raw_input == {
-        "PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "", "Age": 29.0, "SibSp": 0,
-        "Parch": 0, "Ticket": "", "Fare": None, "Cabin": None, "Embarked": None,
+        "PassengerId": None,
+        "Pclass": 1,
+        "Sex": "female",
+        "Name": "",
+        "Age": 29.0,
+        "SibSp": 0,
+        "Parch": 0,
+        "Ticket": "",
+        "Fare": None,
+        "Cabin": None,
+        "Embarked": None,
     }
 
 
@@ -138,7 +165,7 @@ def test_predict_array_keeps_order_and_stores_each(client: FlaskClient, app: Fla
     ids = [p["id"] for p in body["predictions"]]
     assert len(set(ids)) == 3
     assert count_rows(app) == (3, 3)
-    for answer, passenger in zip(body["predictions"], passengers):
+    for answer, passenger in zip(body["predictions"], passengers, strict=True):
         row, feature = stored(app, answer["id"])
         assert row is not None and feature is not None
         assert row.passenger_id == passenger["PassengerId"]
@@ -155,9 +182,7 @@ def test_one_passenger_predicts_as_inside_an_array(client: FlaskClient) -> None:
 
 
 def test_json_with_charset_parameter_is_accepted(client: FlaskClient) -> None:
-    response = client.post(
-        "/api/predict", data=json.dumps(PASSENGER), content_type="application/json; charset=utf-8"
-    )
+    response = client.post("/api/predict", data=json.dumps(PASSENGER), content_type="application/json; charset=utf-8")
     assert response.status_code == 200, response.get_json()
 
 
@@ -202,9 +227,7 @@ def test_csv_bad_cell_reports_its_line(client: FlaskClient, app: Flask) -> None:
     response = post_csv(client, csv_with_cell(4, "Age", "old"))
 
     body = assert_json_error(response, 422)
-    assert body["errors"] == [
-        {"index": 2, "field": "Age", "message": body["errors"][0]["message"], "line": 4}
-    ]
+    assert body["errors"] == [{"index": 2, "field": "Age", "message": body["errors"][0]["message"], "line": 4}]
     assert "number" in body["errors"][0]["message"]
     assert count_rows(app) == (0, 0)
 
@@ -259,7 +282,7 @@ def test_unreadable_csv_is_400(client: FlaskClient, app: Flask, data: bytes) -> 
 
 @pytest.mark.parametrize(
     "data",
-    [b'{"Pclass": 3, "Sex": "male"', b"{'Pclass': 3}", b"", b"{\"Name\": \"\xff\"}"],
+    [b'{"Pclass": 3, "Sex": "male"', b"{'Pclass': 3}", b"", b'{"Name": "\xff"}'],
     ids=["truncated", "single-quotes", "empty", "not-utf8"],
 )
 def test_malformed_json_is_400(client: FlaskClient, app: Flask, data: bytes) -> None:
@@ -347,9 +370,22 @@ def test_body_above_max_content_length_is_413(make_app: Any) -> None:
         ({"Pclass": ...}, "Pclass", "required"),
     ],
     ids=[
-        "unknown-close", "unknown-case", "age-range", "pclass-range", "sibsp-negative", "fare-negative",
-        "embarked-choice", "age-type", "pclass-text", "pclass-fraction", "sibsp-fraction", "sibsp-bool", "name-type",
-        "sex-null", "sex-missing", "pclass-missing",
+        "unknown-close",
+        "unknown-case",
+        "age-range",
+        "pclass-range",
+        "sibsp-negative",
+        "fare-negative",
+        "embarked-choice",
+        "age-type",
+        "pclass-text",
+        "pclass-fraction",
+        "sibsp-fraction",
+        "sibsp-bool",
+        "name-type",
+        "sex-null",
+        "sex-missing",
+        "pclass-missing",
     ],
 )
 @pytest.mark.parametrize("wrap", [False, True], ids=["object", "array"])

@@ -16,11 +16,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import TEST_CSV, count_rows, flush
 from titanic_web import csvio, get_service, spool
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
-from tests.conftest import TEST_CSV, count_rows, flush
 
 MakeApp = Callable[..., Flask]
 
@@ -141,7 +141,7 @@ def test_5000_passenger_json_array_is_answered_in_order_and_each_id_stored_once(
         featured = list(db.session.scalars(db.select(FeatureRow.prediction_id)))
     assert len(stored) == 5000 and len(featured) == 5000
     assert set(featured) == set(ids)
-    assert stored == {i: (a["PassengerId"], a["survived"], "api") for i, a in zip(ids, answers)}
+    assert stored == {i: (a["PassengerId"], a["survived"], "api") for i, a in zip(ids, answers, strict=True)}
 
 
 # -- invalid rows -------------------------------------------------------------------------------

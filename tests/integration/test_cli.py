@@ -9,10 +9,10 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from titanic_web.extensions import db
-from titanic_web.predictor import Predictor
 from tests.conftest import PASSENGER, TEST_CSV, count_rows
 from tests.integration.helpers import csv_with_cell, kaggle_rows
+from titanic_web.extensions import db
+from titanic_web.predictor import Predictor
 
 
 def invoke(app: Flask, *args: str) -> Any:

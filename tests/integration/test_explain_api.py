@@ -10,9 +10,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from scipy.special import expit
 
-from titanic_web import features, get_service
 from tests.conftest import PASSENGER, TEST_CSV, count_rows
 from tests.integration.helpers import kaggle_rows
+from titanic_web import features, get_service
 
 
 def _check(explanation: dict[str, Any], probability: float) -> None:

@@ -13,11 +13,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
+from tests.conftest import PASSENGER, count_rows, csrf_token, flush
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
 from titanic_web.web.explanation import LABELS
-from tests.conftest import PASSENGER, count_rows, csrf_token, flush
 
 #: The schema's fields in the contract's (Kaggle) order, as the form must show them.
 FIELD_NAMES = ["PassengerId", "Pclass", "Sex", "Name", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked"]
@@ -25,8 +25,17 @@ SELECTS = {"Pclass": ["1", "2", "3"], "Sex": ["male", "female"], "Embarked": [""
 
 #: PASSENGER as a browser submits it: text for every field.
 FORM_VALUES: dict[str, str] = {
-    "PassengerId": "892", "Pclass": "3", "Sex": "male", "Name": "Kelly, Mr. James", "Age": "34.5",
-    "SibSp": "0", "Parch": "0", "Ticket": "330911", "Fare": "7.8292", "Cabin": "", "Embarked": "Q",
+    "PassengerId": "892",
+    "Pclass": "3",
+    "Sex": "male",
+    "Name": "Kelly, Mr. James",
+    "Age": "34.5",
+    "SibSp": "0",
+    "Parch": "0",
+    "Ticket": "330911",
+    "Fare": "7.8292",
+    "Cabin": "",
+    "Embarked": "Q",
 }
 SCRIPT_NAME = '<script>alert("pwned")</script>, Mr. Evil'
 EXPIRED_TEXT = "Your form had expired"
@@ -234,8 +243,17 @@ def test_empty_optional_fields_take_the_defaults(client: FlaskClient, app: Flask
     [(row, feature)] = stored_rows(app)
     assert row.passenger_id is None
     assert feature.raw_input == {
-        "PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "", "Age": None, "SibSp": 0,
-        "Parch": 0, "Ticket": "", "Fare": None, "Cabin": None, "Embarked": None,
+        "PassengerId": None,
+        "Pclass": 1,
+        "Sex": "female",
+        "Name": "",
+        "Age": None,
+        "SibSp": 0,
+        "Parch": 0,
+        "Ticket": "",
+        "Fare": None,
+        "Cabin": None,
+        "Embarked": None,
     }
 
 
@@ -340,9 +358,7 @@ def test_expired_token_rerenders_form(make_app: Any) -> None:
     [({}, "fetch", 200), ({"Age": "200"}, "fetch", 422), ({}, None, 400)],
     ids=["valid", "invalid", "csrf-failed"],
 )
-def test_script_in_name_is_escaped(
-    client: FlaskClient, extra: dict[str, str], token: str | None, status: int
-) -> None:
+def test_script_in_name_is_escaped(client: FlaskClient, extra: dict[str, str], token: str | None, status: int) -> None:
     values = FORM_VALUES | {"Name": SCRIPT_NAME} | extra
 
     response = submit(client, values, token=token)

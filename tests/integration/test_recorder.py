@@ -4,15 +4,13 @@ the request loudly. Faults run on SQLite and on PostgreSQL (cut through a TCP pr
 
 from __future__ import annotations
 
-import errno
-import os
 import shutil
 import sqlite3
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +20,28 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, make_url, select
 
 from tests.conftest import PASSENGER, POSTGRES_URL, build_app, close_app, count_rows, csrf_token, postgres_schema
+from tests.fakes import FullDisk
 from tests.tcp_proxy import TcpProxy
 from titanic_web import get_service, spool
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.recorder import Record, Recorder, parse_fields, write_batch
-from tests.fakes import FullDisk
 
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
 
 #: PASSENGER as the form posts it.
 FORM_VALUES: dict[str, str] = {
-    "PassengerId": "892", "Pclass": "3", "Sex": "male", "Name": "Kelly, Mr. James", "Age": "34.5",
-    "SibSp": "0", "Parch": "0", "Ticket": "330911", "Fare": "7.8292", "Cabin": "", "Embarked": "Q",
+    "PassengerId": "892",
+    "Pclass": "3",
+    "Sex": "male",
+    "Name": "Kelly, Mr. James",
+    "Age": "34.5",
+    "SibSp": "0",
+    "Parch": "0",
+    "Ticket": "330911",
+    "Fare": "7.8292",
+    "Cabin": "",
+    "Embarked": "Q",
 }
 
 
@@ -97,9 +104,11 @@ def fault(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fault]:
             sqlite_fault.up()
         return
     server = make_url(POSTGRES_URL)
-    with postgres_schema(request.getfixturevalue("postgres")) as url:
-        with TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy:
-            yield PostgresFault(url, proxy)
+    with (
+        postgres_schema(request.getfixturevalue("postgres")) as url,
+        TcpProxy(server.host or "127.0.0.1", server.port or 5432) as proxy,
+    ):
+        yield PostgresFault(url, proxy)
 
 
 MakeApp = Callable[..., Flask]
@@ -198,8 +207,14 @@ def spooled_ids(directory: Path) -> list[str]:
 def make_record(source: str = "api", passenger_id: int | None = 892, **fields: Any) -> list[str]:
     """A record's spooled fields."""
     values: dict[str, Any] = dict(
-        id=uuid.uuid4(), passenger_id=passenger_id, survived=1, probability=0.75, model_version="test",
-        source=source, features={"Pclass": 3, "Age": 34.5, "Deck": None}, raw_input=dict(PASSENGER),
+        id=uuid.uuid4(),
+        passenger_id=passenger_id,
+        survived=1,
+        probability=0.75,
+        model_version="test",
+        source=source,
+        features={"Pclass": 3, "Age": 34.5, "Deck": None},
+        raw_input=dict(PASSENGER),
     )
     values.update(fields)
     return Record(**values).to_fields()
@@ -231,12 +246,19 @@ def test_write_batch_twice_stores_each_row_once(app: Flask, portable: bool) -> N
 def test_a_written_record_reads_back_through_the_models_unchanged(app: Flask, portable: bool) -> None:
     """The driver path writes the tables' own storage formats (uuid, time, JSON): the
     models read back exactly what was recorded, as the Core path writes it."""
-    at = datetime(2026, 11, 27, 12, 30, 0, 0, tzinfo=timezone.utc)  # no microseconds: still 6 digits stored
+    at = datetime(2026, 11, 27, 12, 30, 0, 0, tzinfo=UTC)  # no microseconds: still 6 digits stored
     features = {"Pclass": 1.0, "Age": None, "Title": "Mrs", "FarePerPerson": 35.5 / 3}
-    raw = {"PassengerId": None, "Pclass": 1, "Sex": "female", "Name": "Ünïcode, Mrs. \"Q\"\tTab", "Age": None}
+    raw = {"PassengerId": None, "Pclass": 1, "Sex": "female", "Name": 'Ünïcode, Mrs. "Q"\tTab', "Age": None}
     record = Record(
-        id=uuid.uuid4(), passenger_id=None, survived=1, probability=1 / 3, model_version="abc123def456",
-        source="batch", features=features, raw_input=raw, created_at=at,
+        id=uuid.uuid4(),
+        passenger_id=None,
+        survived=1,
+        probability=1 / 3,
+        model_version="abc123def456",
+        source="batch",
+        features=features,
+        raw_input=raw,
+        created_at=at,
     )
     with app.app_context():
         assert write_batch(db.session, [parse_fields(record.to_fields())], portable=portable) == 1
@@ -245,14 +267,20 @@ def test_a_written_record_reads_back_through_the_models_unchanged(app: Flask, po
         stored_features = db.session.get(FeatureRow, record.id)
         assert row is not None and stored_features is not None
         assert (row.passenger_id, row.survived, row.probability, row.model_version, row.source) == (
-            None, 1, 1 / 3, "abc123def456", "batch"
+            None,
+            1,
+            1 / 3,
+            "abc123def456",
+            "batch",
         )
-        assert row.created_at.replace(tzinfo=timezone.utc) == at
-        assert stored_features.created_at.replace(tzinfo=timezone.utc) == at
+        assert row.created_at.replace(tzinfo=UTC) == at
+        assert stored_features.created_at.replace(tzinfo=UTC) == at
         assert stored_features.features == features and stored_features.raw_input == raw
         assert stored_features.model_version == "abc123def456"
         # the time orders and filters as a time, whichever path wrote it
-        later = db.session.scalars(db.select(PredictionRow.id).where(PredictionRow.created_at > at - timedelta(seconds=1)))
+        later = db.session.scalars(
+            db.select(PredictionRow.id).where(PredictionRow.created_at > at - timedelta(seconds=1))
+        )
         assert list(later) == [record.id]
         db.session.remove()
 
@@ -260,7 +288,7 @@ def test_a_written_record_reads_back_through_the_models_unchanged(app: Flask, po
 def test_the_driver_path_stores_what_sqlalchemy_would(app: Flask) -> None:
     """Byte for byte the same stored values (uuid, time, numbers) as the Core path, so
     the rows sort, compare and join alike whichever path wrote them."""
-    at = datetime(2026, 11, 27, 12, 30, 0, 5, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 27, 12, 30, 0, 5, tzinfo=UTC)
     by_driver, by_core = (parse_fields(make_record(created_at=at, passenger_id=None)) for _ in range(2))
     with app.app_context():
         write_batch(db.session, [by_driver])
@@ -308,9 +336,7 @@ def test_a_damaged_spooled_record_is_refused_before_the_database_sees_it(
 # -- the request never waits for the database ------------------------------------
 
 
-def test_request_does_not_touch_the_database(
-    apps: MakeApp, fault: Fault, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_request_does_not_touch_the_database(apps: MakeApp, fault: Fault, monkeypatch: pytest.MonkeyPatch) -> None:
     app = apps()
     recorder = recorder_of(app)
     monkeypatch.setattr(recorder, "start", lambda: None)  # no writer: only the request runs
@@ -488,8 +514,6 @@ def test_replay_leaves_a_running_apps_spool_alone(
 # -- the local disk fails --------------------------------------------------------------
 
 
-
-
 def assert_refused(client: FlaskClient) -> None:
     """The API and the form both answer 503 and no prediction."""
     api = client.post("/api/predict", json=PASSENGER)
@@ -517,9 +541,7 @@ def test_spool_folder_under_a_regular_file_fails_requests_loudly(apps: MakeApp, 
     assert ready(client)["backlog"]["rows"] == 0
 
 
-def test_full_disk_fails_requests_loudly_and_recovers(
-    apps: MakeApp, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_full_disk_fails_requests_loudly_and_recovers(apps: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
     app = apps()
     client = app.test_client()
     disk = FullDisk()

@@ -83,6 +83,7 @@ class FaultServer(GunicornServer):
 
 # -- clients ----------------------------------------------------------------------------------------
 
+
 @dataclass
 class BurstResult:
     """What the clients saw: the prediction ids answered (200), other statuses, transport errors."""
@@ -148,8 +149,9 @@ class Burst:
             while (index := self._take()) is not None:
                 passenger_id = self.first_passenger + index
                 try:
-                    with session.post(f"{self.base_url}/api/predict", json={**PASSENGER, "PassengerId": passenger_id},
-                                      timeout=TIMEOUT) as response:
+                    with session.post(
+                        f"{self.base_url}/api/predict", json={**PASSENGER, "PassengerId": passenger_id}, timeout=TIMEOUT
+                    ) as response:
                         status, body = response.status_code, response.text
                 except requests.RequestException as exc:
                     with self._lock:
@@ -214,7 +216,8 @@ def wait_until_workers_serve(server: GunicornServer, workers: int, timeout: floa
                 return pids
             if time.monotonic() > deadline:
                 raise AssertionError(
-                    f"workers {pids} did not all serve within {timeout:.0f}s (served: {served}):\n{log_tail(server.output())}"
+                    f"workers {pids} did not all serve within {timeout:.0f}s (served: {served}):\n"
+                    f"{log_tail(server.output())}"
                 )
             time.sleep(0.2)
 
@@ -227,12 +230,15 @@ def wait_for_respawn(server: GunicornServer, dead: int, workers: int, timeout: f
         if dead not in pids and len(pids) == workers:
             return pids
         if time.monotonic() > deadline:
-            raise AssertionError(f"no replacement for worker {dead} within {timeout:.0f}s (children: {pids}):\n"
-                                 f"{log_tail(server.output())}")
+            raise AssertionError(
+                f"no replacement for worker {dead} within {timeout:.0f}s (children: {pids}):\n"
+                f"{log_tail(server.output())}"
+            )
         time.sleep(0.05)
 
 
 # -- the spool, read from outside --------------------------------------------------------------------
+
 
 def segments_of(spool_dir: Path, pid: int) -> list[Path]:
     """The spool segments a process created (segment names carry the creator's pid)."""
@@ -272,6 +278,7 @@ def undelivered_rows(segment: Path) -> int:
 
 
 # -- the databases, read directly and cut off ---------------------------------------------------------
+
 
 class Target(Protocol):
     """A database under test, read behind the server's back."""
@@ -377,7 +384,9 @@ def assert_exactly_once(target: Target, result: BurstResult, *, extra_allowed: i
     missing_f = [i for i in answered if in_features[i] == 0]
     twice_p = {i: n for i, n in in_predictions.items() if n > 1}
     twice_f = {i: n for i, n in in_features.items() if n > 1}
-    wrong = {i: (answered[i], passenger_of[i]) for i in answered if i in passenger_of and passenger_of[i] != answered[i]}
+    wrong = {
+        i: (answered[i], passenger_of[i]) for i in answered if i in passenger_of and passenger_of[i] != answered[i]
+    }
     extra_p = set(in_predictions) - set(answered)
     extra_f = set(in_features) - set(answered)
     if missing_p:
@@ -389,11 +398,14 @@ def assert_exactly_once(target: Target, result: BurstResult, *, extra_allowed: i
     if wrong:
         problems.append(f"rows with another request's PassengerId (sent, stored): {dict(list(wrong.items())[:3])}")
     if extra_p != extra_f:
-        problems.append(f"unanswered rows in only one table: predictions {extra_p - extra_f}, "
-                        f"feature_store {extra_f - extra_p}")
+        problems.append(
+            f"unanswered rows in only one table: predictions {extra_p - extra_f}, feature_store {extra_f - extra_p}"
+        )
     if len(extra_p) > extra_allowed:
         problems.append(f"{len(extra_p)} rows no client was answered for (at most {extra_allowed} allowed)")
-    summary = (f"{len(answered)} answered; predictions {len(predictions)} rows, feature_store {len(features)} rows "
-               f"({target.kind})")
+    summary = (
+        f"{len(answered)} answered; predictions {len(predictions)} rows, feature_store {len(features)} rows "
+        f"({target.kind})"
+    )
     assert not problems, summary + ":\n  " + "\n  ".join(problems)
     assert len(predictions) == len(features) == len(answered) + len(extra_p), summary

@@ -7,6 +7,7 @@ The server runs `gunicorn -c gunicorn.conf.py -w 2 wsgi:app` from a project fold
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -30,13 +31,42 @@ INIT_DB_TIMEOUT = 120.0
 
 #: Settings the tests decide; inherited values of these must not leak into the server.
 _CONTROLLED = (
-    "SECRET_KEY", "DATABASE_URL", "MODEL_DIR", "TRAIN_DATA", "MAX_ROWS", "MAX_CONTENT_LENGTH",
-    "CSRF_TIME_LIMIT", "HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "LOG_LEVEL",
-    "GUNICORN_CMD_ARGS", "FLASK_APP", "BATCH_CHUNK_ROWS", "BATCH_DIR", "BATCH_KEEP_HOURS",
-    "APP_ENV", "API_KEYS", "API_KEYS_FILE", "ADMIN_API_KEYS", "ADMIN_API_KEYS_FILE", "RATE_LIMIT",
-    "RATELIMIT_ENABLED", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS", "TRUSTED_PROXIES",
-    "MODEL_CHECK_SECONDS", "PROMETHEUS_MULTIPROC_DIR", "RECORDING", "SPOOL_DIR",
-    "DRIFT_MIN_ROWS", "DRIFT_MAX_ROWS", "HISTORY_PAGE_ROWS", "EXPORT_CHUNK_ROWS",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "MODEL_DIR",
+    "TRAIN_DATA",
+    "MAX_ROWS",
+    "MAX_CONTENT_LENGTH",
+    "CSRF_TIME_LIMIT",
+    "HOST",
+    "PORT",
+    "WEB_CONCURRENCY",
+    "GUNICORN_TIMEOUT",
+    "LOG_LEVEL",
+    "GUNICORN_CMD_ARGS",
+    "FLASK_APP",
+    "BATCH_CHUNK_ROWS",
+    "BATCH_DIR",
+    "BATCH_KEEP_HOURS",
+    "APP_ENV",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "ADMIN_API_KEYS",
+    "ADMIN_API_KEYS_FILE",
+    "RATE_LIMIT",
+    "RATELIMIT_ENABLED",
+    "RATELIMIT_STORAGE_URI",
+    "RATELIMIT_KEY_PREFIX",
+    "FORCE_HTTPS",
+    "TRUSTED_PROXIES",
+    "MODEL_CHECK_SECONDS",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "RECORDING",
+    "SPOOL_DIR",
+    "DRIFT_MIN_ROWS",
+    "DRIFT_MAX_ROWS",
+    "HISTORY_PAGE_ROWS",
+    "EXPORT_CHUNK_ROWS",
 )
 
 #: System tests send bursts of thousands of requests from one address: far above any limit meant
@@ -45,7 +75,9 @@ _TEST_RATE_LIMIT = "1000000/minute"
 
 #: gunicorn's access log line with the worker's pid first: "<1234> 127.0.0.1 "GET / HTTP/1.1" 200".
 ACCESS_LOG_FORMAT = '%(p)s %(h)s "%(r)s" %(s)s'
-ACCESS_LINE = re.compile(r'^<(?P<pid>\d+)> (?P<host>\S+) "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})$')
+ACCESS_LINE = re.compile(
+    r'^<(?P<pid>\d+)> (?P<host>\S+) "(?P<method>[A-Z]+) (?P<path>\S+) HTTP/[\d.]+" (?P<status>\d{3})$'
+)
 
 
 def free_port() -> int:
@@ -77,7 +109,12 @@ def init_db(project: Path, env: Mapping[str, str]) -> None:
     """Create the tables with the app's own command, in the same environment as the server."""
     result = subprocess.run(
         [str(FLASK), "--app", "titanic_web", "init-db"],
-        cwd=project, env=dict(env), capture_output=True, text=True, timeout=INIT_DB_TIMEOUT, check=False,
+        cwd=project,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=INIT_DB_TIMEOUT,
+        check=False,
     )
     assert result.returncode == 0, f"flask init-db failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
 
@@ -107,13 +144,24 @@ class GunicornServer:
 
     def start(self) -> None:
         command = [
-            str(GUNICORN), "-c", "gunicorn.conf.py", "-w", str(self.workers),
-            "--access-logformat", ACCESS_LOG_FORMAT, *_no_control_socket(), "wsgi:app",
+            str(GUNICORN),
+            "-c",
+            "gunicorn.conf.py",
+            "-w",
+            str(self.workers),
+            "--access-logformat",
+            ACCESS_LOG_FORMAT,
+            *_no_control_socket(),
+            "wsgi:app",
         ]
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
-                command, cwd=self.project, env=self.env, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
+                command,
+                cwd=self.project,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group: teardown can kill workers too
             )
         try:
@@ -129,9 +177,7 @@ class GunicornServer:
         last_error = "no attempt"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"gunicorn exited with {self.proc.returncode} before answering:\n{self.output()}"
-                )
+                raise AssertionError(f"gunicorn exited with {self.proc.returncode} before answering:\n{self.output()}")
             # The port was free when chosen; make sure it is *this* master that listens on it.
             if listening in self.output():
                 try:
@@ -160,10 +206,8 @@ class GunicornServer:
         try:
             proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group we started: pgid == the master's pid
-            except ProcessLookupError:
-                pass
             proc.wait(timeout=STOP_TIMEOUT)
 
     # -- inspection -----------------------------------------------------------------------

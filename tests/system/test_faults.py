@@ -59,10 +59,12 @@ OUTAGE_SECONDS = 2.0  # the least time a database stays unavailable in the outag
 
 # -- fixtures ---------------------------------------------------------------------------------------
 
+
 def init_database(url: str, model_dir: Path, spool_dir: Path) -> None:
     """Create the tables with the app's own `init-db` command (run in-process: the app is already imported)."""
-    app = create_app({"SQLALCHEMY_DATABASE_URI": url, "MODEL_DIR": model_dir, "SPOOL_DIR": spool_dir,
-                      "SECRET_KEY": SECRET_KEY})
+    app = create_app(
+        {"SQLALCHEMY_DATABASE_URI": url, "MODEL_DIR": model_dir, "SPOOL_DIR": spool_dir, "SECRET_KEY": SECRET_KEY}
+    )
     try:
         result = app.test_cli_runner().invoke(args=["init-db"])
         assert result.exit_code == 0, f"init-db failed:\n{result.output}\n{result.exception!r}"
@@ -124,6 +126,7 @@ def poll_ready(base_url: str, want: str, *, times: int, timeout: float = 15.0) -
 
 # -- (a) the database is unavailable during a burst ------------------------------------------------
 
+
 @BOTH
 def test_burst_while_the_database_is_unavailable(target: Target, model_dir: Path, tmp_path: Path) -> None:
     """PostgreSQL cut off by the proxy, or SQLite write-locked by BEGIN EXCLUSIVE, for a few seconds:
@@ -159,6 +162,7 @@ def test_burst_while_the_database_is_unavailable(target: Target, model_dir: Path
 
 
 # -- (b) SIGKILL of a worker in the middle of a burst ------------------------------------------------
+
 
 @pytest.mark.parametrize("database", ["down", "up"])
 @BOTH
@@ -204,13 +208,16 @@ def test_sigkill_of_a_worker_mid_burst(target: Target, database: str, model_dir:
         deadline = time.monotonic() + 15
         while segments_of(spool_dir, victim) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert not segments_of(spool_dir, victim), f"the killed worker's segments were never delivered:\n{log_tail(server.output())}"
+        assert not segments_of(spool_dir, victim), (
+            f"the killed worker's segments were never delivered:\n{log_tail(server.output())}"
+        )
         assert "recorder: adopted" in server.output()
         assert server.worker_pids() == replaced, "a worker was replaced again after the kill"
         assert_exactly_once(target, result, extra_allowed=len(result.transport_errors))
 
 
 # -- (c) SIGTERM: with a backlog (database down) then a restart; and with the database up ----------
+
 
 @pytest.mark.parametrize("target", ["postgresql"], indirect=True)
 def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tmp_path: Path) -> None:
@@ -228,7 +235,9 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
             server.stop()  # SIGTERM: each worker drains for RECORDER_SHUTDOWN_SECONDS, then leaves the rest spooled
             stopped_in = time.monotonic() - started
             first_log = server.output()
-        assert stopped_in < STOP_TIMEOUT, f"SIGTERM took {stopped_in:.1f}s (then the server was killed):\n{log_tail(first_log)}"
+        assert stopped_in < STOP_TIMEOUT, (
+            f"SIGTERM took {stopped_in:.1f}s (then the server was killed):\n{log_tail(first_log)}"
+        )
         assert "stopping with" in first_log, log_tail(first_log)
         # The server is gone and the database still down: every answer waits in the spool, orphaned.
         found = spool.scan(spool_dir)
@@ -257,8 +266,14 @@ def test_sigterm_with_the_database_up_drains_before_exit(target: Target, model_d
     arrives, so only the drain in worker_exit can deliver those rows before the exit.
     """
     spool_dir = tmp_path / "spool"
-    env = fault_env(model_dir, target.url, spool_dir, RECORDER_RETRY_MAX_SECONDS="60",
-                    RECORDER_SHUTDOWN_SECONDS="10", **SHORT_BUSY_TIMEOUT)
+    env = fault_env(
+        model_dir,
+        target.url,
+        spool_dir,
+        RECORDER_RETRY_MAX_SECONDS="60",
+        RECORDER_SHUTDOWN_SECONDS="10",
+        **SHORT_BUSY_TIMEOUT,
+    )
     with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn.log") as server:
         wait_until_workers_serve(server, 2)
         before = Burst(server.base_url, total=40, clients=8, first_passenger=100_000).run()
@@ -318,6 +333,7 @@ def test_resending_after_lost_bookkeeping_stores_nothing_twice(target: Target, m
 
 # -- (d) sustained load: 2,000 requests from 16 clients on 4 workers over SQLite --------------------
 
+
 @pytest.mark.parametrize("target", ["sqlite"], indirect=True)
 def test_2000_requests_16_clients_4_workers_sqlite(target: Target, model_dir: Path, tmp_path: Path) -> None:
     env = fault_env(model_dir, target.url, tmp_path / "spool", WEB_CONCURRENCY="4")
@@ -335,6 +351,6 @@ def test_2000_requests_16_clients_4_workers_sqlite(target: Target, model_dir: Pa
         assert server.worker_pids() == workers, "a worker was replaced during the load"
     assert served == workers, f"predictions served by {served}, the workers are {workers}"
     assert not any(s.startswith("5") for s in statuses), statuses
-    assert "database is locked" not in log.lower(), [l for l in log.splitlines() if "locked" in l.lower()][:5]
-    assert WRITE_FAILED not in log, [l for l in log.splitlines() if WRITE_FAILED in l][:5]
+    assert "database is locked" not in log.lower(), [ln for ln in log.splitlines() if "locked" in ln.lower()][:5]
+    assert WRITE_FAILED not in log, [ln for ln in log.splitlines() if WRITE_FAILED in ln][:5]
     print(f"2000 requests in {took:.1f}s ({2000 / took:.0f}/s); all rows {waited:.1f}s after the last answer")

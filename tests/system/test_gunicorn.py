@@ -50,8 +50,16 @@ FORM = {
     "Embarked": "C",
 }
 #: The same passenger as the JSON API takes it (omitted fields take the same defaults).
-FORM_AS_JSON = {"Pclass": 1, "Sex": "female", "Name": "Doe, Mrs. Jane", "Age": 29, "SibSp": 0, "Parch": 0,
-                "Fare": 100, "Embarked": "C"}
+FORM_AS_JSON = {
+    "Pclass": 1,
+    "Sex": "female",
+    "Name": "Doe, Mrs. Jane",
+    "Age": 29,
+    "SibSp": 0,
+    "Parch": 0,
+    "Fare": 100,
+    "Embarked": "C",
+}
 
 PROBABILITY = re.compile(r'<span id="probability">(\d+(?:\.\d+)?)%</span>')
 VERDICT = re.compile(r'<p class="verdict">(Likely survived|Likely did not survive)</p>')
@@ -60,12 +68,11 @@ PREDICTION_ID = re.compile(r"prediction <code>([0-9a-fA-F-]{36})</code>")
 
 # -- test data -------------------------------------------------------------------------------
 
+
 def csv_head(count: int) -> str:
     """The header and the first `count` passengers of the competition's test.csv."""
     lines = TEST_CSV.read_text().splitlines()
     return "\n".join(lines[: count + 1]) + "\n"
-
-
 
 
 def csv_passengers(count: int) -> list[dict[str, Any]]:
@@ -88,6 +95,7 @@ def csv_passengers(count: int) -> list[dict[str, Any]]:
 
 
 # -- the database, read directly ----------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -112,8 +120,11 @@ def snapshot(db_path: Path) -> Snapshot:
             )
         }
         features = {
-            row["prediction_id"]: {**dict(row), "raw_input": json.loads(row["raw_input"]),
-                                   "features": json.loads(row["features"])}
+            row["prediction_id"]: {
+                **dict(row),
+                "raw_input": json.loads(row["raw_input"]),
+                "features": json.loads(row["features"]),
+            }
             for row in conn.execute("SELECT prediction_id, features, raw_input, model_version FROM feature_store")
         }
         joined = conn.execute(
@@ -155,6 +166,7 @@ def stored_id(api_id: str) -> str:
 
 # -- HTTP helpers -------------------------------------------------------------------------------
 
+
 def submit_form(base_url: str, form: dict[str, str] = FORM) -> tuple[float, str, str]:
     """GET the form, POST it back with its CSRF token; return (percent shown, prediction id, page)."""
     with requests.Session() as browser:
@@ -180,8 +192,10 @@ def predict_json(base_url: str, body: Any) -> dict[str, Any]:
 
 def predict_csv(base_url: str, body: str) -> requests.Response:
     response = requests.post(
-        f"{base_url}/api/predict", data=body.encode(),
-        headers={"Content-Type": "text/csv", "Accept": "text/csv"}, timeout=TIMEOUT,
+        f"{base_url}/api/predict",
+        data=body.encode(),
+        headers={"Content-Type": "text/csv", "Accept": "text/csv"},
+        timeout=TIMEOUT,
     )
     assert response.status_code == 200, response.text[:2000]
     return response
@@ -209,6 +223,7 @@ def wait_for_access_lines(server: GunicornServer, start: int, count: int) -> lis
 
 # -- fixtures -----------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def system_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("system")
@@ -222,8 +237,12 @@ def db_path(system_dir: Path) -> Path:
 @pytest.fixture(scope="module")
 def server(model_dir: Path, system_dir: Path, db_path: Path) -> Iterator[GunicornServer]:
     """gunicorn -c gunicorn.conf.py -w 2 wsgi:app from the checkout, on a fresh SQLite file."""
-    env = server_env(DATABASE_URL=f"sqlite:///{db_path}", MODEL_DIR=str(model_dir), SPOOL_DIR=str(system_dir / "spool"),
-                     SECRET_KEY="system-test-secret-key")
+    env = server_env(
+        DATABASE_URL=f"sqlite:///{db_path}",
+        MODEL_DIR=str(model_dir),
+        SPOOL_DIR=str(system_dir / "spool"),
+        SECRET_KEY="system-test-secret-key",
+    )
     init_db(PROJECT_ROOT, env)
     assert db_path.exists(), "flask init-db did not create the SQLite file"
     with GunicornServer(PROJECT_ROOT, env, system_dir / "gunicorn.log") as running:
@@ -231,6 +250,7 @@ def server(model_dir: Path, system_dir: Path, db_path: Path) -> Iterator[Gunicor
 
 
 # -- (1) the form -------------------------------------------------------------------------------
+
 
 def test_form_shows_the_probability(server: GunicornServer) -> None:
     percent, prediction_id, page = submit_form(server.base_url)
@@ -257,6 +277,7 @@ def test_form_without_csrf_token_is_refused(server: GunicornServer, db_path: Pat
 
 
 # -- (2) the JSON and CSV API -------------------------------------------------------------------
+
 
 def test_api_predicts_one_many_and_csv(server: GunicornServer) -> None:
     card = model_card(server.base_url)
@@ -299,6 +320,7 @@ def test_api_predicts_one_many_and_csv(server: GunicornServer) -> None:
 
 
 # -- (3) what reached the database ------------------------------------------------------------------
+
 
 def test_predictions_and_features_are_stored_once(server: GunicornServer, db_path: Path) -> None:
     before = settled_snapshot(db_path)
@@ -368,10 +390,14 @@ INVALID_REQUESTS = {
     "one-passenger-unknown-field": ("application/json", json.dumps({**PASSENGER, "Agee": 3}), [(0, "Agee", None)]),
     "one-passenger-no-pclass": ("application/json", json.dumps({"Sex": "male"}), [(0, "Pclass", None)]),
     "one-passenger-pclass-text": (  # must be a 422, never a 500
-        "application/json", json.dumps({**PASSENGER, "Pclass": "first"}), [(0, "Pclass", None)],
+        "application/json",
+        json.dumps({**PASSENGER, "Pclass": "first"}),
+        [(0, "Pclass", None)],
     ),
     "array-one-bad-among-good": (
-        "application/json", json.dumps([PASSENGER, {**PASSENGER, "Agee": 3}, PASSENGER]), [(1, "Agee", None)],
+        "application/json",
+        json.dumps([PASSENGER, {**PASSENGER, "Agee": 3}, PASSENGER]),
+        [(1, "Agee", None)],
     ),
     "csv-bad-pclass": ("text/csv", csv_head(3).replace("\n893,3,", "\n893,7,", 1), [(1, "Pclass", 3)]),
 }
@@ -379,20 +405,28 @@ INVALID_REQUESTS = {
 
 @pytest.mark.parametrize("content_type, body, expected", INVALID_REQUESTS.values(), ids=INVALID_REQUESTS.keys())
 def test_invalid_request_answers_422_json_and_stores_nothing(
-    server: GunicornServer, db_path: Path, content_type: str, body: str, expected: list[tuple[Any, ...]],
+    server: GunicornServer,
+    db_path: Path,
+    content_type: str,
+    body: str,
+    expected: list[tuple[Any, ...]],
 ) -> None:
     before = settled_snapshot(db_path)
     response = requests.post(
-        f"{server.base_url}/api/predict", data=body.encode(),
-        headers={"Content-Type": content_type, "Accept": "application/json"}, timeout=TIMEOUT,
+        f"{server.base_url}/api/predict",
+        data=body.encode(),
+        headers={"Content-Type": content_type, "Accept": "application/json"},
+        timeout=TIMEOUT,
     )
     # A valid request afterwards is the marker: once its row is in, the refused one had its chance to write.
     marker = stored_id(predict_json(server.base_url, PASSENGER)["predictions"][0]["id"])
     wait_for_rows(db_path, lambda snap: marker in snap.predictions and marker in snap.features)
     time.sleep(0.3)
     new_predictions, new_features = snapshot(db_path).new_since(before)
-    stored = f"rows stored by the refused request: {len(new_predictions - {marker})} predictions, " \
-             f"{len(new_features - {marker})} feature_store"
+    stored = (
+        f"rows stored by the refused request: {len(new_predictions - {marker})} predictions, "
+        f"{len(new_features - {marker})} feature_store"
+    )
 
     assert response.status_code == 422, f"{response.status_code} {response.text[:1000]}\n{stored}"
     assert response.headers["Content-Type"].startswith("application/json"), response.headers
@@ -408,6 +442,7 @@ def test_invalid_request_answers_422_json_and_stores_nothing(
 
 # -- (5) both workers serve ---------------------------------------------------------------------
 
+
 def test_both_workers_serve(server: GunicornServer) -> None:
     workers = server.worker_pids()
     assert len(workers) == 2, f"expected 2 gunicorn workers, the master has children {workers}"
@@ -416,10 +451,12 @@ def test_both_workers_serve(server: GunicornServer) -> None:
     sent, answers, served_by = 0, set(), set()
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(10):  # rounds of concurrent requests until both workers answered some
-            responses = list(pool.map(
-                lambda _: requests.post(f"{server.base_url}/api/predict", json=PASSENGER, timeout=TIMEOUT),
-                range(24),
-            ))
+            responses = list(
+                pool.map(
+                    lambda _: requests.post(f"{server.base_url}/api/predict", json=PASSENGER, timeout=TIMEOUT),
+                    range(24),
+                )
+            )
             sent += len(responses)
             for response in responses:
                 assert response.status_code == 200, response.text[:2000]
@@ -439,6 +476,7 @@ def test_both_workers_serve(server: GunicornServer) -> None:
 
 
 # -- a generated SECRET_KEY is shared by the workers ------------------------------------------------
+
 
 def _copy_app(dest: Path) -> Path:
     """The app's code as it is in the checkout, in a folder of its own (so a fresh instance/)."""
@@ -487,8 +525,9 @@ def test_workers_share_a_generated_secret_key(model_dir: Path, tmp_path: Path) -
 
         # ... and posts it back over many fresh connections, concurrently, so both workers check it.
         def post(_: int) -> requests.Response:
-            return requests.post(f"{server.base_url}/", data={**FORM, "csrf_token": token}, cookies=cookies,
-                                 timeout=TIMEOUT)
+            return requests.post(
+                f"{server.base_url}/", data={**FORM, "csrf_token": token}, cookies=cookies, timeout=TIMEOUT
+            )
 
         start = len(server.access_log())
         sent, served_by = 0, set()

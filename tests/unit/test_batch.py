@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import batch, csvio, features, schema, spool
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import FIELDS as RECORD_FIELDS
 from titanic_web.recorder import Recorder, Staged, new_ids, parse_fields
 from titanic_web.schema import FIELD_NAMES, BatchChecker, FieldError
-from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 
 COMPACT = (",", ":")
 
@@ -59,7 +59,7 @@ def general_cells(header: list[str], cells: list[str], index: int) -> tuple[dict
             csvio.read_passengers(csv_text(header, [cells]), max_rows=1)
         (error,) = caught.value.errors
         return {}, [FieldError(index, error.field, error.message)]
-    return schema.validate_passenger(schema.parse_text_row(dict(zip(header, cells))), index=index)
+    return schema.validate_passenger(schema.parse_text_row(dict(zip(header, cells, strict=True))), index=index)
 
 
 def assert_cells_agree(checker: BatchChecker, header: list[str], rows: list[list[str]]) -> int:
@@ -94,12 +94,62 @@ def test_check_cells_matches_the_general_path_on_the_competition_files(path: Pat
 
 #: Cells a hostile or careless file may hold, tried in every column.
 HOSTILE_CELLS = [
-    "", " ", "  \t", " 3 ", "3", "3.0", "3.5", "03", "+3", "1e1", "1E0", "-1", "0", "-0", "-0.0", "0.0",
-    "20", "21", "120", "120.5", "121", "10000", "10001", "2147483647", "2147483648", "1e400", "-1e400",
-    "nan", "NaN", "inf", "-inf", "Infinity", "abc", "3 3", "0x10", "1_000",
-    "male", "female", " female ", "Male", "MALE", "C", "Q", "S", " S", "c", "X",
-    "x" * 50, "x" * 51, "y" * 200, "y" * 201,
-    'O\'Brien, Mrs. "Molly" (Mário Ünïcødé ✓)', "Kelly, Mr. James", "\u00e9", "\u200b", "B57 B59 B63 B66",
+    "",
+    " ",
+    "  \t",
+    " 3 ",
+    "3",
+    "3.0",
+    "3.5",
+    "03",
+    "+3",
+    "1e1",
+    "1E0",
+    "-1",
+    "0",
+    "-0",
+    "-0.0",
+    "0.0",
+    "20",
+    "21",
+    "120",
+    "120.5",
+    "121",
+    "10000",
+    "10001",
+    "2147483647",
+    "2147483648",
+    "1e400",
+    "-1e400",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "abc",
+    "3 3",
+    "0x10",
+    "1_000",
+    "male",
+    "female",
+    " female ",
+    "Male",
+    "MALE",
+    "C",
+    "Q",
+    "S",
+    " S",
+    "c",
+    "X",
+    "x" * 50,
+    "x" * 51,
+    "y" * 200,
+    "y" * 201,
+    'O\'Brien, Mrs. "Molly" (Mário Ünïcødé ✓)',
+    "Kelly, Mr. James",
+    "\u00e9",
+    "\u200b",
+    "B57 B59 B63 B66",
 ]
 
 
@@ -121,7 +171,7 @@ def test_check_cells_matches_the_general_path_on_hostile_cells(checker: BatchChe
             cells[column] = cell
             variants.append(cells)
     # Two bad cells in one row: every error is reported, in field order.
-    variants.append([c if h not in ("Age", "Sex") else "bad" for h, c in zip(header, base)])
+    variants.append([c if h not in ("Age", "Sex") else "bad" for h, c in zip(header, base, strict=True)])
 
     valid = assert_cells_agree(checker, header, variants)
     assert assert_cells_agree(checker, header, variants) == valid  # again, from the memory
@@ -131,7 +181,20 @@ def test_check_cells_matches_the_general_path_on_hostile_cells(checker: BatchChe
 @pytest.mark.parametrize(
     "order",
     [
-        ["Survived", "PassengerId", "Pclass", "Name", "Sex", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked"],
+        [
+            "Survived",
+            "PassengerId",
+            "Pclass",
+            "Name",
+            "Sex",
+            "Age",
+            "SibSp",
+            "Parch",
+            "Ticket",
+            "Fare",
+            "Cabin",
+            "Embarked",
+        ],
         ["Embarked", "Cabin", "Fare", "Ticket", "Parch", "SibSp", "Age", "Sex", "Name", "Pclass", "PassengerId"],
         ["Sex", "Pclass"],
         ["Pclass", "Sex", "Age", "Fare"],
@@ -140,7 +203,16 @@ def test_check_cells_matches_the_general_path_on_hostile_cells(checker: BatchChe
         ["Pclass", "Sex", "Lifeboat"],  # an unknown column: named as such
         ["Pclass", "Age"],  # no Sex column: every row says it is required
     ],
-    ids=["with-survived", "reversed", "required-only", "some-optional", "cabin-survived", "repeated", "unknown", "no-sex"],
+    ids=[
+        "with-survived",
+        "reversed",
+        "required-only",
+        "some-optional",
+        "cabin-survived",
+        "repeated",
+        "unknown",
+        "no-sex",
+    ],
 )
 def test_check_cells_matches_the_general_path_for_other_headers(order: list[str]) -> None:
     header, rows = read_csv(TRAIN_CSV)
@@ -221,12 +293,61 @@ def test_check_text_rows_matches_the_general_path(checker: BatchChecker, size: i
 
 #: Values a JSON body may hold, tried for every field.
 HOSTILE_VALUES: list[Any] = [
-    0, 1, 2, 3, -1, 20, 21, 120, 121, 10_000, 10_001, 2**31 - 1, 2**31, 10**30,
-    0.0, -0.0, 0.0, 1.0, 3.0, 3.5, 34.5, -0.5, 120.0, 120.25, 1e-300, 1e300, math.inf, -math.inf, math.nan,
-    True, False, None,
-    "", " ", "3", "3.0", "male", "female", " male ", "Male", "C", "Q", "S", "X", "c",
-    "x" * 50, "x" * 51, "y" * 200, "y" * 201, 'Ünïcødé "quoted" \\ ✓\u2028', "Kelly, Mr. James",
-    [], [1], {}, {"a": 1},
+    0,
+    1,
+    2,
+    3,
+    -1,
+    20,
+    21,
+    120,
+    121,
+    10_000,
+    10_001,
+    2**31 - 1,
+    2**31,
+    10**30,
+    0.0,
+    -0.0,
+    0.0,
+    1.0,
+    3.0,
+    3.5,
+    34.5,
+    -0.5,
+    120.0,
+    120.25,
+    1e-300,
+    1e300,
+    math.inf,
+    -math.inf,
+    math.nan,
+    True,
+    False,
+    None,
+    "",
+    " ",
+    "3",
+    "3.0",
+    "male",
+    "female",
+    " male ",
+    "Male",
+    "C",
+    "Q",
+    "S",
+    "X",
+    "c",
+    "x" * 50,
+    "x" * 51,
+    "y" * 200,
+    "y" * 201,
+    'Ünïcødé "quoted" \\ ✓\u2028',
+    "Kelly, Mr. James",
+    [],
+    [1],
+    {},
+    {"a": 1},
 ]
 
 
@@ -259,7 +380,13 @@ def test_check_object_matches_validate_passenger(checker: BatchChecker) -> None:
         {},
         {"Age": 3},
         dict(reversed(list(PASSENGER.items()))),  # keys in another order: clean is in FIELDS order
-        [PASSENGER], "a passenger", 42, 3.5, None, True, [],  # not objects
+        [PASSENGER],
+        "a passenger",
+        42,
+        3.5,
+        None,
+        True,
+        [],  # not objects
     ]
 
     valid = assert_objects_agree(checker, raws)
@@ -323,8 +450,8 @@ ARRAYS: list[Any] = [
     [],
     [PASSENGER],
     some_passengers(25),
-    [1.5, -3e-2, 10, 1e5, 2.5e-3, 0, -0.0, 123456789012345678901234567890, 7.25, 1.0e+2],  # bare numbers
-    ["x", "a \"quoted\" ] , [ { string", "\\u00e9 é ✓ \U0001f6a2", "", True, False, None, [1, [2, []]], {}],
+    [1.5, -3e-2, 10, 1e5, 2.5e-3, 0, -0.0, 123456789012345678901234567890, 7.25, 1.0e2],  # bare numbers
+    ["x", 'a "quoted" ] , [ { string', "\\u00e9 é ✓ \U0001f6a2", "", True, False, None, [1, [2, []]], {}],
     [{"Name": "Kelly, Mr. James ]},[{", "Age": 34.5, "Fare": 7.8292}, {"nested": {"a": [1, {"b": "]"}]}}],
 ]
 
@@ -344,8 +471,13 @@ def test_json_items_streams_what_json_loads_gives(read_bytes: int, value: Any, l
 
 @pytest.mark.parametrize(
     "text",
-    [json.dumps(PASSENGER), json.dumps(PASSENGER, indent=3), '  \n{"Pclass": 3, "Sex": "male"}\r\n ', "{}",
-     '{"Name": "Ünïcødé, Mr. ✓ \\"x\\" ]"}'],
+    [
+        json.dumps(PASSENGER),
+        json.dumps(PASSENGER, indent=3),
+        '  \n{"Pclass": 3, "Sex": "male"}\r\n ',
+        "{}",
+        '{"Name": "Ünïcødé, Mr. ✓ \\"x\\" ]"}',
+    ],
     ids=["passenger", "indented", "padded", "empty-object", "unicode"],
 )
 def test_json_items_gives_a_single_object_as_one_item(read_bytes: int, text: str) -> None:
@@ -372,12 +504,41 @@ def test_json_items_reads_an_array_as_it_goes(monkeypatch: pytest.MonkeyPatch) -
 @pytest.mark.parametrize(
     "body",
     [
-        b"", b" \n\t ", b"[", b"[ ", b'[{"Pclass": 3', b'[{"Pclass": 3}', b'[{"Pclass": 3},', b'{"Pclass": 3',
-        b'[{"Pclass": 3},]', b"[,]", b'[,{"Pclass": 3}]', b'[{"Pclass": 3} {"Pclass": 1}]', b"[1 2]",
-        b'[{"Pclass": 3}] x', b'[{"Pclass": 3}]]', b"[] []", b"[]x", b'{"Pclass": 3} x', b'{"a": 1}{"b": 2}',
-        b"{'Pclass': 3}", b"]", b"[1.5.2]", b"[1e]", b"[-]", b'["open]', b"[tru]",
-        b"42", b"3.5", b'"a passenger"', b"null", b"true",
-        b'[{"Name": "\xff"}]', b'{"Name": "\xe4"}', b"\xff\xfe[\x00]\x00", b'[{"Name": "\xe2\x82"}]',
+        b"",
+        b" \n\t ",
+        b"[",
+        b"[ ",
+        b'[{"Pclass": 3',
+        b'[{"Pclass": 3}',
+        b'[{"Pclass": 3},',
+        b'{"Pclass": 3',
+        b'[{"Pclass": 3},]',
+        b"[,]",
+        b'[,{"Pclass": 3}]',
+        b'[{"Pclass": 3} {"Pclass": 1}]',
+        b"[1 2]",
+        b'[{"Pclass": 3}] x',
+        b'[{"Pclass": 3}]]',
+        b"[] []",
+        b"[]x",
+        b'{"Pclass": 3} x',
+        b'{"a": 1}{"b": 2}',
+        b"{'Pclass': 3}",
+        b"]",
+        b"[1.5.2]",
+        b"[1e]",
+        b"[-]",
+        b'["open]',
+        b"[tru]",
+        b"42",
+        b"3.5",
+        b'"a passenger"',
+        b"null",
+        b"true",
+        b'[{"Name": "\xff"}]',
+        b'{"Name": "\xe4"}',
+        b"\xff\xfe[\x00]\x00",
+        b'[{"Name": "\xe2\x82"}]',
     ],
 )
 def test_json_items_refuses_malformed_bodies(read_bytes: int, body: bytes) -> None:
@@ -436,16 +597,30 @@ def spooled(directory: Path) -> list[list[str]]:
     return records
 
 
-def run(body: bytes | str, *, kind: str, predictor: Predictor, recorder: Recorder | None, answer: str = "json",
-        **options: Any) -> tuple[batch.Summary, bytes, list[Progress]]:
+def run(
+    body: bytes | str,
+    *,
+    kind: str,
+    predictor: Predictor,
+    recorder: Recorder | None,
+    answer: str = "json",
+    **options: Any,
+) -> tuple[batch.Summary, bytes, list[Progress]]:
     """batch.run over a body; (summary, the answer body, the progress seen)."""
     answers = Answers(answer, predictor.version)
     steps: list[Progress] = []
     data = body.encode() if isinstance(body, str) else body
     options = {"source": "api", "max_rows": 100_000, **options}
     try:
-        summary = batch.run(io.BytesIO(data), kind=kind, predictor=predictor, recorder=recorder, answers=answers,
-                            progress=steps.append, **options)
+        summary = batch.run(
+            io.BytesIO(data),
+            kind=kind,
+            predictor=predictor,
+            recorder=recorder,
+            answers=answers,
+            progress=steps.append,
+            **options,
+        )
         file, size = answers.finish()
         with file:
             out = file.read()
@@ -485,9 +660,9 @@ def test_run_csv_in_chunks_answers_as_predict_and_stages_every_record(
     records = spooled(tmp_path / "spool")
     assert spool.scan(tmp_path / "spool")["rows"] == 418
     assert [r[0] for r in records] == [uuid.UUID(i).hex for i in ids]
-    for fields, passenger, prediction in zip(records, test_passengers, want):
+    for fields, passenger, prediction in zip(records, test_passengers, want, strict=True):
         parsed = parse_fields(fields)
-        record = dict(zip(RECORD_FIELDS, parsed))
+        record = dict(zip(RECORD_FIELDS, parsed, strict=True))
         assert (record["passenger_id"], record["survived"]) == (passenger["PassengerId"], prediction.survived)
         assert record["probability"] == prediction.probability
         assert (record["model_version"], record["source"]) == (predictor.version, "api")
@@ -499,12 +674,13 @@ def test_run_json_array_in_chunks_matches_predict(
     predictor: Predictor, recorder: Recorder, tmp_path: Path, test_passengers: list[dict[str, Any]]
 ) -> None:
     passengers = test_passengers[:100]
-    summary, out, steps = run(json.dumps(passengers), kind="json", predictor=predictor, recorder=recorder,
-                              answer="csv", chunk_rows=7)
+    summary, out, steps = run(
+        json.dumps(passengers), kind="json", predictor=predictor, recorder=recorder, answer="csv", chunk_rows=7
+    )
 
     want = predictor.predict(passengers)
     assert out.decode().splitlines() == ["PassengerId,Survived"] + [
-        f"{p['PassengerId']},{w.survived}" for p, w in zip(passengers, want)
+        f"{p['PassengerId']},{w.survived}" for p, w in zip(passengers, want, strict=True)
     ]
     assert [s.rows for s in steps] == [*range(7, 100, 7), 100] and summary.chunks == 15
     assert [json.loads(r[8]) for r in spooled(tmp_path / "spool")] == passengers
@@ -565,7 +741,13 @@ def test_run_caps_the_errors_listed_but_counts_them_all(
 
     assert caught.value.total == 60
     assert [(e.line, e.field) for e in caught.value.errors] == [
-        (102, "Pclass"), (102, "Sex"), (103, "Pclass"), (103, "Sex"), (104, "Pclass"), (104, "Sex"), (105, "Pclass"),
+        (102, "Pclass"),
+        (102, "Sex"),
+        (103, "Pclass"),
+        (103, "Sex"),
+        (104, "Pclass"),
+        (104, "Sex"),
+        (105, "Pclass"),
     ]
     assert spool.scan(tmp_path / "spool")["rows"] == 0
 
@@ -586,8 +768,13 @@ def test_run_refuses_more_than_max_rows(
 
 @pytest.mark.parametrize(
     ("kind", "body"),
-    [("json", b"[]"), ("json", b'[{"Pclass": 3, "Sex": "male"},'), ("csv", b""), ("csv", b"Pclass,Sex\n\n\n"),
-     ("csv", b"Pclass,Sex\n3,m\xe4le\n")],
+    [
+        ("json", b"[]"),
+        ("json", b'[{"Pclass": 3, "Sex": "male"},'),
+        ("csv", b""),
+        ("csv", b"Pclass,Sex\n\n\n"),
+        ("csv", b"Pclass,Sex\n3,m\xe4le\n"),
+    ],
     ids=["empty-array", "truncated", "empty-csv", "header-only", "not-utf8"],
 )
 def test_run_unreadable_bodies_are_body_errors(
@@ -613,5 +800,6 @@ def test_run_without_a_recorder_stores_nothing(
 
     assert summary.rows == 418
     assert out.decode().splitlines()[1:] == [
-        f"{p['PassengerId']},{w.survived}" for p, w in zip(test_passengers, predictor.predict(test_passengers))
+        f"{p['PassengerId']},{w.survived}"
+        for p, w in zip(test_passengers, predictor.predict(test_passengers), strict=True)
     ]

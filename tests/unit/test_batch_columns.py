@@ -27,11 +27,15 @@ def one_by_one(header: list[str], rows: list[list[str]], first_index: int = 0) -
     kept: list[int] = []
     for position, cells in enumerate(rows):
         if len(cells) != len(header):
-            row_errors = [schema.FieldError(first_index + len(kept), None, f"has {len(cells)} cells, the header has {len(header)}")]
+            row_errors = [
+                schema.FieldError(
+                    first_index + len(kept), None, f"has {len(cells)} cells, the header has {len(header)}"
+                )
+            ]
             clean = {}
         else:
             clean, row_errors = schema.validate_passenger(
-                schema.parse_text_row(dict(zip(header, cells))), index=first_index + len(kept)
+                schema.parse_text_row(dict(zip(header, cells, strict=True))), index=first_index + len(kept)
             )
         if row_errors and not any(c.strip() for c in cells):
             continue
@@ -54,7 +58,9 @@ def test_every_competition_row_checks_the_same_by_column(path: Path) -> None:
     assert by_column == expected
     assert not by_column.errors and len(by_column.texts) == len(rows)
     # and the JSON text is json.dumps of the clean passenger, as the general path writes it
-    clean = [dict(zip(schema.FIELD_NAMES, values)) for values in zip(*by_column.columns.values())]
+    clean = [
+        dict(zip(schema.FIELD_NAMES, values, strict=True)) for values in zip(*by_column.columns.values(), strict=True)
+    ]
     assert by_column.texts == [json.dumps(c, separators=(",", ":")) for c in clean]
     # a second pass, answered from the remembered outcomes, is the same again
     assert checker.check_text_rows(header, checker.csv_plan(header), rows, first_index=0) == expected
@@ -72,13 +78,38 @@ def variant(**cells: str) -> list[str]:
 
 
 HOSTILE = [
-    variant(PassengerId=" 12 "), variant(PassengerId="+7"), variant(PassengerId="1_000"), variant(PassengerId="٣"),
-    variant(PassengerId="²"), variant(PassengerId="0"), variant(PassengerId="2147483648"), variant(PassengerId="3.0"),
-    variant(PassengerId=""), variant(Pclass="3.0"), variant(Pclass="4"), variant(Pclass=""), variant(Sex="Male"),
-    variant(Age="nan"), variant(Age="inf"), variant(Age="-1"), variant(Age="1e1"), variant(Age=" "), variant(Age="abc"),
-    variant(SibSp="2.5"), variant(SibSp=""), variant(Fare="10001"), variant(Fare=""), variant(Embarked="X"),
-    variant(Embarked=""), variant(Name=""), variant(Name="  "), variant(Name='Ünïcode, Mrs. "Q"\ttab'),
-    variant(Name="x" * 201), variant(Ticket="t" * 51), variant(Cabin=" C85 "), variant(Cabin="c" * 51),
+    variant(PassengerId=" 12 "),
+    variant(PassengerId="+7"),
+    variant(PassengerId="1_000"),
+    variant(PassengerId="٣"),
+    variant(PassengerId="²"),
+    variant(PassengerId="0"),
+    variant(PassengerId="2147483648"),
+    variant(PassengerId="3.0"),
+    variant(PassengerId=""),
+    variant(Pclass="3.0"),
+    variant(Pclass="4"),
+    variant(Pclass=""),
+    variant(Sex="Male"),
+    variant(Age="nan"),
+    variant(Age="inf"),
+    variant(Age="-1"),
+    variant(Age="1e1"),
+    variant(Age=" "),
+    variant(Age="abc"),
+    variant(SibSp="2.5"),
+    variant(SibSp=""),
+    variant(Fare="10001"),
+    variant(Fare=""),
+    variant(Embarked="X"),
+    variant(Embarked=""),
+    variant(Name=""),
+    variant(Name="  "),
+    variant(Name='Ünïcode, Mrs. "Q"\ttab'),
+    variant(Name="x" * 201),
+    variant(Ticket="t" * 51),
+    variant(Cabin=" C85 "),
+    variant(Cabin="c" * 51),
     ["", "", "", "", "", "", "", "", "", "", ""],  # a line of empty cells: not a passenger
     ["1", "3"],  # too few cells
     GOOD,
@@ -125,10 +156,13 @@ def test_features_json_matches_json_dumps_of_the_record_for_every_competition_ro
     for path in (TRAIN_CSV, TEST_CSV):
         header, rows = table(path)
         checked = one_by_one(header, rows)
-        passengers += [dict(zip(schema.FIELD_NAMES, values)) for values in zip(*checked.columns.values())]
+        passengers += [
+            dict(zip(schema.FIELD_NAMES, values, strict=True)) for values in zip(*checked.columns.values(), strict=True)
+        ]
     passengers.append({**passengers[0], "Age": -0.0, "Fare": -0.0})  # -0.0 is written "-0.0", as json.dumps does
     rows = features.engineer_many(
-        passengers, known=features.Known(ticket_counts={"347082": 7}, groups={"T 347082": (3, 1), "F andersson 3 31.27": (2, 2)})
+        passengers,
+        known=features.Known(ticket_counts={"347082": 7}, groups={"T 347082": (3, 1), "F andersson 3 31.27": (2, 2)}),
     )
     assert any(math.isnan(r[1]) for r in rows), "some ages are unknown: the NaN case is covered"
     expected = [json.dumps(features.to_record(r), separators=(",", ":")) for r in rows]

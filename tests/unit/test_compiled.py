@@ -18,11 +18,11 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from sklearn.svm import SVC
 
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import compiled, csvio, features
 from titanic_web.compiled import CompiledModel, compile_pipeline
 from titanic_web.predictor import Predictor
 from titanic_web.training import ARTIFACT_NAME, CANDIDATES, load_training_data
-from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 
 TOLERANCE = 1e-6
 Passengers = dict[str, list[dict[str, Any]]]
@@ -108,8 +108,19 @@ def test_one_at_a_time_and_in_batches_of_any_size_agree_with_the_pipeline(
     rows = everyone * (compiled.TREE_LOOP // len(everyone) + 1)  # past the largest threshold
     want = expected(pipeline, rows)[:, 1]
     np.testing.assert_allclose(model.predict(rows).probabilities, want, rtol=0, atol=TOLERANCE)
-    sizes = sorted({1, 2, compiled.ROW_WISE, compiled.ROW_WISE + 1, compiled.SMALL_BATCH, compiled.SMALL_BATCH + 1,
-                    compiled.ROWS_LOOP - 1, compiled.ROWS_LOOP, compiled.TREE_LOOP - 1})
+    sizes = sorted(
+        {
+            1,
+            2,
+            compiled.ROW_WISE,
+            compiled.ROW_WISE + 1,
+            compiled.SMALL_BATCH,
+            compiled.SMALL_BATCH + 1,
+            compiled.ROWS_LOOP - 1,
+            compiled.ROWS_LOOP,
+            compiled.TREE_LOOP - 1,
+        }
+    )
     for size in sizes:
         got = model.predict(rows[:size]).probabilities
         np.testing.assert_allclose(got, want[:size], rtol=0, atol=TOLERANCE, err_msg=f"batch of {size}")
@@ -135,9 +146,9 @@ def test_engineered_rows_are_the_first_steps_output(trained: Pipeline, passenger
     frame = trained[0].transform(features.raw_frame(rows))
     got = compile_or_fail(trained).predict(rows).rows
     assert len(got) == len(frame)
-    for row, want in zip(got, frame.itertuples(index=False)):
+    for row, want in zip(got, frame.itertuples(index=False), strict=True):
         assert len(row) == len(features.FEATURES)
-        for value, other in zip(row, want):
+        for value, other in zip(row, want, strict=True):
             assert value == other or (value != value and other != other), (row, want)
 
 

@@ -45,8 +45,14 @@ def test_all_zero_contributions_draw_without_dividing_by_zero() -> None:
 
 @pytest.mark.parametrize(
     ("feature", "value", "text"),
-    [("Age", None, "unknown"), ("IsAlone", 1.0, "yes"), ("WCGroupDied", 0.0, "no"), ("Pclass", 3.0, "3"),
-     ("Fare", 7.8292, "7.8292"), ("Sex", "female", "female")],
+    [
+        ("Age", None, "unknown"),
+        ("IsAlone", 1.0, "yes"),
+        ("WCGroupDied", 0.0, "no"),
+        ("Pclass", 3.0, "3"),
+        ("Fare", 7.8292, "7.8292"),
+        ("Sex", "female", "female"),
+    ],
 )
 def test_value_text(feature: str, value: object, text: str) -> None:
     assert value_text(feature, value) == text

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import features
 from titanic_web.compiled import compile_pipeline
 from titanic_web.predictor import ModelError, Predictor
 from titanic_web.training import CANDIDATES, load_training_data
-from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_base_plus_contributions_is_the_models_output_on_every_row(fitted: Any) 
     explanations = compiled.explain(rows)
     expected = fitted.predict_proba(features.raw_frame(passengers()))[:, 1]
     assert len(explanations) == len(rows) == len(expected)
-    for explanation, p in zip(explanations, expected.tolist()):
+    for explanation, p in zip(explanations, expected.tolist(), strict=True):
         total = explanation.base + math.fsum(c.contribution for c in explanation.contributions)
         assert total == pytest.approx(explanation.output, abs=1e-9)
         probability = expit(explanation.output) if explanation.scale == "log-odds" else explanation.output
@@ -90,7 +90,7 @@ def test_the_served_model_explains_through_the_predictor(model_dir: Path) -> Non
     probabilities, rows = predictor.score([PASSENGER, {**PASSENGER, "Sex": "female", "Name": "Kelly, Mrs. J"}])
     explanations = predictor.explain(rows)
     assert [e.as_dict()["scale"] for e in explanations] in (["log-odds"] * 2, ["probability"] * 2)
-    for e, p in zip(explanations, probabilities.tolist()):
+    for e, p in zip(explanations, probabilities.tolist(), strict=True):
         assert (expit(e.output) if e.scale == "log-odds" else e.output) == pytest.approx(p, abs=1e-9)
         answer = e.as_dict()
         assert answer["contributions"][0]["feature"] in features.FEATURES

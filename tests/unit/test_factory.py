@@ -12,8 +12,16 @@ from flask import Flask
 from titanic_web import create_app, get_service
 from titanic_web.config import ConfigError
 
-SETTINGS_ENV = ("DATABASE_URL", "MODEL_DIR", "TRAIN_DATA", "MAX_ROWS", "MAX_CONTENT_LENGTH", "CSRF_TIME_LIMIT",
-                "LOG_LEVEL", "SECRET_KEY")
+SETTINGS_ENV = (
+    "DATABASE_URL",
+    "MODEL_DIR",
+    "TRAIN_DATA",
+    "MAX_ROWS",
+    "MAX_CONTENT_LENGTH",
+    "CSRF_TIME_LIMIT",
+    "LOG_LEVEL",
+    "SECRET_KEY",
+)
 
 
 @pytest.fixture(autouse=True)

@@ -11,10 +11,10 @@ import joblib
 import pandas as pd
 import pytest
 
+from tests.conftest import PASSENGER, TRAIN_CSV
 from titanic_web import features
 from titanic_web.features import FEATURES, PassengerFeatures, deck_of, raw_frame, title_of
 from titanic_web.training import ARTIFACT_NAME
-from tests.conftest import PASSENGER, TRAIN_CSV
 
 
 def passenger(**changes: Any) -> dict[str, Any]:
@@ -52,8 +52,18 @@ def test_title_of(name: str | None, title: str) -> None:
 
 @pytest.mark.parametrize(
     ("cabin", "deck"),
-    [("C85", "C"), ("b5", "B"), (" E10", "E"), ("F G73", "F"), ("A", "A"), ("G6", "G"),
-     ("T", "U"), ("85", "U"), ("", "U"), (None, "U")],
+    [
+        ("C85", "C"),
+        ("b5", "B"),
+        (" E10", "E"),
+        ("F G73", "F"),
+        ("A", "A"),
+        ("G6", "G"),
+        ("T", "U"),
+        ("85", "U"),
+        ("", "U"),
+        (None, "U"),
+    ],
 )
 def test_deck_of(cabin: str | None, deck: str) -> None:
     assert deck_of(cabin) == deck
@@ -97,7 +107,9 @@ def test_missing_sibsp_and_parch_count_as_zero() -> None:
     assert (out.loc[0, "SibSp"], out.loc[0, "Parch"], out.loc[0, "FamilySize"], out.loc[0, "IsAlone"]) == (0, 0, 1, 1)
 
 
-@pytest.mark.parametrize(("cabin", "known", "deck"), [("C85", 1.0, "C"), (None, 0.0, "U"), ("", 0.0, "U"), ("T", 1.0, "U")])
+@pytest.mark.parametrize(
+    ("cabin", "known", "deck"), [("C85", 1.0, "C"), (None, 0.0, "U"), ("", 0.0, "U"), ("T", 1.0, "U")]
+)
 def test_cabin_known_and_deck(cabin: str | None, known: float, deck: str) -> None:
     row = passenger(Cabin=cabin)
     out = PassengerFeatures().fit(frame(row)).transform(frame(row))
@@ -150,7 +162,10 @@ def test_a_new_passenger_on_an_unknown_ticket_is_a_group_of_its_family() -> None
 
 def test_a_passenger_without_a_ticket_is_not_grouped_with_others_lacking_one() -> None:
     step = PassengerFeatures().fit(frame(passenger(Ticket=None), passenger(Ticket="")))
-    assert list(step.fit_transform(frame(passenger(Ticket=None), passenger(Ticket=""))).loc[:, "TicketGroupSize"]) == [1, 1]
+    assert list(step.fit_transform(frame(passenger(Ticket=None), passenger(Ticket=""))).loc[:, "TicketGroupSize"]) == [
+        1,
+        1,
+    ]
     assert step.transform(frame(passenger(Ticket=""))).loc[0, "TicketGroupSize"] == 1
 
 
@@ -159,7 +174,7 @@ def test_training_and_serving_count_a_passenger_the_same_way() -> None:
     rows = [*SHARED, passenger(Ticket="U", SibSp=1), passenger(Ticket="V")]
     trained = PassengerFeatures().fit_transform(frame(*rows))
     for i, row in enumerate(rows):
-        others = rows[:i] + rows[i + 1:]
+        others = rows[:i] + rows[i + 1 :]
         served = PassengerFeatures().fit(frame(*others)).transform(frame(row))
         assert served.loc[0, "TicketGroupSize"] == trained.loc[i, "TicketGroupSize"], i
         assert served.loc[0, "FarePerPerson"] == trained.loc[i, "FarePerPerson"], i
@@ -195,7 +210,9 @@ def test_the_trained_pipeline_starts_with_these_features(model_dir: Path) -> Non
 def test_the_trained_pipeline_remembers_the_training_groups(model_dir: Path) -> None:
     pipeline = joblib.load(model_dir / ARTIFACT_NAME)
     train = pd.read_csv(TRAIN_CSV)
-    raws = list(zip(*(train[c].astype(object).where(train[c].notna(), None) for c in features.RAW_COLUMNS)))
+    raws = list(
+        zip(*(train[c].astype(object).where(train[c].notna(), None) for c in features.RAW_COLUMNS), strict=True)
+    )
     assert pipeline[0].groups_ == features.count_groups(raws, train["Survived"].tolist())
 
 

@@ -9,9 +9,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import csvio, features
 from titanic_web.predictor import Predictor
-from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 
 
 @pytest.fixture(scope="module")

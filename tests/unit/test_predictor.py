@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import PASSENGER, TEST_CSV
 from titanic_web import csvio, features
 from titanic_web.predictor import ModelError, Prediction, Predictor
 from titanic_web.training import ARTIFACT_NAME, CARD_NAME
-from tests.conftest import PASSENGER, TEST_CSV
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_predict_all_of_test_csv_in_order(predictor: Predictor, test_rows: list[
     predictions = predictor.predict(test_rows)
     assert len(test_rows) == 418
     assert len(predictions) == 418
-    for row, prediction in zip(test_rows, predictions):
+    for row, prediction in zip(test_rows, predictions, strict=True):
         assert 0.0 <= prediction.probability <= 1.0
         assert prediction.survived == int(prediction.probability >= 0.5)
         # each answer belongs to the row at its position
@@ -160,7 +160,6 @@ def test_an_unreadable_card_is_refused(model_copy: Path, no_unpickling: None, da
         Predictor.from_dir(model_copy)
 
 
-
 def test_trained_model_is_served_by_its_compiled_form_with_the_same_answers(model_dir: Path) -> None:
     from titanic_web.csvio import decode, read_passengers
 
@@ -172,5 +171,5 @@ def test_trained_model_is_served_by_its_compiled_form_with_the_same_answers(mode
     fast = compiled.predict(passengers)
     slow = through_pipeline.predict(passengers)
     assert [p.survived for p in fast] == [p.survived for p in slow]
-    assert max(abs(a.probability - b.probability) for a, b in zip(fast, slow)) <= 1e-6
+    assert max(abs(a.probability - b.probability) for a, b in zip(fast, slow, strict=True)) <= 1e-6
     assert [p.features for p in fast] == [p.features for p in slow]

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import PASSENGER
 from titanic_web import schema
 from titanic_web.schema import FIELD_NAMES, FIELDS_BY_NAME, InputError, validate_passenger, validate_passengers
-from tests.conftest import PASSENGER
 
 
 def with_(**changes: Any) -> dict[str, Any]:
@@ -164,7 +164,9 @@ def test_text_is_stripped_and_a_blank_cabin_is_unknown() -> None:
     assert clean["Name"] == "Kelly, Mr. James"
 
 
-@pytest.mark.parametrize(("name", "value"), [("Age", 0), ("Age", 120), ("Age", 0.42), ("Fare", 0), ("SibSp", 20), ("Parch", 0)])
+@pytest.mark.parametrize(
+    ("name", "value"), [("Age", 0), ("Age", 120), ("Age", 0.42), ("Fare", 0), ("SibSp", 20), ("Parch", 0)]
+)
 def test_range_bounds_are_inclusive(name: str, value: Any) -> None:
     _, errors = validate_passenger(with_(**{name: value}))
     assert errors == []
@@ -233,8 +235,17 @@ def test_parse_text(name: str, text: str | None, expected: Any) -> None:
 
 def test_parse_text_row_turns_a_csv_row_into_values() -> None:
     row = {
-        "PassengerId": "892", "Pclass": "3", "Name": "Kelly, Mr. James", "Sex": "male", "Age": "34.5",
-        "SibSp": "0", "Parch": "0", "Ticket": "330911", "Fare": "7.8292", "Cabin": "", "Embarked": "Q",
+        "PassengerId": "892",
+        "Pclass": "3",
+        "Name": "Kelly, Mr. James",
+        "Sex": "male",
+        "Age": "34.5",
+        "SibSp": "0",
+        "Parch": "0",
+        "Ticket": "330911",
+        "Fare": "7.8292",
+        "Cabin": "",
+        "Embarked": "Q",
     }
     parsed = schema.parse_text_row(row)
     assert parsed == PASSENGER

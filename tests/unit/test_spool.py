@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
 import signal
 import subprocess
@@ -15,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from titanic_web import spool as spool_module
-from titanic_web.spool import DONE_SUFFIX, SUFFIX, Spool, SpoolError, decode, encode, line_rows, scan
 from tests.fakes import FullDisk
+from titanic_web import spool as spool_module
+from titanic_web.spool import SUFFIX, Spool, SpoolError, decode, encode, line_rows, scan
 
 MakeSpool = Callable[..., Spool]
 
@@ -401,11 +400,7 @@ def test_unusable_directory_raises_spool_error(make_spool: MakeSpool, tmp_path: 
     assert scan(blocker / "spool")["rows"] == 0
 
 
-
-
-def test_disk_full_raises_spool_error_and_keeps_nothing(
-    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_disk_full_raises_spool_error_and_keeps_nothing(make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch) -> None:
     spool = make_spool()
     disk = FullDisk()
     monkeypatch.setattr(spool_module, "os", disk)

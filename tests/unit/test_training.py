@@ -18,10 +18,10 @@ import pytest
 import sklearn
 from sklearn.base import BaseEstimator, ClassifierMixin
 
+from tests.conftest import TRAIN_CSV
 from titanic_web import features
 from titanic_web.config import PROJECT_ROOT
 from titanic_web.training import ARTIFACT_NAME, CARD_NAME, TrainingError, load_training_data, sha256_file, train
-from tests.conftest import TRAIN_CSV
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_the_group_features_lift_accuracy_above_the_same_model_without_them() ->
     """The travelling-group features earn their place: without them the chosen pipeline scores lower."""
     from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    from titanic_web.training import CANDIDATES, FOLDS, SEED, _pipeline, COMPACT_CATEGORICAL, COMPACT_NUMERIC
+    from titanic_web.training import CANDIDATES, COMPACT_CATEGORICAL, COMPACT_NUMERIC, FOLDS, SEED, _pipeline
 
     X, y = load_training_data(TRAIN_CSV)
     folds = StratifiedKFold(n_splits=FOLDS, shuffle=True, random_state=SEED)
@@ -98,7 +98,7 @@ def test_cross_validation_computes_group_features_inside_each_fold() -> None:
     truth = shown(y)
     group_columns = [COMPACT_NUMERIC.index("WCGroupLived"), COMPACT_NUMERIC.index("WCGroupDied")]
     assert any(block[:, group_columns].any() for block in truth), "the group features are in play"
-    for k, (train_index, held_out) in enumerate(splits):
+    for k, (_train_index, held_out) in enumerate(splits):
         shuffled = y.copy()
         shuffled[held_out] = rng.permutation(y[held_out])
         assert (shuffled[held_out] != y[held_out]).any()
@@ -191,7 +191,7 @@ def test_training_is_deterministic_across_processes(tmp_path: Path, model_dir: P
             ),
         )
     versions = []
-    for out, process in runs.values():
+    for _out, process in runs.values():
         stdout, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr
         versions.append(stdout.strip())

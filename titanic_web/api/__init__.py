@@ -4,6 +4,8 @@ from flask import Blueprint
 
 bp = Blueprint("api", __name__)
 
-from titanic_web.api import routes  # noqa: E402,F401  (registers the views on bp)
-from titanic_web.api import model_routes  # noqa: E402,F401  (/api/model/activate, /api/outcomes)
-from titanic_web.api import docs  # noqa: E402,F401  (/api/openapi.json on bp; /docs on docs.page_bp)
+from titanic_web.api import (  # noqa: E402  (the view modules need bp, so they come after it)
+    docs,  # noqa: F401  (/api/openapi.json on bp; /docs on docs.page_bp)
+    model_routes,  # noqa: F401  (/api/model/activate, /api/outcomes)
+    routes,  # noqa: F401  (registers the views on bp)
+)

@@ -34,7 +34,7 @@ def body_stream() -> IO[bytes]:
     length = request.content_length
     if length is not None and length <= IN_MEMORY_BYTES:
         return io.BytesIO(request.get_data(cache=False))
-    copy = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES)
+    copy = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES)  # noqa: SIM115  (returned open to the caller)
     try:
         shutil.copyfileobj(request.stream, copy, batch.READ_BYTES)
     except BaseException:
@@ -125,7 +125,10 @@ def predict() -> Any:
         raise
     file, size = answers.finish()
     return file_response(
-        file, size, mimetype="text/csv" if as_csv else "application/json", headers={"X-Model-Version": predictor.version}
+        file,
+        size,
+        mimetype="text/csv" if as_csv else "application/json",
+        headers={"X-Model-Version": predictor.version},
     )
 
 

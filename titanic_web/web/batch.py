@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from flask import Response, abort, current_app, render_template, request, send_from_directory, stream_with_context, url_for
+from flask import (
+    Response,
+    abort,
+    current_app,
+    render_template,
+    request,
+    send_from_directory,
+    stream_with_context,
+    url_for,
+)
 
 from titanic_web import batch, get_service
 from titanic_web.recorder import RecorderError
@@ -59,7 +68,7 @@ def batch_page() -> Any:
     upload = form.file.data
     if EVENTS in request.accept_mimetypes.values():
         # The request's files are closed when the view returns: the stream reads its own copy.
-        copy = tempfile.SpooledTemporaryFile(max_size=1 << 20)
+        copy = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115  (the event stream closes it)
         shutil.copyfileobj(upload.stream, copy, batch.READ_BYTES)
         copy.seek(0)
         return Response(stream_with_context(_events(_process(copy), copy)), mimetype=EVENTS)
@@ -72,12 +81,16 @@ def batch_download(token: str) -> Any:
     """A finished batch's submission (PassengerId,Survived), while it is kept."""
     directory = Path(current_app.config["BATCH_DIR"])
     if not _TOKEN.match(token) or not (directory / f"{token}.csv").is_file():
-        abort(404, description=(
-            "No such batch result: results are kept for "
-            f"{current_app.config['BATCH_KEEP_HOURS']:g} hours. Upload the file again."
-        ))
-    return send_from_directory(directory, f"{token}.csv", mimetype="text/csv", as_attachment=True,
-                               download_name="submission.csv", max_age=0)
+        abort(
+            404,
+            description=(
+                "No such batch result: results are kept for "
+                f"{current_app.config['BATCH_KEEP_HOURS']:g} hours. Upload the file again."
+            ),
+        )
+    return send_from_directory(
+        directory, f"{token}.csv", mimetype="text/csv", as_attachment=True, download_name="submission.csv", max_age=0
+    )
 
 
 def _process(stream: IO[bytes]) -> Generator[batch.Progress, None, Outcome]:
@@ -106,8 +119,10 @@ def _process(stream: IO[bytes]) -> Generator[batch.Progress, None, Outcome]:
         total = getattr(exc, "total", len(exc.errors))
         return Outcome(422, errors=exc.errors[:SHOWN_ERRORS], error_count=total)
     except RecorderError:
-        return Outcome(503, message="The predictions could not be kept (local disk refused them), so none "
-                       "are given. Try again later.")
+        return Outcome(
+            503,
+            message="The predictions could not be kept (local disk refused them), so none are given. Try again later.",
+        )
     finally:
         answers.close()
     return Outcome(200, summary=summary, download=url_for("web.batch_download", token=token))
@@ -155,12 +170,17 @@ def _event_lines(steps: Generator[batch.Progress, None, Outcome], stream: IO[byt
             break
         # The CSV reader closes the body once it has read it all (its text wrapper goes with it).
         read = size if getattr(stream, "closed", False) else _position(stream)
-        yield json.dumps({
-            "event": "progress",
-            "rows": step.rows,
-            "errors": step.errors,
-            "fraction": round(min(1.0, read / size), 4) if size and read is not None else None,
-        }) + "\n"
+        yield (
+            json.dumps(
+                {
+                    "event": "progress",
+                    "rows": step.rows,
+                    "errors": step.errors,
+                    "fraction": round(min(1.0, read / size), 4) if size and read is not None else None,
+                }
+            )
+            + "\n"
+        )
     html = render_template("_batch_outcome.html", outcome=outcome)
     yield json.dumps({"event": "done", "status": outcome.status, "html": html}) + "\n"
 
@@ -184,6 +204,8 @@ def _position(stream: IO[bytes]) -> int | None:
 
 def render_expired_batch(reason: str) -> Any:
     """The batch page again after its CSRF token failed (a file input cannot be kept)."""
-    message = ("Your form had expired (or came from another page), so nothing was predicted. "
-               "Choose the file and upload it again.")
+    message = (
+        "Your form had expired (or came from another page), so nothing was predicted. "
+        "Choose the file and upload it again."
+    )
     return render_template("batch.html", form=BatchForm(formdata=None), expired=message, reason=reason), 400

@@ -8,7 +8,7 @@ from flask_wtf import FlaskForm
 from flask_wtf.file import FileAllowed, FileField, FileRequired
 from wtforms import Field as WTField
 from wtforms import SelectField, StringField
-from wtforms.fields.choices import SelectChoice
+from wtforms.fields.choices import SelectChoice  # type: ignore[attr-defined]  # WTForms 3.3; stubs are 3.2
 from wtforms.validators import ValidationError
 
 from titanic_web import schema
@@ -41,14 +41,21 @@ def _field(spec: schema.Field) -> WTField:
         choices = [SelectChoice(str(value), label) for value, label in spec.choices]
         if not spec.required:
             choices.insert(0, SelectChoice("", "unknown"))
-        return SelectField(spec.label, choices=choices, default=default, validators=[SchemaRule(spec)],
-                           description=spec.hint, render_kw=render_kw)
+        return SelectField(
+            spec.label,
+            choices=choices,
+            default=default,
+            validators=[SchemaRule(spec)],
+            description=spec.hint,
+            render_kw=render_kw,
+        )
     if spec.kind in (int, float):
         render_kw.update(inputmode="decimal" if spec.kind is float else "numeric")
     elif spec.max_length:
         render_kw["maxlength"] = spec.max_length
-    return StringField(spec.label, default=default, validators=[SchemaRule(spec)], description=spec.hint,
-                       render_kw=render_kw)
+    return StringField(
+        spec.label, default=default, validators=[SchemaRule(spec)], description=spec.hint, render_kw=render_kw
+    )
 
 
 class PassengerForm(FlaskForm):
