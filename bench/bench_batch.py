@@ -298,8 +298,13 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = args.model_dir or Path(env["MODEL_DIR"])
     if args.baseline_child is not None:
         return baseline_child(args.baseline_child, model_dir)
-    if not (model_dir / "model.joblib").exists():
-        print(f"no model in {model_dir}: run `make model` (make bench does it)", file=sys.stderr)
+    from titanic_web import registry
+    from titanic_web.predictor import ModelError
+
+    try:
+        registry.model_path(model_dir)
+    except ModelError as exc:
+        print(f"{exc} (make bench trains one)", file=sys.stderr)
         return 2
     import requests
 

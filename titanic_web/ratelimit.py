@@ -79,7 +79,13 @@ def init_app(app: Flask) -> Limiter | None:
         headers_enabled=False,  # Retry-After is set on 429 answers only (below), not on every answer
     )
     limiter.init_app(app)
-    rate = limiter.limit(lambda: current_app.config["RATE_LIMIT"], methods=["POST"])
+    # Only the decorated POST routes below are limited, and their decorator checks them. The
+    # before-request check init_app adds would check every request again against the default
+    # limits (there are none): a second full pass through the limiter's bookkeeping, about as
+    # costly as the first, so it is taken out.
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
+    # The limit is read once, here: a callable would be called and parsed again on every request.
+    rate = limiter.limit(app.config["RATE_LIMIT"], methods=["POST"])
     for endpoint in _limited_endpoints(app):
         # RouteLimit's overloads type the wrapper as possibly async; it returns what the view returns.
         app.view_functions[endpoint] = cast(Any, rate(app.view_functions[endpoint]))
