@@ -12,7 +12,7 @@ import math
 import time
 from typing import Any, cast
 
-from flask import Flask, current_app, render_template
+from flask import Flask, render_template
 from flask_limiter import Limiter, RateLimitExceeded
 from flask_limiter.util import get_remote_address
 from limits import parse_many
