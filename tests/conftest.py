@@ -46,6 +46,52 @@ PASSENGER: dict[str, Any] = {
 }
 
 
+#: Every environment variable the app reads (config.py, security.py, auth.py): tests that decide
+#: the settings start without any of them, and test servers inherit none of them.
+SETTINGS_ENV = (
+    "APP_ENV",
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "DATABASE_CONNECT_TIMEOUT",
+    "SQLITE_BUSY_TIMEOUT_MS",
+    "MODEL_DIR",
+    "MODEL_CHECK_SECONDS",
+    "TRAIN_DATA",
+    "MAX_ROWS",
+    "MAX_CONTENT_LENGTH",
+    "CSRF_TIME_LIMIT",
+    "LOG_LEVEL",
+    "BATCH_CHUNK_ROWS",
+    "BATCH_DIR",
+    "BATCH_KEEP_HOURS",
+    "RECORDING",
+    "SPOOL_DIR",
+    "SPOOL_FSYNC",
+    "RECORDER_BATCH_ROWS",
+    "RECORDER_FLUSH_SECONDS",
+    "RECORDER_RETRY_MAX_SECONDS",
+    "RECORDER_SHUTDOWN_SECONDS",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "DRIFT_MIN_ROWS",
+    "DRIFT_MAX_ROWS",
+    "HISTORY_PAGE_ROWS",
+    "EXPORT_CHUNK_ROWS",
+    "API_KEYS",
+    "API_KEYS_FILE",
+    "ADMIN_API_KEYS",
+    "ADMIN_API_KEYS_FILE",
+    "RATE_LIMIT",
+    "RATELIMIT_ENABLED",
+    "RATELIMIT_STORAGE_URI",
+    "RATELIMIT_KEY_PREFIX",
+    "FORCE_HTTPS",
+    "TRUSTED_PROXIES",
+)
+
+#: PASSENGER as the form posts it: every field as text, a missing value as an empty field.
+FORM_VALUES: dict[str, str] = {name: "" if value is None else str(value) for name, value in PASSENGER.items()}
+
+
 @pytest.fixture(autouse=True)
 def metrics_in_memory(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Every test starts with prometheus_client counting in memory.

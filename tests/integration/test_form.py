@@ -13,7 +13,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import PASSENGER, count_rows, csrf_token, flush
+from tests.conftest import FORM_VALUES, PASSENGER, count_rows, csrf_token, flush
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
@@ -24,19 +24,6 @@ FIELD_NAMES = ["PassengerId", "Pclass", "Sex", "Name", "Age", "SibSp", "Parch", 
 SELECTS = {"Pclass": ["1", "2", "3"], "Sex": ["male", "female"], "Embarked": ["", "C", "Q", "S"]}
 
 #: PASSENGER as a browser submits it: text for every field.
-FORM_VALUES: dict[str, str] = {
-    "PassengerId": "892",
-    "Pclass": "3",
-    "Sex": "male",
-    "Name": "Kelly, Mr. James",
-    "Age": "34.5",
-    "SibSp": "0",
-    "Parch": "0",
-    "Ticket": "330911",
-    "Fare": "7.8292",
-    "Cabin": "",
-    "Embarked": "Q",
-}
 SCRIPT_NAME = '<script>alert("pwned")</script>, Mr. Evil'
 EXPIRED_TEXT = "Your form had expired"
 

@@ -19,7 +19,16 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, make_url, select
 
-from tests.conftest import PASSENGER, POSTGRES_URL, build_app, close_app, count_rows, csrf_token, postgres_schema
+from tests.conftest import (
+    FORM_VALUES,
+    PASSENGER,
+    POSTGRES_URL,
+    build_app,
+    close_app,
+    count_rows,
+    csrf_token,
+    postgres_schema,
+)
 from tests.fakes import FullDisk
 from tests.tcp_proxy import TcpProxy
 from titanic_web import get_service, spool
@@ -30,19 +39,6 @@ from titanic_web.recorder import Record, Recorder, parse_fields, write_batch
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
 
 #: PASSENGER as the form posts it.
-FORM_VALUES: dict[str, str] = {
-    "PassengerId": "892",
-    "Pclass": "3",
-    "Sex": "male",
-    "Name": "Kelly, Mr. James",
-    "Age": "34.5",
-    "SibSp": "0",
-    "Parch": "0",
-    "Ticket": "330911",
-    "Fare": "7.8292",
-    "Cabin": "",
-    "Embarked": "Q",
-}
 
 
 # -- a database the test can take down ----------------------------------------

@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import PASSENGER, build_app, close_app, count_rows, csrf_token
+from tests.conftest import FORM_VALUES, PASSENGER, SETTINGS_ENV, build_app, close_app, count_rows, csrf_token
 from tests.integration.conftest import MakeApp
 from titanic_web import create_app
 from titanic_web.auth import require_admin
@@ -35,41 +35,14 @@ EXPECTED_CSP = {
 API_KEY = "api-key-0123456789abcdef"
 OTHER_KEY = "other-key-0123456789abcdef"
 ADMIN_KEY = "admin-key-0123456789abcdef"
-FORM = {
-    "PassengerId": "892",
-    "Pclass": "3",
-    "Sex": "male",
-    "Name": "Kelly, Mr. James",
-    "Age": "34.5",
-    "SibSp": "0",
-    "Parch": "0",
-    "Ticket": "330911",
-    "Fare": "7.8292",
-    "Cabin": "",
-    "Embarked": "Q",
-}
 #: Text an unhandled error carries that must never reach a client.
 SECRET_DETAIL = "connection to db-internal.example:5432 failed for user 'svc_titanic'"
-SECURITY_ENV = (
-    "APP_ENV",
-    "FLASK_DEBUG",
-    "SECRET_KEY",
-    "API_KEYS",
-    "API_KEYS_FILE",
-    "ADMIN_API_KEYS",
-    "ADMIN_API_KEYS_FILE",
-    "RATE_LIMIT",
-    "RATELIMIT_ENABLED",
-    "RATELIMIT_STORAGE_URI",
-    "FORCE_HTTPS",
-    "TRUSTED_PROXIES",
-)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """These tests decide every security setting; the shell running them decides none."""
-    for name in SECURITY_ENV:
+    for name in SETTINGS_ENV:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -118,7 +91,7 @@ def assert_security_headers(headers: Any) -> None:
 
 def post_form(client: FlaskClient) -> Any:
     token = csrf_token(client.get("/").get_data(as_text=True))
-    return client.post("/", data={**FORM, "csrf_token": token})
+    return client.post("/", data={**FORM_VALUES, "csrf_token": token})
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -177,8 +150,8 @@ def test_pages_have_no_inline_script_style_or_handlers(app: Flask, client: Flask
 
     token = csrf_token(client.get("/").get_data(as_text=True))
     pages = {
-        "/ result": client.post("/", data={**FORM, "csrf_token": token}),
-        "/ errors": client.post("/", data={**FORM, "Age": "200", "csrf_token": token}),
+        "/ result": client.post("/", data={**FORM_VALUES, "csrf_token": token}),
+        "/ errors": client.post("/", data={**FORM_VALUES, "Age": "200", "csrf_token": token}),
         "404": client.get("/nothing-here"),
     }
     for rule in app.url_map.iter_rules():

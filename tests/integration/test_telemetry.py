@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.exc import OperationalError
 
-from tests.conftest import PASSENGER, TEST_CSV, csrf_token, flush
+from tests.conftest import FORM_VALUES, PASSENGER, TEST_CSV, csrf_token, flush
 from tests.integration.conftest import MakeApp
 from titanic_web import get_service, requestlog, spool
 from titanic_web import recorder as recorder_module
@@ -31,19 +31,6 @@ from titanic_web.models import PredictionRow
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 #: PASSENGER as a browser submits the form: text for every field.
-FORM_VALUES = {
-    "PassengerId": "892",
-    "Pclass": "3",
-    "Sex": "male",
-    "Name": "Kelly, Mr. James",
-    "Age": "34.5",
-    "SibSp": "0",
-    "Parch": "0",
-    "Ticket": "330911",
-    "Fare": "7.8292",
-    "Cabin": "",
-    "Embarked": "Q",
-}
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import requests
 
+from tests.conftest import SETTINGS_ENV
+
 #: The virtualenv's executables: the same environment that runs pytest.
 BIN = Path(sys.executable).parent
 GUNICORN = BIN / "gunicorn"
@@ -31,42 +33,13 @@ INIT_DB_TIMEOUT = 120.0
 
 #: Settings the tests decide; inherited values of these must not leak into the server.
 _CONTROLLED = (
-    "SECRET_KEY",
-    "DATABASE_URL",
-    "MODEL_DIR",
-    "TRAIN_DATA",
-    "MAX_ROWS",
-    "MAX_CONTENT_LENGTH",
-    "CSRF_TIME_LIMIT",
+    *SETTINGS_ENV,
     "HOST",
     "PORT",
     "WEB_CONCURRENCY",
     "GUNICORN_TIMEOUT",
-    "LOG_LEVEL",
     "GUNICORN_CMD_ARGS",
     "FLASK_APP",
-    "BATCH_CHUNK_ROWS",
-    "BATCH_DIR",
-    "BATCH_KEEP_HOURS",
-    "APP_ENV",
-    "API_KEYS",
-    "API_KEYS_FILE",
-    "ADMIN_API_KEYS",
-    "ADMIN_API_KEYS_FILE",
-    "RATE_LIMIT",
-    "RATELIMIT_ENABLED",
-    "RATELIMIT_STORAGE_URI",
-    "RATELIMIT_KEY_PREFIX",
-    "FORCE_HTTPS",
-    "TRUSTED_PROXIES",
-    "MODEL_CHECK_SECONDS",
-    "PROMETHEUS_MULTIPROC_DIR",
-    "RECORDING",
-    "SPOOL_DIR",
-    "DRIFT_MIN_ROWS",
-    "DRIFT_MAX_ROWS",
-    "HISTORY_PAGE_ROWS",
-    "EXPORT_CHUNK_ROWS",
 )
 
 #: System tests send bursts of thousands of requests from one address: far above any limit meant

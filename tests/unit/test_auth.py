@@ -6,30 +6,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SETTINGS_ENV
 from titanic_web import security
 from titanic_web.auth import MIN_KEY_LENGTH, key_matches, keys_from_env, parse_keys
 from titanic_web.config import ConfigError
 
 KEY_A = "a" * MIN_KEY_LENGTH
 KEY_B = "key-b-0123456789abcdef"
-SECURITY_ENV = (
-    "APP_ENV",
-    "API_KEYS",
-    "API_KEYS_FILE",
-    "ADMIN_API_KEYS",
-    "ADMIN_API_KEYS_FILE",
-    "RATE_LIMIT",
-    "RATELIMIT_ENABLED",
-    "RATELIMIT_STORAGE_URI",
-    "RATELIMIT_KEY_PREFIX",
-    "FORCE_HTTPS",
-    "TRUSTED_PROXIES",
-)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in SECURITY_ENV:
+    for name in SETTINGS_ENV:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -8,20 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SETTINGS_ENV
 from titanic_web import config
 from titanic_web.config import ConfigError, load_secret_key, settings_from_env
-
-SETTINGS_ENV = (
-    "DATABASE_URL",
-    "MODEL_DIR",
-    "TRAIN_DATA",
-    "MAX_ROWS",
-    "MAX_CONTENT_LENGTH",
-    "CSRF_TIME_LIMIT",
-    "LOG_LEVEL",
-    "SECRET_KEY",
-    "MODEL_CHECK_SECONDS",
-)
 
 
 @pytest.fixture(autouse=True)

@@ -9,19 +9,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from tests.conftest import SETTINGS_ENV
 from titanic_web import create_app, get_service
 from titanic_web.config import ConfigError
-
-SETTINGS_ENV = (
-    "DATABASE_URL",
-    "MODEL_DIR",
-    "TRAIN_DATA",
-    "MAX_ROWS",
-    "MAX_CONTENT_LENGTH",
-    "CSRF_TIME_LIMIT",
-    "LOG_LEVEL",
-    "SECRET_KEY",
-)
 
 
 @pytest.fixture(autouse=True)
