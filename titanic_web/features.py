@@ -204,13 +204,14 @@ def _engineer(
         label = next(own_labels)
         # The other known women and children of the passenger's groups: all lived, all died?
         members = lived = 0
-        for key in keys_of(ticket, name, pclass, fare):
+        keys = keys_of(ticket, name, pclass, fare)
+        for key in keys:
             tally = groups_get(key)
             if tally is not None:
                 members += tally[0]
                 lived += tally[1]
         if minus and members and (sex == "female" or title == "Master"):  # counted in count_groups
-            taken = len(keys_of(ticket, name, pclass, fare))  # the passenger is in each of its groups once
+            taken = len(keys)  # the passenger is in each of its groups once
             members -= taken
             lived -= taken * label
         append(
