@@ -12,7 +12,7 @@ from sqlalchemy import event
 
 from titanic_web import security, telemetry
 from titanic_web.config import PROJECT_ROOT, engine_options, load_secret_key, settings_from_env
-from titanic_web.extensions import csrf, db, migrate
+from titanic_web.extensions import SessionInterface, csrf, db, migrate
 from titanic_web.recorder import Recorder
 from titanic_web.service import PredictionService
 from titanic_web.watcher import ModelWatcher
@@ -32,6 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(security.settings_from_env())
     app.config.update(config or {})  # the caller's settings (tests) win
     security.check_production(app)  # before a secret key could be generated
+    app.session_interface = SessionInterface()  # one per app: its signer follows this app's key
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the documented field order
     if not app.config.get("SECRET_KEY"):
         app.config["SECRET_KEY"] = load_secret_key(Path(app.instance_path))

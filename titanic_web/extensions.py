@@ -1,10 +1,13 @@
 """Extension objects, created once here and bound to an app in create_app."""
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from flask import Flask
+from flask.sessions import SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from itsdangerous import URLSafeTimedSerializer
 from sqlalchemy.orm import DeclarativeBase
 
 
@@ -25,3 +28,21 @@ if TYPE_CHECKING:
 else:
     # mypy takes no attribute (db.Model) as a base class; the tables subclass this name instead.
     Model = db.Model
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie session, with its signer built once per secret key.
+
+    Flask builds the signer (a serializer and its key derivation) on every request,
+    for every request opens a session, including the API's, which never uses one.
+    """
+
+    def __init__(self) -> None:
+        self._signer: tuple[Any, URLSafeTimedSerializer | None] | None = None
+
+    def get_signing_serializer(self, app: Flask) -> URLSafeTimedSerializer | None:
+        keys = (app.secret_key, tuple(app.config.get("SECRET_KEY_FALLBACKS") or ()))
+        cached = self._signer
+        if cached is None or cached[0] != keys:
+            cached = self._signer = (keys, super().get_signing_serializer(app))
+        return cached[1]

@@ -1,21 +1,30 @@
-"""Rate limits (Flask-Limiter): RATE_LIMIT per client address on every route that takes a POST.
+"""Rate limits (the ``limits`` library): RATE_LIMIT per client address on every route that takes a POST.
 
 Each POST route counts on its own (the form, the batch page, /api/predict, ...); GET routes,
 and so the health, readiness and metrics probes, are never limited. The counts live in
 RATELIMIT_STORAGE_URI: "memory://" counts in each gunicorn worker apart, so N workers let
 N times the limit through; a Redis URL makes them one count for all workers and machines.
+
+The limits are checked by ``limits``' fixed-window strategy (the one Flask-Limiter uses by
+default) called from one small decorator: Flask-Limiter's per-request bookkeeping around the
+same call (resolving limits, exemptions, contexts) cost about a fifth of a one-passenger
+prediction, where the count itself costs a few microseconds.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 import time
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from flask import Flask, render_template
-from flask_limiter import Limiter, RateLimitExceeded
-from flask_limiter.util import get_remote_address
-from limits import parse_many
+from flask import Flask, render_template, request
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage, storage_from_string
+from limits.strategies import FixedWindowRateLimiter
+from werkzeug.exceptions import TooManyRequests
 
 from titanic_web.config import ConfigError
 
@@ -26,6 +35,20 @@ EXEMPT_PATHS = frozenset({"/api/health", "/api/ready", "/metrics"})
 #: own socket_timeout / socket_connect_timeout query parameters win.
 REDIS_TIMEOUT = 0.5
 
+#: After the storage fails, count in memory this long before trying it again (seconds).
+STORAGE_RETRY_SECONDS = 5.0
+
+log = logging.getLogger(__name__)
+
+
+class RateLimited(TooManyRequests):
+    """A client over its limit: the answer names the limit and when to come back (429)."""
+
+    def __init__(self, limit: RateLimitItem, retry_after: int) -> None:
+        super().__init__(str(limit))
+        self.limit = limit
+        self.retry_after = retry_after
+
 
 def _storage_options(uri: str) -> dict[str, Any]:
     if uri.startswith(("redis://", "rediss://", "redis+unix://", "redis+sentinel://", "redis+cluster://")):
@@ -33,23 +56,8 @@ def _storage_options(uri: str) -> dict[str, Any]:
     return {}
 
 
-def _limited_endpoints(app: Flask) -> list[str]:
-    """Every endpoint with a rule that takes POST, but those of the exempt paths."""
-    rules = list(app.url_map.iter_rules())
-    exempt = {rule.endpoint for rule in rules if rule.rule in EXEMPT_PATHS}
-    return sorted({rule.endpoint for rule in rules if "POST" in (rule.methods or ())} - exempt)
-
-
-def retry_after_seconds(limiter: Limiter) -> int:
-    """Whole seconds until the breached limit's window lets the client in again (at least 1)."""
-    limit = limiter.current_limit
-    if limit is None:
-        return 1
-    return max(1, math.ceil(limit.reset_at - time.time()))
-
-
 def check_rate_limit(text: str) -> None:
-    """Refuse a RATE_LIMIT the limiter cannot read: it would otherwise be skipped, and nothing limited.
+    """Refuse a RATE_LIMIT that cannot be read: it would otherwise limit nothing.
 
     :raise ConfigError: naming the setting and its value.
     """
@@ -59,8 +67,107 @@ def check_rate_limit(text: str) -> None:
         raise ConfigError(f"RATE_LIMIT must be like '1200/minute' or '20/second;1000/hour', got {text!r}") from None
 
 
-def init_app(app: Flask) -> Limiter | None:
-    """Bind a limiter to the app (one per app, so each test app counts apart) and limit its POST routes.
+class LazyMemoryStorage(MemoryStorage):
+    """``limits``' memory storage without its expiry thread: expired counts are dropped as they are read.
+
+    The library's storage starts a timer thread whenever its last one has finished, to
+    drop expired keys; under steady traffic that is a new thread every few requests,
+    each start waiting for the thread to run. A count is already dropped when it is
+    read after its window (``get``), so the only thing the thread adds is forgetting
+    clients that never come back: done here inline, at most once per PURGE_SECONDS.
+    """
+
+    #: How often, at most, the counts of clients that have not come back are dropped (seconds).
+    PURGE_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # the one the constructor started
+        self._next_purge = time.monotonic() + self.PURGE_SECONDS
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802  (the library's private hook, by its mangled name)
+        now = time.monotonic()
+        if now >= self._next_purge:
+            self._next_purge = now + self.PURGE_SECONDS
+            self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
+
+
+class RateLimiter:
+    """Counts each client's POSTs per route against the limits, in the storage or, while it fails, in memory."""
+
+    def __init__(self, limits: Sequence[RateLimitItem], *, storage_uri: str, key_prefix: str) -> None:
+        self.limits = tuple(limits)
+        self.key_prefix = key_prefix
+        self.storage_uri = storage_uri
+        storage = (
+            LazyMemoryStorage()
+            if storage_uri.startswith("memory://")
+            else storage_from_string(storage_uri, **_storage_options(storage_uri))
+        )
+        self._primary = FixedWindowRateLimiter(storage)
+        self._memory = self._primary if isinstance(storage, MemoryStorage) else None
+        self._storage_down_until = 0.0
+
+    def hit(self, endpoint: str, client: str) -> RateLimited | None:
+        """Count one request of client to endpoint; the refusal to raise if a limit is now exceeded."""
+        limiter = self._limiter()
+        try:
+            return self._hit(limiter, endpoint, client)
+        except Exception as exc:  # a storage that fails must not fail the request: count in memory
+            if limiter is self._memory:
+                raise
+            log.warning(
+                "rate-limit storage %s failed (%s: %s); counting in this worker's memory for %.0f s",
+                self.storage_uri.split("@")[-1],  # never a password in the log
+                type(exc).__name__,
+                exc,
+                STORAGE_RETRY_SECONDS,
+            )
+            self._storage_down_until = time.monotonic() + STORAGE_RETRY_SECONDS
+            return self._hit(self._fallback(), endpoint, client)
+
+    def _limiter(self) -> FixedWindowRateLimiter:
+        if self._storage_down_until and time.monotonic() < self._storage_down_until:
+            return self._fallback()
+        return self._primary
+
+    def _fallback(self) -> FixedWindowRateLimiter:
+        if self._memory is None:
+            self._memory = FixedWindowRateLimiter(LazyMemoryStorage())
+        return self._memory
+
+    def _hit(self, limiter: FixedWindowRateLimiter, endpoint: str, client: str) -> RateLimited | None:
+        for limit in self.limits:
+            if not limiter.hit(limit, self.key_prefix, endpoint, client):
+                reset_at = limiter.get_window_stats(limit, self.key_prefix, endpoint, client).reset_time
+                return RateLimited(limit, max(1, math.ceil(reset_at - time.time())))
+        return None
+
+
+def _limited_endpoints(app: Flask) -> list[str]:
+    """Every endpoint with a rule that takes POST, but those of the exempt paths."""
+    rules = list(app.url_map.iter_rules())
+    exempt = {rule.endpoint for rule in rules if rule.rule in EXEMPT_PATHS}
+    return sorted({rule.endpoint for rule in rules if "POST" in (rule.methods or ())} - exempt)
+
+
+def _limit_view(view: Callable[..., Any], limiter: RateLimiter, endpoint: str) -> Callable[..., Any]:
+    """The view, counting each POST first (after the before-request checks: a request refused by
+    CSRF or the API key check is not counted)."""
+
+    @functools.wraps(view)
+    def limited(*args: Any, **kwargs: Any) -> Any:
+        if request.method == "POST":
+            refused = limiter.hit(endpoint, request.remote_addr or "unknown")
+            if refused is not None:
+                raise refused
+        return view(*args, **kwargs)
+
+    return limited
+
+
+def init_app(app: Flask) -> RateLimiter | None:
+    """Limit the app's POST routes (one limiter per app, so each test app counts apart).
 
     Call after the blueprints are registered. A storage that fails (Redis down) falls back to
     counting in the worker's memory, logged, rather than failing predictions.
@@ -68,34 +175,21 @@ def init_app(app: Flask) -> Limiter | None:
     if not app.config.get("RATELIMIT_ENABLED", True):
         return None
     check_rate_limit(app.config["RATE_LIMIT"])
-    uri = app.config["RATELIMIT_STORAGE_URI"]
-    limiter = Limiter(
-        get_remote_address,  # the client's address; behind a proxy, TRUSTED_PROXIES makes it the real one
-        storage_uri=uri,
-        storage_options=_storage_options(uri),
+    limiter = RateLimiter(
+        parse_many(app.config["RATE_LIMIT"]),
+        storage_uri=app.config["RATELIMIT_STORAGE_URI"],
         key_prefix=app.config.get("RATELIMIT_KEY_PREFIX", "titanic-web"),
-        in_memory_fallback_enabled=True,
-        swallow_errors=True,  # a broken storage must not fail a prediction: count in memory instead
-        headers_enabled=False,  # Retry-After is set on 429 answers only (below), not on every answer
     )
-    limiter.init_app(app)
-    # Only the decorated POST routes below are limited, and their decorator checks them. The
-    # before-request check init_app adds would check every request again against the default
-    # limits (there are none): a second full pass through the limiter's bookkeeping, about as
-    # costly as the first, so it is taken out.
-    app.before_request_funcs[None].remove(limiter._check_request_limit)
-    # The limit is read once, here: a callable would be called and parsed again on every request.
-    rate = limiter.limit(app.config["RATE_LIMIT"], methods=["POST"])
+    app.extensions["titanic.ratelimit"] = limiter
     for endpoint in _limited_endpoints(app):
-        # RouteLimit's overloads type the wrapper as possibly async; it returns what the view returns.
-        app.view_functions[endpoint] = cast(Any, rate(app.view_functions[endpoint]))
+        app.view_functions[endpoint] = _limit_view(app.view_functions[endpoint], limiter, endpoint)
 
-    @app.errorhandler(RateLimitExceeded)
-    def handle_rate_limited(exc: RateLimitExceeded) -> Any:
+    @app.errorhandler(RateLimited)
+    def handle_rate_limited(exc: RateLimited) -> Any:
         from titanic_web.errors import json_error, wants_json
 
-        wait = retry_after_seconds(limiter)
-        message = f"too many requests: the limit is {exc.description} per client; try again in {wait} s"
+        wait = exc.retry_after
+        message = f"too many requests: the limit is {exc.limit} per client; try again in {wait} s"
         if wants_json():
             response, status = json_error(429, message, retry_after=wait)
         else:
@@ -103,7 +197,7 @@ def init_app(app: Flask) -> Limiter | None:
                 "error.html",
                 status=429,
                 title="Too Many Requests",
-                message=f"You have sent more than {exc.description} here. Please wait {wait} seconds and try again.",
+                message=f"You have sent more than {exc.limit} here. Please wait {wait} seconds and try again.",
             )
             response, status = app.make_response(page), 429
             response.status_code = 429

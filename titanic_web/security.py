@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from flask import Flask
+from flask import Flask, Response, request
 from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
@@ -81,6 +81,40 @@ def check_production(app: Flask) -> None:
         )
 
 
+class StaticTalisman(Talisman):
+    """Talisman with its headers worked out once, at start, instead of on every response.
+
+    The headers here are the same for every response: no view has Talisman options of its
+    own and no policy takes a nonce, so only Strict-Transport-Security depends on the request
+    (HTTPS or not). Talisman itself builds them, once for a plain request and once for an
+    HTTPS one; each response then gets the matching list copied on, which costs a small
+    part of Talisman's per-response work of reading options and parsing the policy again.
+    """
+
+    def init_app(self, app: Flask, **options: Any) -> None:
+        if options.get("content_security_policy_nonce_in"):
+            raise ValueError("StaticTalisman builds its headers once: a CSP nonce needs Talisman itself")
+        super().init_app(app, **options)
+        self._plain = self._headers_for(app, "http://localhost/")
+        self._secure = self._headers_for(app, "https://localhost/")
+        app.before_request_funcs[None].remove(self._make_nonce)  # no nonce is ever asked for
+        if not (self.force_https or self.session_cookie_secure):
+            # With neither, Talisman's before-request check can redirect nothing and set nothing.
+            app.before_request_funcs[None].remove(self._force_https)
+
+    def _headers_for(self, app: Flask, url: str) -> list[tuple[str, str]]:
+        with app.test_request_context(url):
+            response = super()._set_response_headers(Response())
+        return [(name, value) for name, value in response.headers.items() if name.lower() != "content-type"]
+
+    def _set_response_headers(self, response: Response) -> Response:
+        secure = request.is_secure or request.headers.get("X-Forwarded-Proto", "http") == "https"
+        headers = response.headers
+        for name, value in self._secure if secure else self._plain:
+            headers[name] = value
+        return response
+
+
 def init_app(app: Flask) -> None:
     """Install the proxy fix, the security headers, the rate limits and the API key checks.
 
@@ -92,7 +126,7 @@ def init_app(app: Flask) -> None:
         # (one rate-limit count for all) and HTTPS requests look like plain HTTP.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     force_https = bool(app.config.get("FORCE_HTTPS", False))
-    Talisman(
+    app.extensions["titanic.talisman"] = StaticTalisman(
         app,
         force_https=force_https,
         session_cookie_secure=force_https,  # a Secure cookie is never sent back over plain HTTP

@@ -32,6 +32,7 @@ from tests.conftest import (
 from tests.fakes import FullDisk
 from tests.tcp_proxy import TcpProxy
 from titanic_web import get_service, spool
+from titanic_web import recorder as recorder_module
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.recorder import Record, Recorder, parse_fields, write_batch
@@ -236,6 +237,23 @@ def test_write_batch_twice_stores_each_row_once(app: Flask, portable: bool) -> N
         features = db.session.get(FeatureRow, uuid.UUID(ids[1]))
         assert features is not None and features.raw_input == PASSENGER
         db.session.remove()
+
+
+def test_a_batch_over_several_statements_stores_each_row_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver path sends ROWS_PER_STATEMENT rows to a statement: a batch of several
+    statements, and one resent with new rows among the old, counts and stores each row once."""
+    monkeypatch.setattr(recorder_module, "ROWS_PER_STATEMENT", 7)
+    records = [parse_fields(make_record(passenger_id=i)) for i in range(30)]  # 5 statements: 7 x 4 + 2
+    more = [parse_fields(make_record(passenger_id=100 + i)) for i in range(5)]
+    with app.app_context():
+        assert write_batch(db.session, records) == 30
+        assert write_batch(db.session, records[10:] + more + records[:3]) == 5
+        db.session.remove()
+    assert_stored_once(app, [r[0] for r in records + more])
+    with app.app_context():
+        stored = dict(db.session.execute(db.select(PredictionRow.id, PredictionRow.passenger_id)).all())
+        db.session.remove()
+    assert {i.hex: pid for i, pid in stored.items()} == {r[0]: r[1] for r in records + more}
 
 
 @pytest.mark.parametrize("portable", [False, True], ids=["driver", "core"])

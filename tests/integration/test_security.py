@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flask import Flask
+from flask import Flask, Response
 from flask.testing import FlaskClient
+from flask_talisman import Talisman
 
 from tests.conftest import FORM_VALUES, PASSENGER, SETTINGS_ENV, build_app, close_app, count_rows, csrf_token
 from tests.integration.conftest import MakeApp
@@ -103,6 +104,23 @@ def basic(password: str, user: str = "admin") -> dict[str, str]:
 
 
 # -- response headers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "headers"),
+    [("http://localhost/", {}), ("https://localhost/", {}), ("http://localhost/", {"X-Forwarded-Proto": "https"})],
+    ids=["plain", "https", "forwarded-https"],
+)
+def test_headers_built_once_equal_talismans_own(make_app: MakeApp, url: str, headers: dict[str, str]) -> None:
+    """The headers worked out at start are exactly those Talisman sets on a response itself."""
+    app = make_app()
+    talisman = app.extensions["titanic.talisman"]
+    for path in ("", "api/predict", "history"):
+        with app.test_request_context(url + path, headers=headers):
+            expected = Talisman._set_response_headers(talisman, Response())
+            served = talisman._set_response_headers(Response())
+        assert list(served.headers.items()) == list(expected.headers.items()), (url, path)
+    assert ("Strict-Transport-Security" in served.headers) == (url.startswith("https") or bool(headers))
 
 
 def test_headers_on_html_and_json_answers(client: FlaskClient) -> None:
@@ -290,10 +308,10 @@ def test_unreachable_storage_falls_back_to_memory(make_app: MakeApp) -> None:
         port = sock.getsockname()[1]
     app = make_app(RATE_LIMIT="2/minute", RATELIMIT_STORAGE_URI=f"redis://127.0.0.1:{port}/0")
     client = app.test_client()
-    with Records(logging.getLogger("flask-limiter")) as log:
+    with Records(logging.getLogger("titanic_web.ratelimit")) as log:
         statuses = [client.post("/api/predict", json=PASSENGER).status_code for _ in range(3)]
     assert statuses == [200, 200, 429], "predictions must be answered, and limited in memory, while storage is down"
-    assert "falling back to in-memory storage" in log.text()
+    assert "counting in this worker's memory" in log.text()
 
 
 # -- API keys --------------------------------------------------------------------------------------
