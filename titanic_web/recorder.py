@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,44 +207,37 @@ def parse_fields(fields: Sequence[str]) -> Row:
     )
 
 
-#: Per dialect: the two INSERTs, sent through the driver (SQLAlchemy's per-row bind
-#: processing cost more than the database itself), each a head, one row's VALUES and a
-#: tail; and how a timestamp is stored. SQLite keeps SQLAlchemy's DateTime layout (UTC,
-#: no offset) and a uuid as its 32 hex digits; PostgreSQL casts to its own types.
-_FAST_SQL: dict[str, tuple[tuple[str, str, str], tuple[str, str, str], Callable[[str], str]]] = {
-    "sqlite": (
-        (
-            "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
-            " request_id, latency_ms) VALUES ",
-            "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            " ON CONFLICT (id) DO NOTHING",
-        ),
-        (
-            "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at) VALUES ",
-            "(?, ?, ?, ?, ?)",
-            " ON CONFLICT (prediction_id) DO NOTHING",
-        ),
-        lambda stamp: stamp[: -len(_UTC_SUFFIX)],
-    ),
-    "postgresql": (
-        (
-            "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
-            " request_id, latency_ms) VALUES ",
-            "(%s::uuid, %s, %s, %s, %s, %s, %s::timestamptz, %s, %s)",
-            " ON CONFLICT (id) DO NOTHING",
-        ),
-        (
-            "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at) VALUES ",
-            "(%s::uuid, %s::json, %s::json, %s, %s::timestamptz)",
-            " ON CONFLICT (prediction_id) DO NOTHING",
-        ),
-        lambda stamp: stamp,
-    ),
-}
-
-#: Rows per INSERT statement on the driver path (9 parameters a row: 4,500 in all, under
-#: PostgreSQL's 65,535 and the 32,766 of any SQLite since 3.32).
+#: SQLite: the two INSERTs as a head, one row's VALUES and a tail, sent through the driver
+#: (SQLAlchemy's per-row bind processing cost more than the database itself). Times keep
+#: SQLAlchemy's DateTime layout (UTC, no offset), uuids their 32 hex digits.
+_SQLITE_PREDICTIONS = (
+    "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
+    " request_id, latency_ms) VALUES ",
+    "(?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    " ON CONFLICT (id) DO NOTHING",
+)
+_SQLITE_FEATURES = (
+    "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at) VALUES ",
+    "(?, ?, ?, ?, ?)",
+    " ON CONFLICT (prediction_id) DO NOTHING",
+)
+#: Rows per SQLite INSERT (9 parameters a row: 4,500, under the 32,766 of any SQLite since 3.32).
 ROWS_PER_STATEMENT = 500
+
+#: PostgreSQL: one INSERT per table and batch, each column sent as one array and cast to
+#: the column's type, so the statement text never changes (prepared once per connection)
+#: and a batch is one round trip.
+_POSTGRES_PREDICTIONS = (
+    "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
+    " request_id, latency_ms) SELECT * FROM unnest(%b::text[]::uuid[], %b::int[], %b::smallint[],"
+    " %b::float8[], %b::text[], %b::text[], %b::text[]::timestamptz[], %b::text[], %b::float8[])"
+    " ON CONFLICT (id) DO NOTHING"
+)
+_POSTGRES_FEATURES = (
+    "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at)"
+    " SELECT * FROM unnest(%b::text[]::uuid[], %b::text[]::json[], %b::text[]::json[], %b::text[],"
+    " %b::text[]::timestamptz[]) ON CONFLICT (prediction_id) DO NOTHING"
+)
 
 
 def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False) -> int:
@@ -252,37 +245,41 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
 
     Returns how many predictions were new. Safe to call again with the same
     rows: every row is keyed by the prediction uuid. SQLite and PostgreSQL take
-    ``INSERT ... VALUES (...), (...), ... ON CONFLICT DO NOTHING`` through the
-    driver, up to :data:`ROWS_PER_STATEMENT` rows each; other databases (or
-    ``portable=True``) go through SQLAlchemy Core.
+    ``INSERT ... ON CONFLICT DO NOTHING`` through the driver, a few statements a
+    batch; other databases (or ``portable=True``) go through SQLAlchemy Core.
+
+    Whole statements rather than the driver's executemany: the database then works
+    through many rows at once, where executemany hands each row back to Python, and
+    the writer thread waits for the interpreter lock once a row while requests hold it
+    (sqlite3 takes it again after every row).
     """
     by_id: dict[str, Row] = {}
     for row in rows:
         by_id.setdefault(row[0], row)  # a uuid twice in one batch: keep one
     new = 0
     if by_id:
-        sql = None if portable else _FAST_SQL.get(session.get_bind().dialect.name)
-        if sql is None:
-            new = _write_portable(session, list(by_id.values()))
+        dialect = None if portable else session.get_bind().dialect.name
+        unique = list(by_id.values())
+        if dialect == "sqlite":
+            new = _write_sqlite(session.connection(), unique)
+        elif dialect == "postgresql":
+            new = _write_postgres(session.connection(), unique)
         else:
-            insert_prediction, insert_features, stamp = sql
-            connection = session.connection()
-            new = _insert_rows(
-                connection, insert_prediction, [(*r[:6], stamp(r[6]), r[9], r[10]) for r in by_id.values()]
-            )
-            _insert_rows(connection, insert_features, [(r[0], r[7], r[8], r[4], stamp(r[6])) for r in by_id.values()])
+            new = _write_portable(session, unique)
     session.commit()
     return new
 
 
-def _insert_rows(connection: Connection, statement: tuple[str, str, str], rows: list[tuple[Any, ...]]) -> int:
-    """Insert rows with as few statements as the parameter limit allows; return the rows inserted.
+def _write_sqlite(connection: Connection, rows: list[Row]) -> int:
+    predictions = [(*r[:6], r[6][: -len(_UTC_SUFFIX)], r[9], r[10]) for r in rows]
+    features = [(r[0], r[7], r[8], r[4], r[6][: -len(_UTC_SUFFIX)]) for r in rows]
+    new = _insert_values(connection, _SQLITE_PREDICTIONS, predictions)
+    _insert_values(connection, _SQLITE_FEATURES, features)
+    return new
 
-    Many rows to a statement rather than the driver's executemany: the database then
-    works through a whole statement at once, where executemany hands each row back to
-    Python, and the writer thread waits for the interpreter lock once a row, while
-    requests hold it (sqlite3 takes it again after every row).
-    """
+
+def _insert_values(connection: Connection, statement: tuple[str, str, str], rows: list[tuple[Any, ...]]) -> int:
+    """Insert rows, ROWS_PER_STATEMENT to a statement; return the rows inserted."""
     head, values, tail = statement
     inserted = 0
     for start in range(0, len(rows), ROWS_PER_STATEMENT):
@@ -290,6 +287,20 @@ def _insert_rows(connection: Connection, statement: tuple[str, str, str], rows: 
         text = head + ",".join(itertools.repeat(values, len(chunk))) + tail
         inserted += connection.exec_driver_sql(text, tuple(itertools.chain.from_iterable(chunk))).rowcount
     return inserted
+
+
+def _write_postgres(connection: Connection, rows: list[Row]) -> int:
+    ids, passenger_ids, survived, probabilities, versions, sources, times, _, _, request_ids, latencies = (
+        list(column) for column in zip(*rows, strict=True)
+    )
+    features = [r[7] for r in rows]
+    raw_inputs = [r[8] for r in rows]
+    new: int = connection.exec_driver_sql(
+        _POSTGRES_PREDICTIONS,
+        (ids, passenger_ids, survived, probabilities, versions, sources, times, request_ids, latencies),
+    ).rowcount
+    connection.exec_driver_sql(_POSTGRES_FEATURES, (ids, features, raw_inputs, versions, times))
+    return new
 
 
 def _write_portable(session: Session, rows: list[Row]) -> int:

@@ -240,8 +240,9 @@ def test_write_batch_twice_stores_each_row_once(app: Flask, portable: bool) -> N
 
 
 def test_a_batch_over_several_statements_stores_each_row_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The driver path sends ROWS_PER_STATEMENT rows to a statement: a batch of several
-    statements, and one resent with new rows among the old, counts and stores each row once."""
+    """SQLite's driver path sends ROWS_PER_STATEMENT rows to a statement (PostgreSQL's one
+    statement of arrays per table): a batch of several statements, and one resent with new
+    rows among the old, counts and stores each row once."""
     monkeypatch.setattr(recorder_module, "ROWS_PER_STATEMENT", 7)
     records = [parse_fields(make_record(passenger_id=i)) for i in range(30)]  # 5 statements: 7 x 4 + 2
     more = [parse_fields(make_record(passenger_id=100 + i)) for i in range(5)]
