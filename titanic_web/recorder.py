@@ -457,9 +457,11 @@ class Recorder:
                 self._stopping.wait(delay)
                 continue
             delay = 0.0
-            if rows < self.batch_rows:  # caught up: wait for the tick or a full batch
+            # No full batch waiting: wait for the tick, or for requests to fill one. A wake-up set
+            # while this batch was delivered (its rows still counted) is stale: cleared first.
+            self._wake.clear()
+            if self.spool.backlog_rows < self.batch_rows:
                 self._wake.wait(self.flush_interval)
-                self._wake.clear()
 
     def deliver_once(self) -> int:
         """Deliver one batch from the spool; return the rows it held (0: nothing waiting)."""
