@@ -450,7 +450,7 @@ class Recorder:
                         log.info("recorder: adopted %d spool segment(s) left by stopped processes", adopted)
                         self.publish_backlog()
                     self._next_adopt = time.monotonic() + self.adopt_interval
-                rows = self.deliver_once()
+                self.deliver_once()
             except Exception as exc:  # keep running whatever the database does
                 self._failed(exc)
                 delay = min(self.retry_max, max(0.25, delay * 2))

@@ -66,6 +66,8 @@ def _flag(name: str) -> bool:
 
     :raise ApiError: 400, the value is neither true nor false.
     """
+    if not request.query_string:  # the usual request: nothing to parse
+        return False
     text = request.args.get(name)
     if text is None:
         return False
