@@ -70,17 +70,29 @@ browser:
 # its own arguments: PREDICTOR_ARGS (bench_predictor.py), BENCH_ARGS (run_http.py),
 # BATCH_ARGS (bench_batch.py), e.g. `make bench BENCH_ARGS="--rounds 1 --duration 5"`.
 # `make bench-quick` is a three-minute look with fewer rounds.
+# The servers the benchmarks start run from $(PROD_VENV): the package as the production image
+# installs it (`pip install -e .`, no test extras, whose optional libraries other libraries
+# import when present and which would swell every worker's memory).
+PROD_VENV := .venv-prod
+PROD_STAMP := $(PROD_VENV)/.installed
+
+$(PROD_STAMP): setup.cfg pyproject.toml
+	test -x $(PROD_VENV)/bin/python || $(PYTHON) -m venv $(PROD_VENV)
+	$(PROD_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PROD_VENV)/bin/python -m pip install --quiet -e .
+	touch $(PROD_STAMP)
+
 .PHONY: bench bench-quick
-bench: $(STAMP) $(MODEL)
+bench: $(STAMP) $(PROD_STAMP) $(MODEL)
 	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
 	$(BIN)/python bench/bench_predictor.py $(PREDICTOR_ARGS)
-	$(BIN)/python bench/run_http.py $(BENCH_ARGS)
-	$(BIN)/python bench/bench_batch.py $(BATCH_ARGS)
+	BENCH_SERVER_VENV=$(PROD_VENV) $(BIN)/python bench/run_http.py $(BENCH_ARGS)
+	BENCH_SERVER_VENV=$(PROD_VENV) $(BIN)/python bench/bench_batch.py $(BATCH_ARGS)
 
 bench-quick:
 	$(MAKE) bench PREDICTOR_ARGS="--rounds 2" BENCH_ARGS="--rounds 3 --duration 2" \
 		BATCH_ARGS="--requests 2"
 
 clean:
-	rm -rf $(VENV) model/artifacts model/registry instance .pytest_cache
+	rm -rf $(VENV) $(PROD_VENV) model/artifacts model/registry instance .pytest_cache

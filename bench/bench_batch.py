@@ -48,6 +48,7 @@ PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
 from bench.run_http import (  # noqa: E402
+    SERVER_PYTHON,
     Config,
     Server,
     _version,
@@ -157,7 +158,7 @@ class Baseline:
     def __init__(self, csv_path: Path, model_dir: Path, env: dict[str, str]) -> None:
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                str(SERVER_PYTHON),  # the servers' install: its memory is compared with theirs
                 str(Path(__file__).resolve()),
                 "--baseline-child",
                 str(csv_path),

@@ -49,9 +49,16 @@ from typing import Any
 
 PROJECT = Path(__file__).resolve().parent.parent
 BENCH = PROJECT / "bench"
-BIN = Path(sys.executable).parent
+#: The servers run from this virtualenv: BENCH_SERVER_VENV, which `make bench` points at
+#: .venv-prod, the package installed as the production image installs it (`pip install -e .`,
+#: no test extras). The test extras bring optional libraries that others import when they find
+#: them (pyarrow by pandas, rich by scikit-learn, pygments by Mako), about 75 MB in every worker.
+#: Without the variable: this Python's own virtualenv.
+SERVER_VENV = Path(os.environ.get("BENCH_SERVER_VENV") or sys.prefix).resolve()
+BIN = SERVER_VENV / "bin"
 GUNICORN = BIN / "gunicorn"
 FLASK = BIN / "flask"
+SERVER_PYTHON = BIN / "python"
 LUA = BENCH / "post.lua"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:{port}/test"
@@ -230,7 +237,23 @@ def machine_base() -> dict[str, str]:
         "numpy": _version("numpy"),
         "pandas": _version("pandas"),
         "sqlite": sqlite3.sqlite_version,
+        "servers run from": _server_venv(),
     }
+
+
+def _server_venv() -> str:
+    shown = os.path.relpath(SERVER_VENV, PROJECT) if SERVER_VENV.is_relative_to(PROJECT) else str(SERVER_VENV)
+    try:
+        extras = subprocess.run(
+            [str(SERVER_PYTHON), "-c", "import importlib.util as u; print(bool(u.find_spec('pyarrow')))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return f"{shown} (not found: {SERVER_PYTHON})"
+    return f"{shown} ({'with' if extras == 'True' else 'without'} the test extras)"
 
 
 def machine() -> dict[str, str]:
