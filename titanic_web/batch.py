@@ -32,8 +32,9 @@ from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 from titanic_web import csvio, features, requestlog, schema
+from titanic_web.ids import new_ids
 from titanic_web.predictor import Predictor
-from titanic_web.recorder import PENDING_LATENCY, Recorder, Staged, new_ids, spool_rows
+from titanic_web.recorder import PENDING_LATENCY, Recorder, Staged, spool_rows
 from titanic_web.schema import FieldError, InputError
 
 P = TypeVar("P")

@@ -29,7 +29,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
 from flask import Flask
 from sqlalchemy import Connection, insert, select
 from sqlalchemy.orm import Session
@@ -105,6 +104,24 @@ def spool_rows(
     """
     created = created_at.astimezone(UTC).isoformat(" ", "microseconds")
     latency = (latency_ms or "") if latency_ms is None or isinstance(latency_ms, str) else _latency_text(latency_ms)
+    if len(ids) == 1:  # one passenger, the usual request: the row as it is, without the column set-up
+        (pid,), (alive,), (probability,) = passenger_ids, survived, probabilities
+        (features,), (raw,) = features_json, raw_json
+        return [
+            (
+                ids[0],
+                "" if pid is None else str(pid),
+                str(alive),
+                float.__repr__(probability),
+                model_version,
+                source,
+                created,
+                features,
+                raw,
+                request_id or "",
+                latency,
+            )
+        ]
     return list(
         zip(
             ids,
@@ -379,6 +396,8 @@ class Recorder:
         #: Where the counters and the backlog are also exported (GET /metrics); set by the app.
         self.metrics: Metrics | None = None
         self._backlog_published = 0.0  # time.time() the backlog gauge was last set
+        self._spooled_published = 0  # rows_spooled as last added to the metrics' counter
+        self._publish_lock = threading.Lock()
 
     def init_app(self, app: Flask) -> None:
         """Bind to the app whose database the writer delivers to."""
@@ -410,10 +429,8 @@ class Recorder:
             log.error("%s", exc)
             raise RecorderError(str(exc)) from exc
         self.rows_spooled += rows
-        if self.metrics is not None:
-            self.metrics.rows_spooled.inc(rows)
-            if spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
-                self.publish_backlog()
+        if self.metrics is not None and spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
+            self.publish_backlog()
         self.start()
         # A transaction per request would cost more than the request: the writer
         # delivers on its RECORDER_FLUSH_SECONDS tick, or now if a batch is full.
@@ -503,10 +520,17 @@ class Recorder:
         return len(records) + len(damaged)
 
     def publish_backlog(self) -> None:
-        """Set the backlog gauge of GET /metrics to this process's rows waiting now."""
-        if self.metrics is not None:
+        """Set the backlog gauge of GET /metrics to this process's rows waiting now, and bring
+        the rows-spooled counter up to date (it is not written on every request, like the gauge)."""
+        if self.metrics is None:
+            return
+        with self._publish_lock:  # requests and the writer both publish: count each row once
             self._backlog_published = time.time()
             self.metrics.backlog.set(self.spool.backlog_rows)
+            spooled = self.rows_spooled
+            if spooled > self._spooled_published:
+                self.metrics.rows_spooled.inc(spooled - self._spooled_published)
+                self._spooled_published = spooled
 
     def _failed(self, exc: Exception) -> None:
         self.batches_failed += 1
@@ -550,6 +574,7 @@ class Recorder:
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(max(0.0, deadline - time.monotonic()))
         drained = self.flush(max(0.0, deadline - time.monotonic())) if self.app is not None else False
+        self.publish_backlog()  # the last requests' rows in the counter, whatever the database did
         rows, _ = self.backlog()
         if rows:
             log.warning(
@@ -651,14 +676,3 @@ class Staged:
 
     def __exit__(self, *exc: object) -> None:
         self.discard()
-
-
-def new_ids(count: int) -> list[str]:
-    """``uuid.uuid4().hex`` for count new predictions, from one read of the system's randomness."""
-    if count < 16:  # a request of a few passengers: numpy's set-up costs more than it saves
-        return [uuid.uuid4().hex for _ in range(count)]
-    data = np.frombuffer(os.urandom(16 * count), dtype=np.uint8).reshape(count, 16).copy()
-    data[:, 6] = (data[:, 6] & 0x0F) | 0x40  # version 4
-    data[:, 8] = (data[:, 8] & 0x3F) | 0x80  # the RFC 4122 variant
-    text = data.tobytes().hex()
-    return [text[start : start + 32] for start in range(0, 32 * count, 32)]

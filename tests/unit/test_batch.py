@@ -17,9 +17,10 @@ import pytest
 from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import batch, csvio, features, schema, spool
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
+from titanic_web.ids import new_ids
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import FIELDS as RECORD_FIELDS
-from titanic_web.recorder import Recorder, Staged, new_ids, parse_fields
+from titanic_web.recorder import Recorder, Staged, parse_fields
 from titanic_web.schema import FIELD_NAMES, BatchChecker, FieldError
 
 COMPACT = (",", ":")

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +139,30 @@ def test_staged_rows_without_an_arrival_time_store_no_latency(recorder: Recorder
         staged.add(chunk(2, None))
         staged.commit()
     assert [parse_fields(fields)[9:] for fields in spooled(tmp_path / "spool")] == [(None, None)] * 2
+
+
+@pytest.mark.parametrize("latency", [None, 12.5, PENDING_LATENCY])
+@pytest.mark.parametrize("request_id", [None, "req-9"])
+def test_one_row_is_spooled_as_a_row_of_many(latency: float | str | None, request_id: str | None) -> None:
+    """One passenger takes a short way through spool_rows: the same fields as in a bigger chunk."""
+    ids = [uuid.uuid4().hex for _ in range(3)]
+    columns: dict[str, Any] = {
+        "passenger_ids": [892, None, 7],
+        "survived": [0, 1, 1],
+        "probabilities": [0.1, 2 / 3, 1e-17],
+        "features_json": ['{"Age":34.5}', '{"Age":null}', "{}"],
+        "raw_json": ['{"Pclass":3}', '{"Pclass":1}', '{"Pclass":2}'],
+    }
+    options: dict[str, Any] = {
+        "model_version": "v1",
+        "source": "api",
+        "created_at": AT,
+        "request_id": request_id,
+        "latency_ms": latency,
+    }
+    together = spool_rows(ids, **columns, **options)
+    alone = [
+        spool_rows([ids[i]], **{name: [values[i]] for name, values in columns.items()}, **options)[0] for i in range(3)
+    ]
+    assert alone == together
+    assert all(len(row) == len(FIELDS) for row in alone)
