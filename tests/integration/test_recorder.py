@@ -31,7 +31,7 @@ from tests.conftest import (
 )
 from tests.fakes import FullDisk
 from tests.tcp_proxy import TcpProxy
-from titanic_web import get_service, spool
+from titanic_web import SQLITE_CACHE_KIB, SQLITE_CHECKPOINT_PAGES, get_service, spool
 from titanic_web import recorder as recorder_module
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
@@ -386,6 +386,34 @@ def test_request_does_not_touch_the_database(apps: MakeApp, fault: Fault, monkey
 
 
 # -- locked and down ---------------------------------------------------------------
+
+
+def test_every_sqlite_connection_gets_the_settings(make_app: Any) -> None:
+    """WAL, the busy timeout, NORMAL sync, foreign keys, the page cache and the checkpoint
+    interval, on each new connection of the pool (the writer's among them)."""
+    app = make_app(SQLITE_BUSY_TIMEOUT_MS=1234)
+    with app.app_context():
+        engine = db.engine
+        first, second = engine.raw_connection(), engine.raw_connection()  # two connections, both new
+        try:
+            for connection in (first, second):
+                cursor = connection.cursor()
+                settings = {
+                    name: cursor.execute(f"PRAGMA {name}").fetchone()[0]
+                    for name in ("journal_mode", "busy_timeout", "synchronous", "foreign_keys", "cache_size")
+                }
+                settings["wal_autocheckpoint"] = cursor.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+                assert settings == {
+                    "journal_mode": "wal",
+                    "busy_timeout": 1234,
+                    "synchronous": 1,  # NORMAL
+                    "foreign_keys": 1,
+                    "cache_size": -SQLITE_CACHE_KIB,
+                    "wal_autocheckpoint": SQLITE_CHECKPOINT_PAGES,
+                }
+        finally:
+            first.close()
+            second.close()
 
 
 def test_sqlite_held_by_an_exclusive_lock(make_app: Any) -> None:
