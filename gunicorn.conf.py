@@ -24,6 +24,8 @@ graceful_timeout = 30
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+# The interpreter's switch interval in each worker (see post_worker_init).
+SWITCH_INTERVAL_SECONDS = 0.05
 # Each worker loads the model itself: nothing is shared through fork.
 preload_app = False
 # gunicorn's control socket is one fixed path per user: two servers on one
@@ -50,10 +52,17 @@ def post_worker_init(worker):
     """Pin thread pools, freeze the loaded app out of the garbage collector's sight, then
     start this worker's recorder (it first delivers what stopped workers left spooled)."""
     import gc
+    import sys
 
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=int(os.environ["OMP_NUM_THREADS"]))
+    # A sync worker runs one request at a time beside the recorder's writer thread. With the
+    # default 5 ms, whenever both want the interpreter lock they trade it every 5 ms, and
+    # every trade costs both threads; the writer gives the lock back by itself at each
+    # database call, so a longer interval only ends those forced trades (about 30 us of CPU
+    # a request while the writer delivers, measured in-process; bench/README.md).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     # The app, its libraries and the model live as long as the worker: without this every
     # full collection walks them again (about a quarter of a 100,000-row batch's time here).
     gc.collect()

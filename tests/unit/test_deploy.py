@@ -190,6 +190,31 @@ def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.M
     assert settings["bind"] == f"0.0.0.0:{env['PORT']}"
 
 
+def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """post_worker_init on a worker whose app has no recorder or watcher: what is left is the process's set-up."""
+    import gc
+    import sys
+    from types import SimpleNamespace
+
+    import threadpoolctl
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
+    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    pinned: list[int] = []
+    switched: list[float] = []
+    frozen: list[bool] = []
+    monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits: pinned.append(limits))
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: switched.append(seconds))
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    settings["post_worker_init"](SimpleNamespace(wsgi=SimpleNamespace(extensions={})))
+    assert pinned == [1]
+    assert switched == [settings["SWITCH_INTERVAL_SECONDS"]] == [0.05]
+    assert frozen == [True]
+
+
 def test_production_mode_and_no_secret_in_the_image() -> None:
     env = dockerfile().envs
     assert env["APP_ENV"] == "production"
