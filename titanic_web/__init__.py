@@ -81,10 +81,11 @@ def _configure_sqlite(app: Flask) -> None:
         cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, far fewer fsyncs
-        # Each prediction lands at a random place in two uuid indexes, so a batch dirties a page
-        # per row: a page cache of 16 MB (2 MB by default) keeps the indexes' inner pages, and
+        # A page cache of 16 MB (2 MB by default) keeps the uuid indexes' inner pages, and
         # checkpoints every 10,000 WAL pages (1,000 by default) copy a page rewritten by several
-        # batches once. Together they took the writer from 45 to 26 us a row on a 100,000-row table.
+        # batches once. With random (version 4) ids, which land anywhere in the indexes, they took
+        # the writer from 45 to 25 us a row on a 100,000-row table; with the time-ordered ids
+        # (titanic_web/ids.py) it spends 5.
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
 from typing import Any, TextIO
 
-from titanic_web.ids import new_ids
+from titanic_web.ids import new_request_id
 from titanic_web.metrics import PROBABILITY_BUCKETS, probability_counts
 
 #: The longest request id kept: the width of the predictions.request_id column.
@@ -39,11 +39,6 @@ def request_id_from(header: str | None) -> str:
     if header and _SANE_ID.fullmatch(header):
         return header
     return new_request_id()
-
-
-def new_request_id() -> str:
-    """A new uuid4 in hex, as ``uuid.uuid4().hex`` (from :mod:`titanic_web.ids`' pool)."""
-    return new_ids(1)[0]
 
 
 @dataclass(slots=True)

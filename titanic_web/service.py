@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from titanic_web import requestlog
+from titanic_web.ids import new_ids
 from titanic_web.predictor import ModelError, Predictor
 from titanic_web.recorder import Record, Recorder
 from titanic_web.registry import load_predictor
@@ -77,7 +78,7 @@ class PredictionService:
         request_id, latency_ms = (None, None) if request is None else (request.id, request.elapsed_ms())
         records = [
             Record(
-                id=uuid.uuid4(),
+                id=uuid.UUID(hex=prediction_id),
                 passenger_id=passenger.get("PassengerId"),
                 survived=p.survived,
                 probability=p.probability,
@@ -88,7 +89,7 @@ class PredictionService:
                 request_id=request_id,
                 latency_ms=latency_ms,
             )
-            for passenger, p in zip(passengers, predictions, strict=True)
+            for passenger, p, prediction_id in zip(passengers, predictions, new_ids(len(predictions)), strict=True)
         ]
         if self.recording:
             self.recorder.record(records)

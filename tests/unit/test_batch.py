@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -564,15 +565,18 @@ def test_json_items_says_what_is_wrong() -> None:
 # -- new_ids ----------------------------------------------------------------------------------
 
 
-def test_new_ids_are_random_uuid4_hex() -> None:
+def test_many_new_ids_are_uuid7_hex_of_now() -> None:
+    before = time.time_ns() // 1_000_000
     ids = new_ids(100_000)
+    after = time.time_ns() // 1_000_000
 
     assert len(ids) == 100_000 == len(set(ids))
     for text in ids:
         assert len(text) == 32
         value = uuid.UUID(hex=text)
         assert value.hex == text  # lowercase hex, nothing else
-        assert value.version == 4 and value.variant == uuid.RFC_4122
+        assert value.version == 7 and value.variant == uuid.RFC_4122
+        assert before <= value.int >> 80 <= after  # the first 48 bits: the time in milliseconds
     assert new_ids(0) == []
     assert set(new_ids(1000)).isdisjoint(ids)
 
