@@ -255,7 +255,7 @@ def server(model_dir: Path, system_dir: Path, db_path: Path) -> Iterator[Gunicor
 def test_form_shows_the_probability(server: GunicornServer) -> None:
     percent, prediction_id, page = submit_form(server.base_url)
     assert 0.0 <= percent <= 100.0
-    assert uuid.UUID(prediction_id).version == 4
+    assert uuid.UUID(prediction_id).version == 7  # time-ordered (titanic_web/ids.py)
     verdict = VERDICT.search(page)
     assert verdict, f"no verdict on the result page:\n{page[:2000]}"
     # The form kept the values it was given.
@@ -285,7 +285,7 @@ def test_api_predicts_one_many_and_csv(server: GunicornServer) -> None:
 
     def check(prediction: dict[str, Any]) -> None:
         assert list(prediction) == ["id", "PassengerId", "survived", "probability"]
-        assert uuid.UUID(prediction["id"]).version == 4
+        assert uuid.UUID(prediction["id"]).version == 7  # time-ordered (titanic_web/ids.py)
         assert prediction["survived"] in (0, 1)
         assert 0.0 <= prediction["probability"] <= 1.0
         if abs(prediction["probability"] - threshold) > 1e-4:  # the answer is rounded to 4 places
