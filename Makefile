@@ -17,7 +17,7 @@ help:
 	@echo "make test   set up, run make lint, then the whole test suite (installs Debian's chromium for tests/browser/)"
 	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
 	@echo "make model  train a new model version and make it active (also: $(FLASK) train; versions: $(FLASK) model list)"
-	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV (installs wrk; figures in bench/README.md)"
+	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV, writer (installs wrk; figures in bench/README.md)"
 	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
 	@echo "make lint   ruff (lint and format check) and mypy; changes no file"
 	@echo "make clean  remove the virtualenv, the trained models (model/registry) and instance/"
@@ -65,10 +65,11 @@ browser:
 	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
-# Benchmarks (bench/README.md): the predictor in-process, /api/predict over HTTP, and a
-# 100,000-passenger CSV upload; installs wrk from Debian when missing. Each script takes
-# its own arguments: PREDICTOR_ARGS (bench_predictor.py), BENCH_ARGS (run_http.py),
-# BATCH_ARGS (bench_batch.py), e.g. `make bench BENCH_ARGS="--rounds 1 --duration 5"`.
+# Benchmarks (bench/README.md): the predictor in-process, /api/predict over HTTP, a
+# 100,000-passenger CSV upload and the recorder's writer on SQLite; installs wrk from Debian
+# when missing. Each script takes its own arguments: PREDICTOR_ARGS (bench_predictor.py),
+# BENCH_ARGS (run_http.py), BATCH_ARGS (bench_batch.py), WRITER_ARGS (bench_writer.py),
+# e.g. `make bench BENCH_ARGS="--rounds 1 --duration 5"`.
 # `make bench-quick` is a three-minute look with fewer rounds.
 # The servers the benchmarks start run from $(PROD_VENV): the package as the production image
 # installs it (`pip install -e .`, no test extras, whose optional libraries other libraries
@@ -89,10 +90,11 @@ bench: $(STAMP) $(PROD_STAMP) $(MODEL)
 	$(BIN)/python bench/bench_predictor.py $(PREDICTOR_ARGS)
 	BENCH_SERVER_VENV=$(PROD_VENV) $(BIN)/python bench/run_http.py $(BENCH_ARGS)
 	BENCH_SERVER_VENV=$(PROD_VENV) $(BIN)/python bench/bench_batch.py $(BATCH_ARGS)
+	$(BIN)/python bench/bench_writer.py $(WRITER_ARGS)
 
 bench-quick:
 	$(MAKE) bench PREDICTOR_ARGS="--rounds 2" BENCH_ARGS="--rounds 3 --duration 2" \
-		BATCH_ARGS="--requests 2"
+		BATCH_ARGS="--requests 2" WRITER_ARGS="--rounds 1 --batches 5"
 
 clean:
 	rm -rf $(VENV) $(PROD_VENV) model/artifacts model/registry instance .pytest_cache

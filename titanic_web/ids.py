@@ -2,11 +2,11 @@
 
 A prediction's uuid is the primary key of both tables. Random keys (version 4) land
 anywhere in those indexes, so every stored row dirties a page of its own and a
-database's insert cost grows with its size (on SQLite the recorder's writer spent
-25 us a row on a 100,000-row table and 38 us on a 300,000-row one). A version 7
+database's insert cost grows with its size: on a 100,000-row SQLite table the
+recorder's writer spent 32 us of CPU a row (bench/bench_writer.py). A version 7
 uuid (RFC 9562) starts with the time in milliseconds, so new rows go to the end of
-the indexes: 5 and 8 us a row on the same tables. The other 74 bits are random,
-and the ids also sort by the time they were made.
+the indexes: 8 us a row on the same table. The other 74 bits are random, and the
+ids also sort by the time they were made.
 
 Every request needs ids, and each ``os.urandom`` is a system call that lets go of the
 interpreter lock: while the recorder's writer thread waits for the lock, every such
