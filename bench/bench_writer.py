@@ -31,6 +31,8 @@ from typing import Any
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
+from bench.run_http import PASSENGER  # noqa: E402  (the one-passenger body the HTTP benchmark posts)
+
 BATCH = 1000
 FEATURES = {
     "Pclass": 3.0,
@@ -48,19 +50,6 @@ FEATURES = {
     "Sex": "male",
     "Title": "Mr",
     "Deck": "U",
-    "Embarked": "Q",
-}
-RAW = {
-    "PassengerId": 892,
-    "Pclass": 3,
-    "Name": "Kelly, Mr. James",
-    "Sex": "male",
-    "Age": 34.5,
-    "SibSp": 0,
-    "Parch": 0,
-    "Ticket": "330911",
-    "Fare": 7.8292,
-    "Cabin": None,
     "Embarked": "Q",
 }
 CONFIGS = {
@@ -86,7 +75,7 @@ def records(count: int, kind: str) -> list[Any]:
                 model_version="524812a58437",
                 source="api",
                 features=FEATURES,
-                raw_input=RAW,
+                raw_input=PASSENGER,
                 created_at=now,
                 request_id=uuid.uuid4().hex,
                 latency_ms=1.25,
