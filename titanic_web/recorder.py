@@ -288,8 +288,9 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
 
 
 def _write_sqlite(connection: Connection, rows: list[Row]) -> int:
-    predictions = [(*r[:6], r[6][: -len(_UTC_SUFFIX)], r[9], r[10]) for r in rows]
-    features = [(r[0], r[7], r[8], r[4], r[6][: -len(_UTC_SUFFIX)]) for r in rows]
+    stamps = [r[6][: -len(_UTC_SUFFIX)] for r in rows]
+    predictions = [(*r[:6], stamp, r[9], r[10]) for r, stamp in zip(rows, stamps, strict=True)]
+    features = [(r[0], r[7], r[8], r[4], stamp) for r, stamp in zip(rows, stamps, strict=True)]
     new = _insert_values(connection, _SQLITE_PREDICTIONS, predictions)
     _insert_values(connection, _SQLITE_FEATURES, features)
     return new
@@ -307,11 +308,19 @@ def _insert_values(connection: Connection, statement: tuple[str, str, str], rows
 
 
 def _write_postgres(connection: Connection, rows: list[Row]) -> int:
-    ids, passenger_ids, survived, probabilities, versions, sources, times, _, _, request_ids, latencies = (
-        list(column) for column in zip(*rows, strict=True)
-    )
-    features = [r[7] for r in rows]
-    raw_inputs = [r[8] for r in rows]
+    (
+        ids,
+        passenger_ids,
+        survived,
+        probabilities,
+        versions,
+        sources,
+        times,
+        features,
+        raw_inputs,
+        request_ids,
+        latencies,
+    ) = (list(column) for column in zip(*rows, strict=True))
     new: int = connection.exec_driver_sql(
         _POSTGRES_PREDICTIONS,
         (ids, passenger_ids, survived, probabilities, versions, sources, times, request_ids, latencies),

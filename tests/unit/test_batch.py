@@ -7,7 +7,6 @@ import io
 import json
 import math
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,6 @@ import pytest
 from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import batch, csvio, features, schema, spool
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
-from titanic_web.ids import new_ids
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import FIELDS as RECORD_FIELDS
 from titanic_web.recorder import Recorder, Staged, parse_fields
@@ -560,25 +558,6 @@ def test_json_items_says_what_is_wrong() -> None:
         items_of(b"42")
     with pytest.raises(BodyError, match=r"malformed JSON.*\(char \d+\)"):
         items_of(b'[{"Pclass": 3},]')
-
-
-# -- new_ids ----------------------------------------------------------------------------------
-
-
-def test_many_new_ids_are_uuid7_hex_of_now() -> None:
-    before = time.time_ns() // 1_000_000
-    ids = new_ids(100_000)
-    after = time.time_ns() // 1_000_000
-
-    assert len(ids) == 100_000 == len(set(ids))
-    for text in ids:
-        assert len(text) == 32
-        value = uuid.UUID(hex=text)
-        assert value.hex == text  # lowercase hex, nothing else
-        assert value.version == 7 and value.variant == uuid.RFC_4122
-        assert before <= value.int >> 80 <= after  # the first 48 bits: the time in milliseconds
-    assert new_ids(0) == []
-    assert set(new_ids(1000)).isdisjoint(ids)
 
 
 # -- process / run ----------------------------------------------------------------------------

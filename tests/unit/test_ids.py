@@ -31,6 +31,22 @@ def test_each_draw_is_count_uuid7s_of_this_millisecond(count: int) -> None:
     assert all(before <= uuid.UUID(hex=text).int >> 80 <= after for text in drawn)
 
 
+def test_many_new_ids_are_uuid7_hex_of_now() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = new_ids(100_000)
+    after = time.time_ns() // 1_000_000
+
+    assert len(ids) == 100_000 == len(set(ids))
+    for text in ids:
+        assert len(text) == 32
+        value = uuid.UUID(hex=text)
+        assert value.hex == text  # lowercase hex, nothing else
+        assert value.version == 7 and value.variant == uuid.RFC_4122
+        assert before <= value.int >> 80 <= after  # the first 48 bits: the time in milliseconds
+    assert new_ids(0) == []
+    assert set(new_ids(1000)).isdisjoint(ids)
+
+
 def test_prediction_ids_sort_by_the_time_they_were_made() -> None:
     """What keeps inserts at the end of the uuid indexes: a later millisecond, a larger id."""
     first = new_ids(3)

@@ -56,7 +56,7 @@ def test_memory_storage_starts_no_thread_per_request() -> None:
     assert started == []
 
 
-def test_memory_storage_forgets_clients_that_do_not_come_back(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_storage_forgets_clients_that_do_not_come_back() -> None:
     limiter = memory_limiter("5/second")
     storage = limiter._primary.storage
     assert isinstance(storage, LazyMemoryStorage)
