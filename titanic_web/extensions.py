@@ -2,8 +2,8 @@
 
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask
-from flask.sessions import SecureCookieSessionInterface
+from flask import Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
@@ -46,3 +46,10 @@ class SessionInterface(SecureCookieSessionInterface):
         if cached is None or cached[0] != keys:
             cached = self._signer = (keys, super().get_signing_serializer(app))
         return cached[1]
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        """An empty session when the request carries no cookie at all (every API call from a
+        program): Flask's own way parses the absent Cookie header into an empty mapping first."""
+        if "HTTP_COOKIE" not in request.environ and app.secret_key:
+            return self.session_class()
+        return super().open_session(app, request)

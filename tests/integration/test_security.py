@@ -103,6 +103,40 @@ def basic(password: str, user: str = "admin") -> dict[str, str]:
     return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
+# -- the session cookie ----------------------------------------------------------------------------
+
+
+def test_session_without_a_cookie_is_new_and_empty_and_a_signed_one_is_read(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request without any cookie (a program calling the API) gets an empty session without
+    Flask's cookie parsing; one carrying the session cookie still gets it read and checked."""
+    from flask.sessions import SecureCookieSessionInterface
+
+    parsed: list[bool] = []
+    flasks_own = SecureCookieSessionInterface.open_session
+    monkeypatch.setattr(
+        SecureCookieSessionInterface,
+        "open_session",
+        lambda self, app, request: parsed.append(True) or flasks_own(self, app, request),
+    )
+    interface = app.session_interface
+    with app.test_request_context("/api/predict", method="POST"):
+        from flask import request
+
+        session = interface.open_session(app, request)
+        assert session is not None and dict(session) == {} and not session.modified
+    assert parsed == []
+
+    cookie = interface.get_signing_serializer(app).dumps({"seen": 1})  # type: ignore[union-attr]
+    name = interface.get_cookie_name(app)
+    for header, expected in ((f"{name}={cookie}", {"seen": 1}), (f"{name}=forged.value", {}), ("other=1", {})):
+        parsed.clear()
+        with app.test_request_context("/", headers={"Cookie": header}):
+            assert dict(interface.open_session(app, request)) == expected, header  # type: ignore[arg-type]
+        assert parsed, header  # any cookie at all: Flask's own reading and checking
+
+
 # -- response headers ------------------------------------------------------------------------------
 
 
