@@ -190,7 +190,7 @@ def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.M
     assert settings["bind"] == f"0.0.0.0:{env['PORT']}"
 
 
-def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_interval(
+def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_interval_and_collector(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """post_worker_init on a worker whose app has no recorder or watcher: what is left is the process's set-up."""
@@ -209,10 +209,13 @@ def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_inter
     monkeypatch.setattr(threadpoolctl, "threadpool_limits", lambda limits: pinned.append(limits))
     monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: switched.append(seconds))
     monkeypatch.setattr(gc, "freeze", lambda: frozen.append(True))
+    thresholds: list[tuple[int, ...]] = []
+    monkeypatch.setattr(gc, "set_threshold", lambda *values: thresholds.append(values))
     settings["post_worker_init"](SimpleNamespace(wsgi=SimpleNamespace(extensions={})))
     assert pinned == [1]
     assert switched == [settings["SWITCH_INTERVAL_SECONDS"]] == [0.05]
     assert frozen == [True]
+    assert thresholds == [(settings["GC_YOUNG_THRESHOLD"],)] == [(50_000,)]
 
 
 def test_production_mode_and_no_secret_in_the_image() -> None:
