@@ -19,7 +19,6 @@ import itertools
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from sqlalchemy import Connection, insert, select
@@ -435,8 +434,11 @@ class Recorder:
         try:
             self.spool.append(line, rows=rows, spooled_at=spooled_at)
         except spool.SpoolError as exc:
-            log.error("%s", exc)
-            raise RecorderError(str(exc)) from exc
+            raise _refused(exc) from exc
+        self._spooled(rows, spooled_at)
+
+    def _spooled(self, rows: int, spooled_at: float) -> None:
+        """Count rows now in the spool, and make sure the writer will deliver them."""
         self.rows_spooled += rows
         if self.metrics is not None and spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
             self.publish_backlog()
@@ -499,9 +501,15 @@ class Recorder:
             segment, lines, end = batch
             records: list[Row] = []
             damaged: list[tuple[bytes, Exception]] = []
+            pending = segment.pending  # a published staged segment: what its rows' latency field stands for
             for line in lines:
                 try:
-                    records.extend([parse_fields(fields) for fields in spool.decode(line)[1]])
+                    rows = spool.decode(line)[1]
+                    if pending is not None:
+                        for fields in rows:
+                            if fields[-1] == PENDING_LATENCY:
+                                fields[-1] = pending
+                    records.extend([parse_fields(fields) for fields in rows])
                 except (ValueError, UnicodeDecodeError) as exc:
                     damaged.append((line, exc))
             with self.app.app_context():
@@ -614,70 +622,90 @@ class Recorder:
         }
 
 
+def _refused(exc: spool.SpoolError) -> RecorderError:
+    log.error("%s", exc)
+    return RecorderError(str(exc))
+
+
 class Staged:
     """A big request's records, on local disk but not yet in the spool.
 
     A request of many passengers is predicted chunk by chunk, and must store
     nothing if any of its rows turns out to be invalid. Each chunk's records are
-    encoded as a spool line into a temporary file (in memory while small); once
-    every row has passed, :meth:`commit` appends the lines to the spool, and the
-    request may answer. :meth:`discard` drops them. Use as a context manager.
+    encoded as a spool line, held in memory while they are few; once every row
+    has passed, :meth:`commit` appends the lines to the spool, and the request
+    may answer. Past IN_MEMORY_BYTES they go to a staged file in the spool folder
+    instead (:class:`~titanic_web.spool.StagedFile`), which :meth:`commit`
+    publishes whole by renaming it: a 100,000-passenger request's 30 MB are then
+    written once, not written, read back and written again. :meth:`discard` drops
+    them. Use as a context manager.
     """
 
-    #: Staged bytes kept in memory; past this they go to a temporary file.
+    #: Staged bytes kept in memory; past this they go to a staged file in the spool folder.
     IN_MEMORY_BYTES = 8 << 20
 
     def __init__(self, recorder: Recorder, *, arrived: float | None = None) -> None:
         self.recorder = recorder
         self.arrived = arrived  # time.perf_counter() when the request arrived: its latency is measured from it
         self.rows = 0
-        self._lines: list[bytes] = []  # while small (a request of one passenger: one short line)
+        self._lines: list[tuple[bytes, int, float]] = []  # (line, rows, time) while few: one for one passenger
         self._size = 0
-        self._file: IO[bytes] | None = None
+        self._file: spool.StagedFile | None = None
 
     def add(self, rows: Sequence[Sequence[str]]) -> None:
-        """Stage one chunk's records (each a sequence of text fields in :data:`FIELDS` order)."""
+        """Stage one chunk's records (each a sequence of text fields in :data:`FIELDS` order).
+
+        :raise RecorderError: the spool folder refused the staged file.
+        """
         if not rows:
             return
-        line = spool.encode(rows, spooled_at=time.time())
+        now = time.time()
+        line = spool.encode(rows, spooled_at=now)
         self.rows += len(rows)
         self._size += len(line)
         if self._file is None and self._size <= self.IN_MEMORY_BYTES:
-            self._lines.append(line)
+            self._lines.append((line, len(rows), now))
             return
-        if self._file is None:
-            self._file = tempfile.TemporaryFile()  # noqa: SIM115  (kept until discard() closes it)
-            self._file.writelines(self._lines)
-            self._lines = []
-        self._file.write(line)
+        try:
+            if self._file is None:
+                self._file = self.recorder.spool.stage()
+                for held, count, at in self._lines:
+                    self._file.write(held, rows=count, spooled_at=at)
+                self._lines = []
+            self._file.write(line, rows=len(rows), spooled_at=now)
+        except spool.SpoolError as exc:
+            raise _refused(exc) from exc
 
     def commit(self) -> None:
-        """Append every staged line to the spool; then the answers may be given.
+        """Put every staged line in the spool; then the answers may be given.
 
         Rows staged with :data:`PENDING_LATENCY` get the milliseconds from the
-        request's arrival until now (empty, that is NULL, without an arrival time).
+        request's arrival until now (empty, that is NULL, without an arrival time):
+        written into lines held in memory, or named by a staged file's segment.
 
         :raise RecorderError: the spool refused a line. Lines appended before it
             stay spooled (they are stored, though the request fails).
         """
-        lines: Iterable[bytes] = self._lines
+        latency = "" if self.arrived is None else _latency_text((time.perf_counter() - self.arrived) * 1000)
         if self._file is not None:
-            self._file.seek(0)
-            lines = self._file
-        latency = b""
-        if self.arrived is not None:
-            latency = _latency_text((time.perf_counter() - self.arrived) * 1000).encode()
-        for line in lines:
-            line = line.replace(_PENDING_BYTES, latency)
-            self.recorder._append(line, spool.line_rows(line), time.time())
-        self.recorder._wake_if_full()
+            try:
+                self._file.publish(latency)
+            except spool.SpoolError as exc:
+                raise _refused(exc) from exc
+            finally:
+                self.discard()  # a file published is no longer the staged one's: nothing is deleted
+            self.recorder._spooled(self.rows, time.time())
+            return
+        pending = latency.encode()
+        for line, rows, _ in self._lines:
+            self.recorder._append(line.replace(_PENDING_BYTES, pending), rows, time.time())
         self.discard()
 
     def discard(self) -> None:
-        """Drop the staged records."""
+        """Drop the staged records (not those committed)."""
         self._lines = []
         if self._file is not None:
-            self._file.close()
+            self._file.discard()
             self._file = None
 
     def __enter__(self) -> Staged:

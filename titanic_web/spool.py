@@ -10,6 +10,11 @@ that resend harmless.
 
 A line is one request's rows, tab-separated fields of text (see :func:`encode`).
 Nothing here knows Flask or SQL, or what the fields mean.
+
+A request of many rows writes its lines into a staged file of its own, hidden
+and locked in the same folder (:class:`StagedFile`), and publishes it whole by
+renaming it into a segment: no line is copied, and a staged file whose process
+died before publishing it (so before anything was answered) is never delivered.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import socket
 import threading
 import time
@@ -29,6 +35,9 @@ from typing import Any
 
 SUFFIX = ".spool"  # lines of tab-separated text fields (see encode)
 DONE_SUFFIX = ".done"
+STAGED_SUFFIX = ".staged"  # a request's lines before it publishes them (hidden: a leading dot)
+#: A published staged segment's name carries the value its rows' pending field stands for.
+_PENDING_IN_NAME = re.compile(r"-P([0-9.]*)" + re.escape(SUFFIX) + "$")
 #: A temporary file older than this was left by a killed process.
 STALE_TMP_SECONDS = 60.0
 
@@ -57,6 +66,7 @@ class Segment:
         self.size = os.fstat(fd).st_size
         self.entries: deque[Entry] = deque()  # undelivered lines, oldest first
         self.sealed = False  # no more appends: delete once delivered
+        self.pending = pending_value(path.name)  # a published staged segment's (see StagedFile)
 
     @property
     def done_path(self) -> Path:
@@ -240,6 +250,40 @@ class Spool:
             segment.sealed = True
             self.active = None
 
+    def stage(self) -> StagedFile:
+        """A new staged file in this folder, locked by this process (see :class:`StagedFile`).
+
+        :raise SpoolError: the folder refused it.
+        """
+        return StagedFile(self)
+
+    def _publish(self, staged: StagedFile, fd: int, pending: str) -> None:
+        """Rename a staged file into a sealed segment of this process, queued for delivery.
+
+        Once renamed the lines are published, even if (with fsync) flushing the folder then fails.
+        """
+        path = self.directory / f"{staged.name}-P{pending}{SUFFIX}"
+        read_fd = os.open(staged.path, os.O_RDONLY)
+        try:
+            if self.fsync:
+                os.fsync(fd)
+            os.rename(staged.path, path)
+        except OSError:
+            os.close(read_fd)
+            raise
+        staged.fd = None  # the segment's now: it keeps the lock until the segment is delivered
+        segment = Segment(path, read_fd, write_fd=fd)
+        segment.sealed = True
+        segment.entries.extend(staged.entries)
+        with self.lock:
+            if self.pid != os.getpid():  # forked: the parent's segments are not ours
+                self.pid = os.getpid()
+                self.segments, self.active, self.backlog_rows = [], None, 0
+            self.segments.append(segment)
+            self.backlog_rows += staged.rows
+        if self.fsync:
+            _fsync_directory(self.directory)
+
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():
             return self.active
@@ -306,6 +350,23 @@ class Spool:
                     tmp.unlink()
             except FileNotFoundError:
                 continue
+        # A staged file is written for as long as its request runs, however long: deleted only
+        # when its lock is free too, that is when the process staging it is gone.
+        for staged in self.directory.glob(f".*{STAGED_SUFFIX}"):
+            try:
+                if staged.stat().st_mtime >= cutoff:
+                    continue
+                fd = os.open(staged, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # its request is still running
+            finally:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
 
     def next_batch(self, *, max_rows: int) -> tuple[Segment, list[bytes], int] | None:
         """The oldest undelivered lines of one segment: (segment, lines, end offset)."""
@@ -358,6 +419,95 @@ class Spool:
                 segment.remove()
             else:
                 segment.release()
+
+
+class StagedFile:
+    """One request's spool lines, written before it may answer and published whole.
+
+    The file is created hidden (``.<name>.staged``) and locked in the spool folder,
+    so no other process takes it for a segment or an orphan. :meth:`publish`
+    renames it into a sealed segment of this process, which its writer delivers
+    like any other; its name carries the text that the rows' pending field (a
+    value known only once every row is written, the request's latency) stands
+    for, so publishing writes nothing into the file. :meth:`discard` deletes it.
+    A staged file left by a killed process is never delivered: the next adopter
+    deletes it once it is a minute old and unlocked.
+    """
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        self.path = spool.directory / f".{self.name}{STAGED_SUFFIX}"
+        try:
+            spool.directory.mkdir(parents=True, exist_ok=True)
+            self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot spool predictions to {spool.directory}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            self.discard()
+            raise SpoolError(exc.errno, f"cannot lock a staged file in {spool.directory}: {exc.strerror}") from exc
+        self.size = 0
+        self.rows = 0
+        self.entries: list[Entry] = []
+
+    def write(self, line: bytes, *, rows: int, spooled_at: float) -> None:
+        """Add one line (as :func:`encode` writes it).
+
+        :raise SpoolError: the disk refused it.
+        """
+        if self.fd is None:
+            raise SpoolError(f"the staged file {self.path.name} is already published or discarded")
+        try:
+            written = os.write(self.fd, line)
+            while written < len(line):  # rare short write: finish it
+                written += os.write(self.fd, line[written:])
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot spool predictions to {self.spool.directory}: {exc.strerror}") from exc
+        self.size += len(line)
+        self.rows += rows
+        self.entries.append(Entry(end=self.size, spooled_at=spooled_at, rows=rows))
+
+    def publish(self, pending: str = "") -> None:
+        """Make every line a sealed segment of this process, to be delivered; ``pending`` is
+        what the rows' pending field stands for (digits and a point, or empty for none).
+
+        :raise SpoolError: the rename failed, and nothing was published; or, with fsync, flushing
+            the folder after the rename failed, and the lines are published all the same.
+        """
+        if self.fd is None:
+            raise SpoolError(f"the staged file {self.path.name} is already published or discarded")
+        if pending.strip("0123456789.") or pending.count(".") > 1:
+            raise ValueError(f"a pending value in a segment name is digits and a point, not {pending!r}")
+        try:
+            self.spool._publish(self, self.fd, pending)
+        except OSError as exc:
+            raise SpoolError(exc.errno, f"cannot spool predictions to {self.spool.directory}: {exc.strerror}") from exc
+
+    def discard(self) -> None:
+        """Delete the staged lines (nothing of them was published)."""
+        if self.fd is None:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def pending_value(name: str) -> str | None:
+    """What the pending field of a published staged segment's rows stands for, from its file
+    name (None: not such a segment)."""
+    found = _PENDING_IN_NAME.search(name)
+    return None if found is None else found.group(1)
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _try_lock(fd: int) -> bool:

@@ -21,6 +21,7 @@ from titanic_web import csvio, get_service, spool
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
+from titanic_web.recorder import Staged
 
 MakeApp = Callable[..., Flask]
 
@@ -142,6 +143,44 @@ def test_5000_passenger_json_array_is_answered_in_order_and_each_id_stored_once(
     assert len(stored) == 5000 and len(featured) == 5000
     assert set(featured) == set(ids)
     assert stored == {i: (a["PassengerId"], a["survived"], "api") for i, a in zip(ids, answers, strict=True)}
+
+
+def test_a_request_staged_in_a_file_is_published_whole_with_its_latency(
+    make_app: MakeApp, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past Staged.IN_MEMORY_BYTES a request's lines go to a staged file, published by renaming it:
+    every row arrives once, with the one latency of its request, and no file is left."""
+    monkeypatch.setattr(Staged, "IN_MEMORY_BYTES", 20_000)  # a few chunks of this body
+    app = make_app(database_url=database_url, BATCH_CHUNK_ROWS=100)
+    response = post_csv(app.test_client(), big_csv(2000), accept="text/csv")
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    directory = Path(app.config["SPOOL_DIR"])
+    assert [p for p in directory.glob(f"*{spool.SUFFIX}") if spool.pending_value(p.name) is not None]
+    assert spooled_rows(app) == 2000
+
+    flush(app, timeout=60)
+    with app.app_context():
+        stored = db.session.execute(db.select(PredictionRow.passenger_id, PredictionRow.latency_ms)).all()
+    assert sorted(pid for pid, _ in stored) == list(range(1, 2001))
+    latencies = {latency for _, latency in stored}
+    assert len(latencies) == 1 and next(iter(latencies)) > 0, latencies
+    assert count_rows(app) == (2000, 2000)
+    assert spooled_rows(app) == 0
+    assert not [
+        p.name for p in directory.iterdir() if p.name.endswith((spool.STAGED_SUFFIX, spool.SUFFIX)) and "-P" in p.name
+    ]
+
+
+def test_a_staged_file_is_deleted_when_a_late_row_is_invalid(
+    make_app: MakeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Staged, "IN_MEMORY_BYTES", 20_000)
+    app = make_app(BATCH_CHUNK_ROWS=100)
+    response = post_csv(app.test_client(), big_csv(2000, change={1900: {"Age": "-3"}}))
+    body = assert_422(response)
+    assert [(e["line"], e["field"]) for e in body["errors"]] == [(1900, "Age")]
+    assert spooled_rows(app) == 0
+    assert list(Path(app.config["SPOOL_DIR"]).glob(f".*{spool.STAGED_SUFFIX}")) == []
 
 
 # -- invalid rows -------------------------------------------------------------------------------

@@ -468,3 +468,161 @@ def test_a_line_appended_while_the_writer_reads_is_delivered_once_and_leaves_no_
     delivered += drain(spool)
     assert delivered == ["first", "second"]
     assert spool.backlog() == (0, None), "the backlog reports rows that were delivered"
+
+
+# -- staged files: a big request's lines, published whole -------------------
+
+
+def stage(spool: Spool, lines: list[list[str]]) -> spool_module.StagedFile:
+    """A staged file holding one line per list of ids (one record per id)."""
+    staged = spool.stage()
+    for ids in lines:
+        at = time.time()
+        staged.write(encode([[i] for i in ids], spooled_at=at), rows=len(ids), spooled_at=at)
+    return staged
+
+
+def test_a_staged_file_is_invisible_until_published_then_delivered_whole(make_spool: MakeSpool, tmp_path: Path) -> None:
+    directory = tmp_path / "spool"
+    owner = make_spool()
+    put(owner, ["before"])
+    staged = stage(owner, [["a", "b"], ["c"]])
+    assert [p.name for p in directory.glob(".*")] == [staged.path.name]
+    assert staged.path.name.startswith(".") and staged.path.name.endswith(spool_module.STAGED_SUFFIX)
+    assert owner.backlog_rows == 1 and scan(directory)["rows"] == 1
+    other = make_spool()
+    assert other.adopt_orphans() == 0  # neither the live segment nor the staged file
+
+    staged.publish("12.500")
+
+    assert not staged.path.exists()
+    published = [p for p in segment_files(directory) if p.name.endswith(f"-P12.500{SUFFIX}")]
+    assert len(published) == 1 and published[0].name.startswith(staged.name)
+    assert owner.backlog_rows == 4 and scan(directory)["rows"] == 4
+    assert owner.backlog()[0] == 4
+    assert [s.pending for s in owner.segments] == [None, "12.500"]
+    assert drain(owner, max_rows=2) == ["before", "a", "b", "c"]
+    assert owner.backlog_rows == 0
+    assert not [n for n in files(directory) if "-P12.500" in n or n.endswith(spool_module.STAGED_SUFFIX)]  # gone
+    with pytest.raises(SpoolError, match="already published"):
+        staged.write(b"1\t1.0\tx\n", rows=1, spooled_at=1.0)
+
+
+def test_a_discarded_staged_file_leaves_nothing(make_spool: MakeSpool, tmp_path: Path) -> None:
+    owner = make_spool()
+    staged = stage(owner, [["a"], ["b"]])
+    staged.discard()
+    staged.discard()  # twice is harmless
+    assert files(tmp_path / "spool") == []
+    assert owner.next_batch(max_rows=10) is None and owner.backlog_rows == 0
+    with pytest.raises(SpoolError, match="already published or discarded"):
+        staged.publish("")
+
+
+def test_a_pending_value_must_be_a_number_or_nothing(make_spool: MakeSpool) -> None:
+    staged = stage(make_spool(), [["a"]])
+    for bad in ("1-2", "x", "1.2.3", "../evil"):
+        with pytest.raises(ValueError, match="digits and a point"):
+            staged.publish(bad)
+    staged.publish("")
+    assert make_spool().adopt_orphans() == 0
+
+
+STAGING_CHILD = """
+import importlib.util, sys, time
+spec = importlib.util.spec_from_file_location("spool_under_test", sys.argv[1])
+spool_module = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = spool_module
+spec.loader.exec_module(spool_module)
+s = spool_module.Spool(sys.argv[2])
+staged = s.stage()
+at = time.time()
+staged.write(spool_module.encode([["staged-0"], ["staged-1"]], spooled_at=at), rows=2, spooled_at=at)
+if sys.argv[3] == "publish":
+    staged.publish("7.250")
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def run_staging_child(directory: Path, step: str) -> None:
+    """A process that stages two rows (and publishes them, or not), then is killed."""
+    with subprocess.Popen(
+        [sys.executable, "-c", STAGING_CHILD, spool_module.__file__, str(directory), step],
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+            child.send_signal(signal.SIGKILL)
+            assert child.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+
+
+def test_a_staged_file_of_a_killed_process_is_never_delivered_and_is_cleaned(
+    make_spool: MakeSpool, tmp_path: Path
+) -> None:
+    """Killed before publishing, so before answering: its rows were never given, and never arrive."""
+    directory = tmp_path / "spool"
+    run_staging_child(directory, "stage")
+    (left,) = directory.glob(f".*{spool_module.STAGED_SUFFIX}")
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 0
+    assert left.exists(), "a staged file under a minute old may be a live request's: kept"
+    assert scan(directory)["rows"] == 0
+
+    old = time.time() - spool_module.STALE_TMP_SECONDS - 5
+    os.utime(left, (old, old))
+    assert adopter.adopt_orphans() == 0
+    assert not left.exists()
+    assert drain(adopter) == []
+
+
+def test_an_old_staged_file_of_a_live_request_is_kept(make_spool: MakeSpool, tmp_path: Path) -> None:
+    """A request may stage for longer than a minute: its lock, not its age, says it is alive."""
+    owner = make_spool()
+    staged = stage(owner, [["slow"]])
+    old = time.time() - spool_module.STALE_TMP_SECONDS - 5
+    os.utime(staged.path, (old, old))
+    assert make_spool().adopt_orphans() == 0
+    assert staged.path.exists()
+    staged.publish("1.000")
+    assert drain(owner) == ["slow"]
+
+
+def test_a_published_file_of_a_killed_process_is_adopted_with_its_pending_value(
+    make_spool: MakeSpool, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spool"
+    run_staging_child(directory, "publish")
+    assert scan(directory) == {
+        "segments": 1,
+        "orphaned": 1,
+        "rows": 2,
+        "oldest_spooled_at": pytest.approx(time.time(), abs=60),
+    }
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 1
+    assert [s.pending for s in adopter.segments] == ["7.250"]
+    assert drain(adopter) == ["staged-0", "staged-1"]
+    assert files(directory) == []
+
+
+def test_a_staged_file_that_cannot_be_created_raises_spool_error(make_spool: MakeSpool, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(SpoolError, match="cannot spool predictions"):
+        make_spool(blocker / "spool").stage()
+
+
+def test_a_full_disk_while_staging_raises_spool_error(make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch) -> None:
+    staged = make_spool().stage()
+    monkeypatch.setattr(spool_module, "os", FullDisk())
+    with pytest.raises(SpoolError, match="cannot spool predictions"):
+        staged.write(b"1\t1.0\tx\n", rows=1, spooled_at=1.0)
+    monkeypatch.undo()
+    staged.discard()
