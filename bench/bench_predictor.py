@@ -196,7 +196,7 @@ def alternatives(predictor: Predictor, model: compiled_module.CompiledModel, pas
         f" (compiled.py: tables when depth <= {compiled_module.TABLE_DEPTH}, row-wise up to"
         f" {compiled_module.ROW_WISE} rows, per-tree loop from {compiled_module.TREE_LOOP}; else the level walk)"
     )
-    for n in (1, 2, 4, 16, 100, 1000, 10_000):
+    for n in (1, 2, 4, 16, 100, 1000, 2000, 10_000):  # 2,000: a batch chunk (BATCH_CHUNK_ROWS)
         XT = model._inputs_t(model.engineer([rng.choice(passengers) for _ in range(n)]))
         X = np.ascontiguousarray(XT.T)
         options: dict[str, Callable[[], Any]] = {}

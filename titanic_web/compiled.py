@@ -42,8 +42,12 @@ TABLE_DEPTH = 3
 ROW_WISE = 1
 #: From this many rows, leaf values are summed tree by tree in a loop rather than by np.add.accumulate.
 ROWS_LOOP = 128
-#: From this many rows, shallow trees are looked up and summed one tree at a time.
-TREE_LOOP = 2048
+#: From this many rows, shallow trees are looked up and summed one tree at a time. The two ways
+#: are even from about 1,000 rows to 2,000 when timed alone (bench/bench_predictor.py
+#: --alternatives), but the all-at-once way makes two (trees, rows) arrays, 3.2 MB each for 200
+#: trees and a batch chunk of 2,000 rows, and in a server's batch path those cost it 3.3 ms a
+#: chunk against 0.9 for the loop, which makes nothing larger than a row of answers.
+TREE_LOOP = 1024
 _LEAF = -1  # sklearn.tree._tree.TREE_LEAF
 
 
