@@ -375,10 +375,17 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     for column in columns[:width]:
         # Most columns hold few distinct numbers: write each once (as json.dumps writes a float).
         known = {value: _float_json(value) for value in set(column)}
-        if 0.0 in known:  # 0.0 and -0.0 are one key but two texts: write zeros as they are
-            parts.append([known[value] if value else float.__repr__(value) for value in column])
-        else:
+        if 0.0 not in known:
             parts.append(list(map(known.__getitem__, column)))
+            continue
+        # 0.0 and -0.0 are one key but two texts: every zero is written 0.0, then the rare
+        # negative ones, found by numpy, -0.0.
+        known[0.0] = "0.0"
+        written = list(map(known.__getitem__, column))
+        values = np.array(column, dtype=np.float64)
+        for position in np.flatnonzero((values == 0.0) & np.signbit(values)).tolist():
+            written[position] = "-0.0"
+        parts.append(written)
     for column in columns[width:]:
         texts = list(map(_TEXT_JSON.get, column))
         if None in texts:

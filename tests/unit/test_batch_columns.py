@@ -130,6 +130,51 @@ def test_hostile_cells_check_the_same_by_column(first_index: int) -> None:
         ), row
 
 
+def unique_rows(count: int) -> list[list[str]]:
+    """Rows whose ids, names and tickets are all different, as in a real passenger list: the
+    checker has seen none of those values, and checks such columns whole."""
+    return [variant(PassengerId=str(n), Name=f"Braund {n}, Mr. Owen", Ticket=f"A/5 {n}") for n in range(1, count + 1)]
+
+
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("PassengerId", text) for text in (" 12 ", "+7", "1_000", "٣", "²", "0", "2147483648", "3.0", "", "007")]
+    + [("Name", text) for text in ("", "  ", " padded ", 'Ünïcode, Mrs. "Q"\ttab', "x" * 201, "x" * 200)]
+    + [("Ticket", text) for text in ("", "t" * 51, "t" * 50)],
+)
+def test_a_column_of_new_values_checks_the_same_with_any_cell_anywhere(field: str, text: str) -> None:
+    rows = unique_rows(200)
+    rows[150][HEADER.index(field)] = text
+    checker = BatchChecker()
+    assert checker.check_text_rows(HEADER, checker.csv_plan(HEADER), rows, first_index=3) == one_by_one(
+        HEADER, rows, 3
+    ), (field, text)
+
+
+def test_a_column_checked_whole_is_remembered_as_cell_by_cell_and_within_bounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checker = BatchChecker()
+    rows = unique_rows(400)
+    expected = one_by_one(HEADER, rows)
+    assert checker.check_text_rows(HEADER, checker.csv_plan(HEADER), rows, first_index=0) == expected
+    memory = checker._text_memo
+    by_cell = BatchChecker()
+    for name in ("PassengerId", "Name", "Ticket"):
+        field = schema.FIELDS_BY_NAME[name]
+        assert len(memory[name]) == 400
+        assert all(memory[name][text] == by_cell._check_text(field, text) for text in memory[name]), name
+    # the same rows again come from memory, with the same result
+    assert checker.check_text_rows(HEADER, checker.csv_plan(HEADER), rows, first_index=0) == expected
+    # the memory stays within its bound
+    monkeypatch.setattr(BatchChecker, "MEMORY", 500)
+    small = BatchChecker()
+    for start in (0, 400, 800):
+        more = unique_rows(start + 300)[start:]
+        assert small.check_text_rows(HEADER, small.csv_plan(HEADER), more, first_index=0) == one_by_one(HEADER, more)
+        assert all(len(memo) <= 500 for memo in small._text_memo.values())
+
+
 def test_a_chunk_reports_every_bad_row_with_its_index_and_skips_empty_lines() -> None:
     rows = [GOOD, variant(Age="200"), ["", "", "", "", "", "", "", "", "", "", ""], variant(Sex="robot"), GOOD]
     checker = BatchChecker()
@@ -159,7 +204,10 @@ def test_features_json_matches_json_dumps_of_the_record_for_every_competition_ro
         passengers += [
             dict(zip(schema.FIELD_NAMES, values, strict=True)) for values in zip(*checked.columns.values(), strict=True)
         ]
-    passengers.append({**passengers[0], "Age": -0.0, "Fare": -0.0})  # -0.0 is written "-0.0", as json.dumps does
+    # -0.0 is written "-0.0", as json.dumps does: first in its columns (where a set of the values
+    # keeps it for both zeros), and last
+    negative = {**passengers[0], "Age": -0.0, "Fare": -0.0}
+    passengers = [negative, *passengers, negative]
     rows = features.engineer_many(
         passengers,
         known=features.Known(ticket_counts={"347082": 7}, groups={"T 347082": (3, 1), "F andersson 3 31.27": (2, 2)}),
