@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -198,6 +199,26 @@ def test_torn_last_line_is_never_delivered(make_spool: MakeSpool, tmp_path: Path
     assert files(tmp_path / "spool") == []
 
 
+@contextlib.contextmanager
+def ready_child(script: str, *args: str) -> Iterator[subprocess.Popen[str]]:
+    """A Python process running script with args, once it has printed "ready"; killed at the end if alive."""
+    with subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True) as child:
+        try:
+            assert child.stdout is not None
+            assert child.stdout.readline().strip() == "ready"
+            yield child
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait(timeout=10)
+
+
+def kill(child: subprocess.Popen[str]) -> None:
+    """SIGKILL, as the kernel ends a process that gets no chance to clean up."""
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
+
+
 CHILD = r"""
 import importlib.util, os, sys, time
 spec = importlib.util.spec_from_file_location("spool_under_test", sys.argv[1])
@@ -218,28 +239,16 @@ def test_live_segment_of_another_process_is_left_alone_until_it_is_killed(
     make_spool: MakeSpool, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spool"
-    with subprocess.Popen(
-        [sys.executable, "-c", CHILD, spool_module.__file__, str(directory), "3"],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready"
-            assert len(segment_files(directory)) == 1
+    with ready_child(CHILD, spool_module.__file__, str(directory), "3") as child:
+        assert len(segment_files(directory)) == 1
 
-            adopter = make_spool()
-            assert adopter.adopt_orphans() == 0, "adopted a segment whose owner is alive"
-            assert adopter.next_batch(max_rows=10) is None
-            found = scan(directory)
-            assert (found["segments"], found["orphaned"], found["rows"]) == (1, 0, 3)
+        adopter = make_spool()
+        assert adopter.adopt_orphans() == 0, "adopted a segment whose owner is alive"
+        assert adopter.next_batch(max_rows=10) is None
+        found = scan(directory)
+        assert (found["segments"], found["orphaned"], found["rows"]) == (1, 0, 3)
 
-            child.send_signal(signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=10)
+        kill(child)
 
     assert scan(directory)["orphaned"] == 1
     assert adopter.adopt_orphans() == 1
@@ -547,20 +556,8 @@ time.sleep(60)
 
 def run_staging_child(directory: Path, step: str) -> None:
     """A process that stages two rows (and publishes them, or not), then is killed."""
-    with subprocess.Popen(
-        [sys.executable, "-c", STAGING_CHILD, spool_module.__file__, str(directory), step],
-        stdout=subprocess.PIPE,
-        text=True,
-    ) as child:
-        try:
-            assert child.stdout is not None
-            assert child.stdout.readline().strip() == "ready"
-            child.send_signal(signal.SIGKILL)
-            assert child.wait(timeout=10) == -signal.SIGKILL
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=10)
+    with ready_child(STAGING_CHILD, spool_module.__file__, str(directory), step) as child:
+        kill(child)
 
 
 def test_a_staged_file_of_a_killed_process_is_never_delivered_and_is_cleaned(
