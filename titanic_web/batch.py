@@ -23,6 +23,7 @@ import csv
 import io
 import itertools
 import json
+import sys
 import tempfile
 import threading
 import time
@@ -125,6 +126,10 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
     def malformed(message: str, position: int) -> BodyError:
         return BodyError(f"malformed JSON: {message} (char {base + position})")
 
+    def too_long() -> BodyError:
+        # The json module reads whole numbers with int(), which refuses more digits than this.
+        return BodyError(f"malformed JSON: a whole number of more than {sys.get_int_max_str_digits()} digits")
+
     position = skip_space(0)
     if position >= len(buffer):
         raise BodyError("malformed JSON: the body is empty")
@@ -135,6 +140,8 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
             value, end = scan(buffer, position)
         except json.JSONDecodeError as exc:
             raise malformed(exc.msg, exc.pos) from None
+        except ValueError:
+            raise too_long() from None
         if skip_space(end) < len(buffer):
             raise malformed("Extra data", skip_space(end))
         if not isinstance(value, dict):
@@ -155,6 +162,8 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
                 if more():  # the item may go on in the next read
                     continue
                 raise malformed(exc.msg, exc.pos) from None
+            except ValueError:
+                raise too_long() from None
             if at_end or (end < len(buffer) and not (buffer[end] in ".eE" and value.__class__ in (int, float))):
                 break
             # A number at the very end of a read may go on, and one cut at its '.' or

@@ -390,6 +390,12 @@ class CheckedRows:
         return cls(columns, texts, errors, kept)
 
 
+#: Whole numbers of at most this many digits are read as plain digits; longer ones go the general
+#: way, which reads any length (as a float: out of every field's range), where int() refuses
+#: more than 4,300 digits.
+PLAIN_DIGITS = 18
+
+
 def _plain_column(field: Field, texts: Sequence[str]) -> tuple[list[Any], list[str]] | None:
     """A whole column's clean values and JSON fragments when every cell takes the common way
     through ``BatchChecker._check_text`` (plain digits in range for a whole number; text neither
@@ -398,7 +404,7 @@ def _plain_column(field: Field, texts: Sequence[str]) -> tuple[list[Any], list[s
     if field.choices:
         return None
     if field.kind is int:
-        if not (all(map(str.isdigit, texts)) and all(map(str.isascii, texts))):
+        if max(map(len, texts)) > PLAIN_DIGITS or not (all(map(str.isdigit, texts)) and all(map(str.isascii, texts))):
             return None
         numbers = list(map(int, texts))
         if (field.minimum is not None and min(numbers) < field.minimum) or (
@@ -609,7 +615,7 @@ class BatchChecker:
     def _check_text(self, field: Field, text: str) -> tuple[Any, str | None, str]:
         # Two common cases first, with the general functions' results (a batch's unique
         # values, ids and names, miss the memory): plain digits for a whole number...
-        if field.kind is int and not field.choices and text.isascii() and text.isdigit():
+        if field.kind is int and not field.choices and len(text) <= PLAIN_DIGITS and text.isascii() and text.isdigit():
             number = int(text)
             if (field.minimum is None or number >= field.minimum) and (
                 field.maximum is None or number <= field.maximum

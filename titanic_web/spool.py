@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import re
 import socket
@@ -33,11 +34,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 SUFFIX = ".spool"  # lines of tab-separated text fields (see encode)
 DONE_SUFFIX = ".done"
 STAGED_SUFFIX = ".staged"  # a request's lines before it publishes them (hidden: a leading dot)
 #: A published staged segment's name carries the value its rows' pending field stands for.
-_PENDING_IN_NAME = re.compile(r"-P([0-9.]*)" + re.escape(SUFFIX) + "$")
+_PENDING_VALUE = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?)?")
+_PENDING_IN_NAME = re.compile(r"-P(" + _PENDING_VALUE.pattern + ")" + re.escape(SUFFIX) + "$")
 #: A temporary file older than this was left by a killed process.
 STALE_TMP_SECONDS = 60.0
 
@@ -260,7 +264,8 @@ class Spool:
     def _publish(self, staged: StagedFile, fd: int, pending: str) -> None:
         """Rename a staged file into a sealed segment of this process, queued for delivery.
 
-        Once renamed the lines are published, even if (with fsync) flushing the folder then fails.
+        With fsync, the file and then the folder are flushed first; if the folder cannot be,
+        the renamed file is deleted again and nothing is published.
         """
         path = self.directory / f"{staged.name}-P{pending}{SUFFIX}"
         read_fd = os.open(staged.path, os.O_RDONLY)
@@ -268,6 +273,12 @@ class Spool:
             if self.fsync:
                 os.fsync(fd)
             os.rename(staged.path, path)
+            if self.fsync:
+                try:
+                    _fsync_directory(self.directory)
+                except OSError:
+                    path.unlink()  # not kept for sure, so not published: the request fails
+                    raise
         except OSError:
             os.close(read_fd)
             raise
@@ -281,8 +292,6 @@ class Spool:
                 self.segments, self.active, self.backlog_rows = [], None, 0
             self.segments.append(segment)
             self.backlog_rows += staged.rows
-        if self.fsync:
-            _fsync_directory(self.directory)
 
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():
@@ -338,6 +347,7 @@ class Spool:
                 self.segments.insert(adopted, segment)
                 adopted += 1
             self._remove_stale_tmp()
+        self._remove_dead_staged()  # outside the lock: requests append meanwhile
         return adopted
 
     def _remove_stale_tmp(self) -> None:
@@ -350,23 +360,31 @@ class Spool:
                     tmp.unlink()
             except FileNotFoundError:
                 continue
-        # A staged file is written for as long as its request runs, however long: deleted only
-        # when its lock is free too, that is when the process staging it is gone.
+
+    def _remove_dead_staged(self) -> None:
+        """Delete staged files whose process died before publishing them (so before answering).
+
+        A staged file is written for as long as its request runs, however long: deleted only
+        when its lock is free too. A file that cannot be opened, locked or deleted is left
+        alone (and logged): it must not stop the delivery of everything else.
+        """
+        cutoff = time.time() - STALE_TMP_SECONDS
         for staged in self.directory.glob(f".*{STAGED_SUFFIX}"):
             try:
                 if staged.stat().st_mtime >= cutoff:
                     continue
                 fd = os.open(staged, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # its request is still running
+                finally:
+                    os.close(fd)
+                staged.unlink()
             except FileNotFoundError:
                 continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                continue  # its request is still running
-            finally:
-                os.close(fd)
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
+            except OSError as exc:
+                log.warning("spool: cannot remove the dead staged file %s: %s", staged, exc)
 
     def next_batch(self, *, max_rows: int) -> tuple[Segment, list[bytes], int] | None:
         """The oldest undelivered lines of one segment: (segment, lines, end offset)."""
@@ -473,13 +491,13 @@ class StagedFile:
         """Make every line a sealed segment of this process, to be delivered; ``pending`` is
         what the rows' pending field stands for (digits and a point, or empty for none).
 
-        :raise SpoolError: the rename failed, and nothing was published; or, with fsync, flushing
-            the folder after the rename failed, and the lines are published all the same.
+        :raise SpoolError: the rename (or, with fsync, flushing the file or the folder) failed;
+            nothing was published.
         """
         if self.fd is None:
             raise SpoolError(f"the staged file {self.path.name} is already published or discarded")
-        if pending.strip("0123456789.") or pending.count(".") > 1:
-            raise ValueError(f"a pending value in a segment name is digits and a point, not {pending!r}")
+        if not _PENDING_VALUE.fullmatch(pending):
+            raise ValueError(f"a pending value in a segment name is a decimal number or nothing, not {pending!r}")
         try:
             self.spool._publish(self, self.fd, pending)
         except OSError as exc:

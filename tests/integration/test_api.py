@@ -291,6 +291,32 @@ def test_malformed_json_is_400(client: FlaskClient, app: Flask, data: bytes) -> 
     assert count_rows(app) == (0, 0)
 
 
+#: More digits than Python's int() reads (4,300 by default): json reads whole numbers with it.
+HUGE = "1" * 5000
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"PassengerId": ' + HUGE + ', "Pclass": 3, "Sex": "male"}',
+        '[{"Pclass": 3, "Sex": "male"}, {"Age": ' + HUGE + ', "Pclass": 3, "Sex": "male"}]',
+        "[" + HUGE + "]",
+    ],
+    ids=["object", "array-item", "bare-number"],
+)
+def test_json_whole_number_too_long_to_read_is_400(client: FlaskClient, app: Flask, data: str) -> None:
+    body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 400)
+    assert "malformed JSON: a whole number of more than 4300 digits" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize("field", ["PassengerId", "SibSp", "Parch", "Age"])
+def test_csv_number_too_long_to_read_is_422_naming_its_field(client: FlaskClient, app: Flask, field: str) -> None:
+    body = assert_json_error(post_csv(client, csv_with_cell(3, field, HUGE)), 422)
+    assert [(e["field"], e["line"]) for e in body["errors"]] == [(field, 3)]
+    assert count_rows(app) == (0, 0)
+
+
 @pytest.mark.parametrize("value", ['"a passenger"', "42", "3.5", "null", "true"])
 def test_top_level_json_scalar_is_400(client: FlaskClient, app: Flask, value: str) -> None:
     body = assert_json_error(client.post("/api/predict", data=value, content_type="application/json"), 400)

@@ -166,9 +166,9 @@ def test_a_request_staged_in_a_file_is_published_whole_with_its_latency(
     assert len(latencies) == 1 and next(iter(latencies)) > 0, latencies
     assert count_rows(app) == (2000, 2000)
     assert spooled_rows(app) == 0
-    assert not [
-        p.name for p in directory.iterdir() if p.name.endswith((spool.STAGED_SUFFIX, spool.SUFFIX)) and "-P" in p.name
-    ]
+    left = [p.name for p in directory.iterdir()]
+    assert not [n for n in left if n.endswith(spool.STAGED_SUFFIX)], left
+    assert not [n for n in left if spool.pending_value(n) is not None], left
 
 
 def test_a_staged_file_is_deleted_when_a_late_row_is_invalid(

@@ -138,7 +138,10 @@ def unique_rows(count: int) -> list[list[str]]:
 
 @pytest.mark.parametrize(
     ("field", "text"),
-    [("PassengerId", text) for text in (" 12 ", "+7", "1_000", "٣", "²", "0", "2147483648", "3.0", "", "007")]
+    [
+        ("PassengerId", text)
+        for text in (" 12 ", "+7", "1_000", "٣", "²", "0", "2147483648", "3.0", "", "007", "1" * 19, "9" * 5000)
+    ]
     + [("Name", text) for text in ("", "  ", " padded ", 'Ünïcode, Mrs. "Q"\ttab', "x" * 201, "x" * 200)]
     + [("Ticket", text) for text in ("", "t" * 51, "t" * 50)],
 )
@@ -166,7 +169,11 @@ def test_a_column_checked_whole_is_remembered_as_cell_by_cell_and_within_bounds(
         assert all(memory[name][text] == by_cell._check_text(field, text) for text in memory[name]), name
     # the same rows again come from memory, with the same result
     assert checker.check_text_rows(HEADER, checker.csv_plan(HEADER), rows, first_index=0) == expected
-    # the memory stays within its bound
+    # the memory stays within its bound, also for a chunk larger than it (not remembered)
+    monkeypatch.setattr(BatchChecker, "MEMORY", 100)
+    larger = BatchChecker()
+    assert larger.check_text_rows(HEADER, larger.csv_plan(HEADER), rows, first_index=0) == expected
+    assert larger._text_memo["PassengerId"] == {} and larger._text_memo["Name"] == {}
     monkeypatch.setattr(BatchChecker, "MEMORY", 500)
     small = BatchChecker()
     for start in (0, 400, 800):

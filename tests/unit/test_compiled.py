@@ -97,6 +97,23 @@ def test_every_training_candidate_gives_the_pipelines_probabilities_on_every_row
     np.testing.assert_allclose(got, expected(pipeline, rows), rtol=0, atol=TOLERANCE)
 
 
+@pytest.mark.parametrize("rows", [compiled.TREE_LOOP - 1, compiled.TREE_LOOP, 2000, 2500])
+def test_the_tree_tables_give_the_same_bits_one_tree_at_a_time_or_all_at_once(
+    fitted: dict[str, Pipeline], passengers: Passengers, rows: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """TREE_LOOP only chooses how the trees are summed: in the same order, so to the same bits."""
+    model = compile_or_fail(fitted["gradient_boosting_compact"])
+    everyone = passengers["test.csv"] + passengers["train.csv"]
+    XT = model._inputs_t(model.engineer((everyone * (rows // len(everyone) + 1))[:rows]))
+    trees = model.estimator.trees
+    assert trees.table
+    monkeypatch.setattr(compiled, "TREE_LOOP", 1)
+    loop = trees.total(XT)
+    monkeypatch.setattr(compiled, "TREE_LOOP", 10**9)
+    at_once = trees.total(XT)
+    np.testing.assert_array_equal(loop, at_once)
+
+
 @pytest.mark.parametrize("name", CANDIDATE_NAMES)
 def test_one_at_a_time_and_in_batches_of_any_size_agree_with_the_pipeline(
     fitted: dict[str, Pipeline], passengers: Passengers, name: str

@@ -530,8 +530,8 @@ def test_a_discarded_staged_file_leaves_nothing(make_spool: MakeSpool, tmp_path:
 
 def test_a_pending_value_must_be_a_number_or_nothing(make_spool: MakeSpool) -> None:
     staged = stage(make_spool(), [["a"]])
-    for bad in ("1-2", "x", "1.2.3", "../evil"):
-        with pytest.raises(ValueError, match="digits and a point"):
+    for bad in ("1-2", "x", "1.2.3", "../evil", ".", "...", "1.", ".5"):
+        with pytest.raises(ValueError, match="a decimal number or nothing"):
             staged.publish(bad)
     staged.publish("")
     assert make_spool().adopt_orphans() == 0
@@ -623,3 +623,58 @@ def test_a_full_disk_while_staging_raises_spool_error(make_spool: MakeSpool, mon
         staged.write(b"1\t1.0\tx\n", rows=1, spooled_at=1.0)
     monkeypatch.undo()
     staged.discard()
+
+
+def test_a_staged_file_is_published_with_fsync(make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch) -> None:
+    flushed: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: flushed.append(fd) or real_fsync(fd))
+    owner = make_spool(fsync=True)
+    stage(owner, [["a", "b"]]).publish("3.000")
+    assert len(flushed) == 2  # the file, then the folder that names it
+    assert drain(owner) == ["a", "b"]
+
+
+def test_a_folder_that_cannot_be_flushed_publishes_nothing(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With SPOOL_FSYNC the request must not answer lines that might not survive a power cut:
+    they are not published, and the request fails."""
+    owner = make_spool(fsync=True)
+    staged = stage(owner, [["a", "b"]])
+
+    def refuse(directory: Path) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(spool_module, "_fsync_directory", refuse)
+    with pytest.raises(SpoolError, match="cannot spool predictions"):
+        staged.publish("3.000")
+    staged.discard()
+    assert files(tmp_path / "spool") == []
+    assert owner.backlog_rows == 0 and owner.next_batch(max_rows=10) is None
+    assert make_spool().adopt_orphans() == 0
+
+
+def test_a_dead_staged_file_that_cannot_be_opened_does_not_stop_adoption(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    run_staging_child(directory, "stage")
+    run_staging_child(directory, "publish")
+    (left,) = directory.glob(f".*{spool_module.STAGED_SUFFIX}")
+    old = time.time() - spool_module.STALE_TMP_SECONDS - 5
+    os.utime(left, (old, old))
+    real_open = os.open
+
+    def open_refusing_staged(path: Any, flags: int, *args: Any) -> int:
+        if str(path).endswith(spool_module.STAGED_SUFFIX):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(spool_module.os, "open", open_refusing_staged)
+    adopter = make_spool()
+    with caplog.at_level("WARNING", logger="titanic_web.spool"):
+        assert adopter.adopt_orphans() == 1
+    assert "cannot remove the dead staged file" in caplog.text
+    assert drain(adopter) == ["staged-0", "staged-1"]
+    assert left.exists()
