@@ -654,7 +654,7 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
     lines = []
     head = (
         f"{'config':<17}{'body':>5}{'req/s':>7}{'pass/s':>8}{'p50 ms':>8}{'p99 ms':>8}{'max ms':>8}"
-        f"{'/floor':>7}{'/off':>6}{'p99/floor':>10}{'p99/off':>8}{'CPU ms/req':>11}{'errors':>7}  stored"
+        f"{'/floor':>7}{'/off':>6}{'p99/floor':>10}{'p99/off':>8}{'CPU us/req':>11}{'errors':>7}  stored"
     )
     lines.append(head)
     lines.append("-" * (len(head) + 40))
@@ -694,7 +694,8 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
             "stored": kept.get(c.key, "-"),
         }
         summary[c.key] = s
-        cpu = f"{s['cpu_ms']:.1f}" + (f"+{s['db_cpu_ms']:.1f}" if s["db_cpu_ms"] is not None else "")
+        # In microseconds: recording's cost is tens of them, a tenth of a millisecond would hide it.
+        cpu = f"{s['cpu_ms'] * 1000:.0f}" + (f"+{s['db_cpu_ms'] * 1000:.0f}" if s["db_cpu_ms"] is not None else "")
 
         def cell(value: float, width: int, fmt: str = ".2f") -> str:
             return f"{'-':>{width}}" if value != value else f"{value:>{width}{fmt}}"  # NaN: not measured
@@ -709,13 +710,13 @@ def report(configs: list[Config], runs: list[Run], rounds: int, kept: dict[str, 
     lines.append("body: passengers per request (pass/s = req/s x body). req/s and latencies are medians over rounds;")
     lines.append("ratios are medians of within-round ratios against the floor / recording off with the same body")
     lines.append("(the floor parses the body and answers one small object, whatever the body holds).")
-    lines.append("CPU ms/req: CPU time of the gunicorn workers (all threads: the request and the recorder's")
+    lines.append("CPU us/req: CPU time of the gunicorn workers (all threads: the request and the recorder's")
     lines.append("writer) per request; +N for (iv) is the CPU of the PostgreSQL backends serving them.")
     lines.append("")
-    lines.append("per round: req/s, p99 ms, CPU ms/req")
+    lines.append("per round: req/s, p99 ms, CPU us/req")
     for n in numbers:
         cells = [
-            f"({c.key}) {by[(c.key, n)].rps:.0f}, {by[(c.key, n)].p99_ms:.0f}, {by[(c.key, n)].cpu_ms:.1f}"
+            f"({c.key}) {by[(c.key, n)].rps:.0f}, {by[(c.key, n)].p99_ms:.0f}, {by[(c.key, n)].cpu_ms * 1000:.0f}"
             for c in configs
             if (c.key, n) in by
         ]
@@ -895,8 +896,8 @@ def main(argv: list[str] | None = None) -> int:
                 errs = sum(run.errors.values())
                 print(
                     f"round {n} ({c.key}) {c.name:<9}{run.rps:6.0f} req/s  p50 {run.p50_ms:6.1f} ms  "
-                    f"p99 {run.p99_ms:6.1f} ms  max {run.max_ms:6.0f} ms  CPU {run.cpu_ms:5.1f} ms/req"
-                    + ("" if run.db_cpu_ms is None else f" + PostgreSQL {run.db_cpu_ms:.1f}")
+                    f"p99 {run.p99_ms:6.1f} ms  max {run.max_ms:6.0f} ms  CPU {run.cpu_ms * 1000:5.0f} us/req"
+                    + ("" if run.db_cpu_ms is None else f" + PostgreSQL {run.db_cpu_ms * 1000:.0f}")
                     + (f"  errors {run.errors}" if errs else ""),
                     flush=True,
                 )
