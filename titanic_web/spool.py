@@ -334,15 +334,20 @@ class Spool:
                     fd = os.open(path, os.O_RDONLY)
                 except FileNotFoundError:
                     continue  # delivered and removed meanwhile
-                if not _try_lock(fd):
-                    os.close(fd)  # a live process owns it
+                except OSError as exc:  # one unreadable file must not stop the delivery of the rest
+                    log.error("spool: cannot open %s to deliver it: %s", path, exc)
                     continue
-                if os.fstat(fd).st_nlink == 0:  # removed after we opened it
+                try:
+                    if not _try_lock(fd) or os.fstat(fd).st_nlink == 0:
+                        os.close(fd)  # a live process owns it, or it was removed after we opened it
+                        continue
+                    segment = Segment(path, fd, done=_read_done(path.with_name(path.name + DONE_SUFFIX)))
+                    segment.sealed = True
+                    _index_entries(segment)
+                except OSError as exc:
                     os.close(fd)
+                    log.error("spool: cannot adopt %s: %s", path, exc)
                     continue
-                segment = Segment(path, fd, done=_read_done(path.with_name(path.name + DONE_SUFFIX)))
-                segment.sealed = True
-                _index_entries(segment)
                 self.backlog_rows += sum(e.rows for e in segment.entries)
                 self.segments.insert(adopted, segment)
                 adopted += 1

@@ -678,3 +678,32 @@ def test_a_dead_staged_file_that_cannot_be_opened_does_not_stop_adoption(
     assert "cannot remove the dead staged file" in caplog.text
     assert drain(adopter) == ["staged-0", "staged-1"]
     assert left.exists()
+
+
+def test_an_orphan_that_cannot_be_opened_is_logged_and_the_others_are_delivered(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "spool"
+    run_staging_child(directory, "publish")
+    run_staging_child(directory, "publish")
+    unreadable, readable = segment_files(directory)
+    real_open = os.open
+
+    def refuse_one(path: Any, flags: int, *args: Any) -> int:
+        if Path(path) == unreadable:
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(spool_module.os, "open", refuse_one)
+    adopter = make_spool()
+    with caplog.at_level("ERROR", logger="titanic_web.spool"):
+        assert adopter.adopt_orphans() == 1
+    assert f"cannot open {unreadable}" in caplog.text
+    assert drain(adopter) == ["staged-0", "staged-1"]
+    assert segment_files(directory) == [unreadable]  # kept for a later adopter
+
+    monkeypatch.undo()
+    later = make_spool()
+    assert later.adopt_orphans() == 1
+    assert drain(later) == ["staged-0", "staged-1"]
+    assert segment_files(directory) == []
