@@ -655,6 +655,18 @@ def test_a_folder_that_cannot_be_flushed_publishes_nothing(
     assert make_spool().adopt_orphans() == 0
 
 
+def refuse_opening(monkeypatch: pytest.MonkeyPatch, refused: Callable[[Path], bool]) -> None:
+    """The spool's os.open fails with EACCES for the paths ``refused`` picks, as for a file of another user."""
+    real_open = os.open
+
+    def open_or_refuse(path: Any, flags: int, *args: Any) -> int:
+        if refused(Path(path)):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(spool_module.os, "open", open_or_refuse)
+
+
 def test_a_dead_staged_file_that_cannot_be_opened_does_not_stop_adoption(
     make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -664,14 +676,7 @@ def test_a_dead_staged_file_that_cannot_be_opened_does_not_stop_adoption(
     (left,) = directory.glob(f".*{spool_module.STAGED_SUFFIX}")
     old = time.time() - spool_module.STALE_TMP_SECONDS - 5
     os.utime(left, (old, old))
-    real_open = os.open
-
-    def open_refusing_staged(path: Any, flags: int, *args: Any) -> int:
-        if str(path).endswith(spool_module.STAGED_SUFFIX):
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(spool_module.os, "open", open_refusing_staged)
+    refuse_opening(monkeypatch, lambda path: path.name.endswith(spool_module.STAGED_SUFFIX))
     adopter = make_spool()
     with caplog.at_level("WARNING", logger="titanic_web.spool"):
         assert adopter.adopt_orphans() == 1
@@ -687,14 +692,7 @@ def test_an_orphan_that_cannot_be_opened_is_logged_and_the_others_are_delivered(
     run_staging_child(directory, "publish")
     run_staging_child(directory, "publish")
     unreadable, readable = segment_files(directory)
-    real_open = os.open
-
-    def refuse_one(path: Any, flags: int, *args: Any) -> int:
-        if Path(path) == unreadable:
-            raise PermissionError(errno.EACCES, "Permission denied")
-        return real_open(path, flags, *args)
-
-    monkeypatch.setattr(spool_module.os, "open", refuse_one)
+    refuse_opening(monkeypatch, lambda path: path == unreadable)
     adopter = make_spool()
     with caplog.at_level("ERROR", logger="titanic_web.spool"):
         assert adopter.adopt_orphans() == 1
