@@ -400,9 +400,9 @@ def _plain_column(field: Field, texts: Sequence[str]) -> tuple[list[Any], list[s
     """A whole column's clean values and JSON fragments when every cell takes the common way
     through ``BatchChecker._check_text`` (plain digits in range for a whole number; text neither
     blank nor too long), with the same outcomes; None when any cell does not."""
-    prefix = f'"{field.name}":'
     if field.choices:
         return None
+    prefix = f'"{field.name}":'
     if field.kind is int:
         if max(map(len, texts)) > PLAIN_DIGITS or not (all(map(str.isdigit, texts)) and all(map(str.isascii, texts))):
             return None

@@ -223,14 +223,12 @@ class Spool:
             try:
                 segment = self._active_segment()
                 assert segment.write_fd is not None
-                written = os.write(segment.write_fd, line)
-                while written < len(line):  # rare short write: finish it
-                    written += os.write(segment.write_fd, line[written:])
+                _write_all(segment.write_fd, line)
                 if self.fsync:
                     os.fsync(segment.write_fd)
             except OSError as exc:
                 self._discard_partial_line()
-                raise SpoolError(exc.errno, f"cannot spool predictions to {self.directory}: {exc.strerror}") from exc
+                raise _refused(exc, self.directory) from exc
             segment.size += len(line)
             segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows))
             self.backlog_rows += rows
@@ -287,21 +285,21 @@ class Spool:
         segment.sealed = True
         segment.entries.extend(staged.entries)
         with self.lock:
-            if self.pid != os.getpid():  # forked: the parent's segments are not ours
-                self.pid = os.getpid()
-                self.segments, self.active, self.backlog_rows = [], None, 0
+            self._forget_if_forked()
             self.segments.append(segment)
             self.backlog_rows += staged.rows
+
+    def _forget_if_forked(self) -> None:
+        if self.pid != os.getpid():  # forked: the parent's segments are not ours
+            self.pid = os.getpid()
+            self.segments, self.active, self.backlog_rows = [], None, 0
 
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():
             return self.active
-        if self.pid != os.getpid():  # forked: the parent's segments are not ours
-            self.pid = os.getpid()
-            self.segments = []
-            self.backlog_rows = 0
+        self._forget_if_forked()
         self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        name = _new_name()
         # Create under a hidden name, lock, then rename: no other process can ever
         # see this segment unlocked and take it for an orphan.
         tmp = self.directory / f".{name}.tmp"
@@ -459,13 +457,13 @@ class StagedFile:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self.name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+        self.name = _new_name()
         self.path = spool.directory / f".{self.name}{STAGED_SUFFIX}"
         try:
             spool.directory.mkdir(parents=True, exist_ok=True)
             self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         except OSError as exc:
-            raise SpoolError(exc.errno, f"cannot spool predictions to {spool.directory}: {exc.strerror}") from exc
+            raise _refused(exc, spool.directory) from exc
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -483,11 +481,9 @@ class StagedFile:
         if self.fd is None:
             raise SpoolError(f"the staged file {self.path.name} is already published or discarded")
         try:
-            written = os.write(self.fd, line)
-            while written < len(line):  # rare short write: finish it
-                written += os.write(self.fd, line[written:])
+            _write_all(self.fd, line)
         except OSError as exc:
-            raise SpoolError(exc.errno, f"cannot spool predictions to {self.spool.directory}: {exc.strerror}") from exc
+            raise _refused(exc, self.spool.directory) from exc
         self.size += len(line)
         self.rows += rows
         self.entries.append(Entry(end=self.size, spooled_at=spooled_at, rows=rows))
@@ -506,7 +502,7 @@ class StagedFile:
         try:
             self.spool._publish(self, self.fd, pending)
         except OSError as exc:
-            raise SpoolError(exc.errno, f"cannot spool predictions to {self.spool.directory}: {exc.strerror}") from exc
+            raise _refused(exc, self.spool.directory) from exc
 
     def discard(self) -> None:
         """Delete the staged lines (nothing of them was published)."""
@@ -516,6 +512,21 @@ class StagedFile:
             self.path.unlink()
         os.close(self.fd)
         self.fd = None
+
+
+def _new_name() -> str:
+    """A segment's or staged file's name: unique to this machine, process and moment."""
+    return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    written = os.write(fd, data)
+    while written < len(data):  # rare short write: finish it
+        written += os.write(fd, data[written:])
+
+
+def _refused(exc: OSError, directory: Path) -> SpoolError:
+    return SpoolError(exc.errno, f"cannot spool predictions to {directory}: {exc.strerror}")
 
 
 def pending_value(name: str) -> str | None:
