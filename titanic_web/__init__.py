@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +20,34 @@ from titanic_web.watcher import ModelWatcher
 __version__ = "0.1.0"
 
 
+class TitanicFlask(Flask):
+    """Flask, with what it checks of each view and hook once per function rather than per request."""
+
+    #: Functions whose answer :meth:`ensure_sync` keeps: the views and hooks are a few dozen; a
+    #: class-based view makes a new bound method per request, and those must not pile up.
+    SYNC_CACHE_SIZE = 1024
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        """Flask's answer for ``func``, kept: Flask asks it of every view and hook on every
+        request (is it a coroutine function?), and for one function the answer never changes."""
+        try:
+            return self._sync[func]
+        except KeyError:
+            answer = super().ensure_sync(func)
+            if len(self._sync) < self.SYNC_CACHE_SIZE:
+                self._sync[func] = answer
+            return answer
+        except TypeError:  # an unhashable callable: asked each time
+            return super().ensure_sync(func)
+
+
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     """Build the application: settings, extensions, model, blueprints, errors, commands."""
-    app = Flask(
+    app = TitanicFlask(
         __name__,
         instance_relative_config=True,
         template_folder="../templates",

@@ -4,14 +4,18 @@ rate limits, API keys, and the checks production mode makes before it starts."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
-from flask import Flask, Response, request
+from flask import Flask, Response
 from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from titanic_web import auth, ratelimit
 from titanic_web.config import ConfigError, _bool_env, _int_env
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 APP_ENVS = ("development", "production")
 
@@ -82,37 +86,60 @@ def check_production(app: Flask) -> None:
 
 
 class StaticTalisman(Talisman):
-    """Talisman with its headers worked out once, at start, instead of on every response.
+    """Talisman with its headers worked out once, at start, and added by a WSGI middleware.
 
     The headers here are the same for every response: no view has Talisman options of its
     own and no policy takes a nonce, so only Strict-Transport-Security depends on the request
     (HTTPS or not). Talisman itself builds them, once for a plain request and once for an
-    HTTPS one; each response then gets the matching list copied on, which costs a small
-    part of Talisman's per-response work of reading options and parsing the policy again.
+    HTTPS one. :class:`SecurityHeaders` then puts the matching list on every answer as it
+    leaves the app, in place of Talisman's after-request function, which read its options,
+    parsed the policy and set each header through Werkzeug's checks on every response.
     """
 
     def init_app(self, app: Flask, **options: Any) -> None:
         if options.get("content_security_policy_nonce_in"):
             raise ValueError("StaticTalisman builds its headers once: a CSP nonce needs Talisman itself")
         super().init_app(app, **options)
-        self._plain = self._headers_for(app, "http://localhost/")
-        self._secure = self._headers_for(app, "https://localhost/")
+        self.plain = self._headers_for(app, "http://localhost/")
+        self.secure = self._headers_for(app, "https://localhost/")
         app.before_request_funcs[None].remove(self._make_nonce)  # no nonce is ever asked for
+        app.after_request_funcs[None].remove(self._set_response_headers)  # the middleware sets them
         if not (self.force_https or self.session_cookie_secure):
             # With neither, Talisman's before-request check can redirect nothing and set nothing.
             app.before_request_funcs[None].remove(self._force_https)
+        app.wsgi_app = SecurityHeaders(app.wsgi_app, plain=self.plain, secure=self.secure)  # type: ignore[method-assign]
 
     def _headers_for(self, app: Flask, url: str) -> list[tuple[str, str]]:
         with app.test_request_context(url):
             response = super()._set_response_headers(Response())
         return [(name, value) for name, value in response.headers.items() if name.lower() != "content-type"]
 
-    def _set_response_headers(self, response: Response) -> Response:
-        secure = request.is_secure or request.headers.get("X-Forwarded-Proto", "http") == "https"
-        headers = response.headers
-        for name, value in self._secure if secure else self._plain:
-            headers[name] = value
-        return response
+
+class SecurityHeaders:
+    """WSGI middleware: every answer gets the security headers, ``secure`` for HTTPS, else ``plain``.
+
+    A header of the same name set by a view is replaced, as Talisman does. HTTPS is what
+    Talisman takes it for: the request's scheme (after :class:`ProxyFix`, when proxies
+    are trusted), or an ``X-Forwarded-Proto: https`` header.
+    """
+
+    def __init__(
+        self, wsgi_app: WSGIApplication, *, plain: list[tuple[str, str]], secure: list[tuple[str, str]]
+    ) -> None:
+        self.wsgi_app = wsgi_app
+        self.plain, self.secure = list(plain), list(secure)
+        self._names = frozenset(name.lower() for name, _ in self.plain + self.secure)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        secure = environ.get("wsgi.url_scheme") in ("https", "wss") or environ.get("HTTP_X_FORWARDED_PROTO") == "https"
+        added = self.secure if secure else self.plain
+        names = self._names
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            kept = [header for header in headers if header[0].lower() not in names]
+            return start_response(status, kept + added, exc_info)
+
+        return self.wsgi_app(environ, start)
 
 
 def init_app(app: Flask) -> None:
@@ -120,11 +147,6 @@ def init_app(app: Flask) -> None:
 
     Call after the blueprints are registered: the rate limits wrap the POST views.
     """
-    proxies = int(app.config.get("TRUSTED_PROXIES", 0))
-    if proxies:
-        # Only what the trusted proxies set: without it, every client shares the proxy's address
-        # (one rate-limit count for all) and HTTPS requests look like plain HTTP.
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     force_https = bool(app.config.get("FORCE_HTTPS", False))
     app.extensions["titanic.talisman"] = StaticTalisman(
         app,
@@ -135,5 +157,11 @@ def init_app(app: Flask) -> None:
         referrer_policy=REFERRER_POLICY,
         x_content_type_options=True,
     )
+    proxies = int(app.config.get("TRUSTED_PROXIES", 0))
+    if proxies:
+        # Only what the trusted proxies set: without it, every client shares the proxy's address
+        # (one rate-limit count for all) and HTTPS requests look like plain HTTP. Outermost, so
+        # the security headers see the scheme the client used.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
     ratelimit.init_app(app)
     auth.init_app(app)

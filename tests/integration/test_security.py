@@ -141,20 +141,44 @@ def test_session_without_a_cookie_is_new_and_empty_and_a_signed_one_is_read(
 
 
 @pytest.mark.parametrize(
-    ("url", "headers"),
-    [("http://localhost/", {}), ("https://localhost/", {}), ("http://localhost/", {"X-Forwarded-Proto": "https"})],
-    ids=["plain", "https", "forwarded-https"],
+    ("url", "headers", "settings"),
+    [
+        ("http://localhost/", {}, {}),
+        ("https://localhost/", {}, {}),
+        ("http://localhost/", {"X-Forwarded-Proto": "https"}, {}),
+        ("http://localhost/", {"X-Forwarded-Proto": "https"}, {"TRUSTED_PROXIES": 1}),
+    ],
+    ids=["plain", "https", "forwarded-https", "forwarded-https-trusted"],
 )
-def test_headers_built_once_equal_talismans_own(make_app: MakeApp, url: str, headers: dict[str, str]) -> None:
-    """The headers worked out at start are exactly those Talisman sets on a response itself."""
-    app = make_app()
+def test_served_headers_equal_talismans_own(
+    make_app: MakeApp, url: str, headers: dict[str, str], settings: dict[str, Any]
+) -> None:
+    """What the middleware puts on answers is exactly what Talisman sets on a response itself."""
+    app = make_app(**settings)
     talisman = app.extensions["titanic.talisman"]
-    for path in ("", "api/predict", "history"):
+    client = app.test_client()
+    names = {name.lower() for name, _ in talisman.secure}
+    for path in ("", "api/predict", "history", "api/nothing-here"):
         with app.test_request_context(url + path, headers=headers):
             expected = Talisman._set_response_headers(talisman, Response())
-            served = talisman._set_response_headers(Response())
-        assert list(served.headers.items()) == list(expected.headers.items()), (url, path)
-    assert ("Strict-Transport-Security" in served.headers) == (url.startswith("https") or bool(headers))
+        answer = client.get(url + path, headers=headers)
+        served = [(name, value) for name, value in answer.headers.items() if name.lower() in names]
+        assert served == [(n, v) for n, v in expected.headers.items() if n.lower() in names], (url, path)
+        assert ("Strict-Transport-Security" in answer.headers) == (url.startswith("https") or bool(headers)), path
+
+
+def test_a_views_own_security_header_is_replaced_once(make_app: MakeApp) -> None:
+    """As Talisman did: the policy's value wins over a view's, and the header is sent once."""
+    app = make_app()
+
+    def framed() -> Any:
+        return "framed", 200, {"X-Frame-Options": "SAMEORIGIN", "x-content-type-options": "sniff", "X-Own": "kept"}
+
+    app.add_url_rule("/test-framed", "test_framed", framed)
+    answer = app.test_client().get("/test-framed")
+    assert answer.headers.getlist("X-Frame-Options") == ["DENY"]
+    assert answer.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+    assert answer.headers["X-Own"] == "kept" and answer.get_data(as_text=True) == "framed"
 
 
 def test_headers_on_html_and_json_answers(client: FlaskClient) -> None:

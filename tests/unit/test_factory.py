@@ -105,3 +105,25 @@ def test_the_api_and_the_form_are_registered() -> None:
     app = create_app()
     assert {"web", "api"} <= set(app.blueprints)
     assert any(rule.rule.startswith("/api/") for rule in app.url_map.iter_rules())
+
+
+def test_ensure_sync_answers_as_flask_does_and_keeps_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flask's check of each view and hook is kept per function, never for more than SYNC_CACHE_SIZE."""
+    app = create_app()
+    monkeypatch.setattr(type(app), "SYNC_CACHE_SIZE", 3)
+
+    def view() -> str:
+        return "ok"
+
+    async def coroutine_view() -> str:
+        return "ok"
+
+    assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
+    with pytest.raises(RuntimeError, match="async"):  # as Flask: async views need its [async] extra
+        app.ensure_sync(coroutine_view)
+    kept = len(app._sync)
+    bound = [type("View", (), {"get": lambda self: "ok"})().get for _ in range(10)]  # one per request
+    assert [app.ensure_sync(method) for method in bound] == bound
+    assert len(app._sync) == 3 and kept <= 3
+    app.add_url_rule("/test-view", "test_view", view)
+    assert app.test_client().get("/test-view").get_data(as_text=True) == "ok"
