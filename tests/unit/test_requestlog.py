@@ -98,6 +98,66 @@ def test_emit_sends_the_line_as_it_is_at_info(no_request: None) -> None:
     assert [(r.name, r.levelno, r.getMessage()) for r in records] == [("titanic_web.requests", logging.INFO, '{"a":1}')]
 
 
+@pytest.fixture
+def configured_log() -> Iterator[logging.Logger]:
+    """The request logger at INFO with its own handler, as the app sets it up; restored after."""
+    log = requestlog.log
+    level, handlers, filters = log.level, list(log.handlers), list(log.filters)
+    requestlog.configure_logger(logging.INFO)
+    yield log
+    log.setLevel(level)
+    log.handlers[:], log.filters[:] = handlers, filters
+
+
+def test_emit_writes_the_bare_line_to_standard_error(
+    configured_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    requestlog.emit('{"a":1}')
+    requestlog.emit('{"b":2}')
+    assert capsys.readouterr().err == '{"a":1}\n{"b":2}\n'
+
+
+def test_a_filter_or_handler_added_to_the_request_logger_still_gets_records(
+    configured_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: list[str] = []
+
+    def only_b(record: logging.LogRecord) -> bool:
+        seen.append(record.getMessage())
+        return "b" in record.getMessage()
+
+    configured_log.addFilter(only_b)
+    requestlog.emit('{"a":1}')
+    requestlog.emit('{"b":2}')
+    assert seen == ['{"a":1}', '{"b":2}'] and capsys.readouterr().err == '{"b":2}\n'
+    configured_log.removeFilter(only_b)
+    records: list[logging.LogRecord] = []
+    extra = logging.Handler()
+    extra.emit = records.append  # type: ignore[method-assign]
+    configured_log.addHandler(extra)
+    requestlog.emit('{"c":3}')
+    assert [r.getMessage() for r in records] == ['{"c":3}'] and capsys.readouterr().err == '{"c":3}\n'
+
+
+def test_a_failed_write_is_reported_as_logging_reports_it_and_not_raised(
+    configured_log: logging.Logger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reported: list[str] = []
+
+    class Broken:
+        def write(self, text: str) -> int:
+            raise OSError("disk gone")
+
+        def flush(self) -> None:
+            pass
+
+    handler = next(h for h in configured_log.handlers if isinstance(h, requestlog._StderrHandler))
+    monkeypatch.setattr(handler, "handleError", lambda record: reported.append(record.getMessage()))
+    monkeypatch.setattr("sys.stderr", Broken())
+    requestlog.emit('{"a":1}')
+    assert reported == ['{"a":1}']
+
+
 def test_a_tally_adds_and_merges_answers() -> None:
     one, other = Tally(), Tally()
     one.add([0.05, 0.95], 1)
