@@ -157,8 +157,9 @@ def _limit_view(view: Callable[..., Any], limiter: RateLimiter, endpoint: str) -
 
     @functools.wraps(view)
     def limited(*args: Any, **kwargs: Any) -> Any:
-        if request.method == "POST":
-            refused = limiter.hit(endpoint, request.remote_addr or "unknown")
+        req = request._get_current_object()  # type: ignore[attr-defined]  # one proxy lookup, not two
+        if req.method == "POST":
+            refused = limiter.hit(endpoint, req.remote_addr or "unknown")
             if refused is not None:
                 raise refused
         return view(*args, **kwargs)

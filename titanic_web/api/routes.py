@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from flask import Response, current_app, jsonify, request
+from flask import Flask, Request, Response, current_app, jsonify, request
 
 from titanic_web import batch, get_service
 from titanic_web.api import bp
@@ -26,17 +26,17 @@ CSV_TYPES = ("text/csv", "application/csv")
 IN_MEMORY_BYTES = 1 << 20
 
 
-def body_stream() -> IO[bytes]:
+def body_stream(req: Request) -> IO[bytes]:
     """The request body as a file: in memory when small, else copied to disk a block at a time.
 
     :raise RequestEntityTooLarge: the body is over MAX_CONTENT_LENGTH (413).
     """
-    length = request.content_length
+    length = req.content_length
     if length is not None and length <= IN_MEMORY_BYTES:
-        return io.BytesIO(request.get_data(cache=False))
+        return io.BytesIO(req.get_data(cache=False))
     copy = tempfile.SpooledTemporaryFile(max_size=IN_MEMORY_BYTES)  # noqa: SIM115  (returned open to the caller)
     try:
-        shutil.copyfileobj(request.stream, copy, batch.READ_BYTES)
+        shutil.copyfileobj(req.stream, copy, batch.READ_BYTES)
     except BaseException:
         copy.close()
         raise
@@ -61,14 +61,14 @@ def file_response(file: IO[bytes], size: int, **options: Any) -> Response:
     return response
 
 
-def _flag(name: str) -> bool:
+def _flag(req: Request, name: str) -> bool:
     """A true/false query parameter (absent: false).
 
     :raise ApiError: 400, the value is neither true nor false.
     """
-    if not request.query_string:  # the usual request: nothing to parse
+    if not req.query_string:  # the usual request: nothing to parse
         return False
-    text = request.args.get(name)
+    text = req.args.get(name)
     if text is None:
         return False
     word = text.strip().lower()
@@ -82,23 +82,27 @@ def _flag(name: str) -> bool:
 @bp.post("/predict")
 def predict() -> Any:
     """Predict one passenger, an array of them, or a CSV file of them (up to MAX_ROWS)."""
-    if request.mimetype in JSON_TYPES or request.mimetype.endswith("+json"):
+    # The objects behind Flask's proxies, looked up once: each access through a proxy costs a lookup.
+    req: Request = request._get_current_object()  # type: ignore[attr-defined]
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]
+    mimetype = req.mimetype
+    if mimetype in JSON_TYPES or mimetype.endswith("+json"):
         kind = "json"
-    elif request.mimetype in CSV_TYPES:
+    elif mimetype in CSV_TYPES:
         kind = "csv"
     else:
         raise ApiError(
             415,
-            f"unsupported Content-Type {request.mimetype or '(none)'!r}: "
+            f"unsupported Content-Type {mimetype or '(none)'!r}: "
             "send application/json (a passenger or an array) or text/csv (competition layout)",
         )
-    service = get_service(current_app)
+    service = get_service(app)
     try:
         predictor = service.require_predictor()
     except ModelUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    as_csv = request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
-    explain = _flag("explain")
+    as_csv = req.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
+    explain = _flag(req, "explain")
     if explain and as_csv:
         raise ApiError(400, "explain=true needs a JSON answer: ask with Accept: application/json")
     if explain:
@@ -108,7 +112,7 @@ def predict() -> Any:
             raise ApiError(501, str(exc)) from None
     answers = batch.Answers("csv" if as_csv else "json", predictor.version, explain=explain)
     try:
-        with body_stream() as body:
+        with body_stream(req) as body:
             batch.run(
                 body,
                 kind=kind,
@@ -116,8 +120,8 @@ def predict() -> Any:
                 recorder=service.recorder if service.recording else None,
                 answers=answers,
                 source="api",
-                max_rows=current_app.config["MAX_ROWS"],
-                chunk_rows=current_app.config["BATCH_CHUNK_ROWS"],
+                max_rows=app.config["MAX_ROWS"],
+                chunk_rows=app.config["BATCH_CHUNK_ROWS"],
             )
     except batch.BodyError as exc:
         answers.close()
