@@ -19,6 +19,7 @@ help:
 	@echo "make model  train a new model version and make it active (also: $(FLASK) train; versions: $(FLASK) model list)"
 	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV, writer (installs wrk; figures in bench/README.md)"
 	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
+	@echo "make bench-instructions  instructions per request in a worker, counted by valgrind (installs it)"
 	@echo "make lint   ruff (lint and format check) and mypy; changes no file"
 	@echo "make clean  remove the virtualenv, the trained models (model/registry) and instance/"
 
@@ -83,7 +84,7 @@ $(PROD_STAMP): setup.cfg pyproject.toml
 	$(PROD_VENV)/bin/python -m pip install --quiet -e .
 	touch $(PROD_STAMP)
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-instructions
 bench: $(STAMP) $(PROD_STAMP) $(MODEL)
 	@command -v wrk >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y wrk \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y wrk; }
@@ -95,6 +96,13 @@ bench: $(STAMP) $(PROD_STAMP) $(MODEL)
 bench-quick:
 	$(MAKE) bench PREDICTOR_ARGS="--rounds 2" BENCH_ARGS="--rounds 3 --duration 2" \
 		BATCH_ARGS="--requests 2" WRITER_ARGS="--rounds 1 --batches 5"
+
+# Instructions a gunicorn worker executes per one-passenger request, counted by valgrind:
+# figures the shared machine's noise cannot move (bench/count_instructions.py, about 8 minutes).
+bench-instructions: $(STAMP) $(PROD_STAMP) $(MODEL)
+	@command -v valgrind >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind; }
+	BENCH_SERVER_VENV=$(PROD_VENV) $(BIN)/python bench/count_instructions.py $(COUNT_ARGS)
 
 clean:
 	rm -rf $(VENV) $(PROD_VENV) model/artifacts model/registry instance .pytest_cache

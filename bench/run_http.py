@@ -339,10 +339,13 @@ class Server:
         except FileNotFoundError:
             return ""
 
-    def start(self) -> None:
+    def command(self) -> list[str]:
+        return [str(GUNICORN), "-c", "gunicorn.conf.py", self.config.wsgi]
+
+    def start(self, timeout: float = START_TIMEOUT) -> None:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                [str(GUNICORN), "-c", "gunicorn.conf.py", self.config.wsgi],
+                self.command(),
                 cwd=PROJECT,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
@@ -350,7 +353,7 @@ class Server:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so a hung stop can be killed whole
             )
-        deadline = time.monotonic() + START_TIMEOUT
+        deadline = time.monotonic() + timeout
         listening = f"Listening at: {self.base} ({self.proc.pid})"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -368,7 +371,7 @@ class Server:
                     pass
             time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"{self.config.name}: not up within {START_TIMEOUT:.0f}s:\n{self.log()[-3000:]}")
+        raise RuntimeError(f"{self.config.name}: not up within {timeout:.0f}s:\n{self.log()[-3000:]}")
 
     def stop(self) -> float:
         """SIGTERM the master, wait; SIGKILL its process group if it hangs. Returns the seconds taken."""

@@ -351,6 +351,24 @@ def _float_json(value: float) -> str:
     return "null" if value != value else float.__repr__(value)
 
 
+#: Numbers already written, kept: a float's shortest repr costs thousands of instructions, and
+#: most features take few values. NaN is never kept (no key finds it); -0.0 finds the entry
+#: of 0.0, which is there from the start, and is told apart by its sign. At most 10,000 entries.
+_NUMBER_JSON: dict[float, str] = {0.0: "0.0"}
+
+
+def _number_json(value: float) -> str:
+    """:func:`_float_json`, remembered."""
+    text = _NUMBER_JSON.get(value)
+    if text is None:
+        text = _float_json(value)
+        if value == value and len(_NUMBER_JSON) < 10_000:
+            _NUMBER_JSON[value] = text
+    elif text == "0.0" and math.copysign(1.0, value) < 0.0:
+        return "-0.0"
+    return text
+
+
 def _text_json(value: str) -> str:
     encoded = _TEXT_JSON.get(value)
     if encoded is None:
@@ -369,7 +387,7 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     """
     width = len(NUMERIC_FEATURES)
     if len(rows) < 8:  # a request of a few passengers: row by row is quicker than setting up columns
-        return [_FEATURES_JSON % (*map(_float_json, row[:width]), *map(_text_json, row[width:])) for row in rows]
+        return [_FEATURES_JSON % (*map(_number_json, row[:width]), *map(_text_json, row[width:])) for row in rows]
     columns = list(zip(*rows, strict=True))
     parts: list[list[str]] = []
     for column in columns[:width]:
