@@ -119,18 +119,13 @@ def measure(config: Config, env: dict[str, str], work: Path, requests: int) -> f
     """Instructions per request of one configuration's worker."""
     out_dir = work / f"callgrind-{config.key}"
     out_dir.mkdir()
-    spool_dir = work / f"spool-{config.key}"
-    server_env = {
-        **env,
-        "DATABASE_URL": config.database_url,
-        "SPOOL_DIR": str(spool_dir),
-        "BATCH_DIR": str(work / f"batches-{config.key}"),
-        "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{config.key}"),
-        "RECORDING": "true" if config.recording else "false",
+    settings = {
+        **run_http.server_env(config, env, work),
         "RECORDER_BATCH_ROWS": str(BATCH_ROWS),
         "RECORDER_FLUSH_SECONDS": "3600",
     }
-    server = CountedServer(config, server_env, work / f"gunicorn-{config.key}.log", out_dir)
+    spool_dir = Path(settings["SPOOL_DIR"])
+    server = CountedServer(config, settings, work / f"gunicorn-{config.key}.log", out_dir)
     body = json.dumps(PASSENGER).encode()
     delivers = config.recording and config.db_kind != "down"
     server.start(timeout=START_TIMEOUT)

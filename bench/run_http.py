@@ -570,17 +570,22 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def start_server(config: Config, env: dict[str, str], work: Path) -> tuple[Server, Path]:
-    spool_dir = work / f"spool-{config.key}"
-    server_env = {
+def server_env(config: Config, env: dict[str, str], work: Path) -> dict[str, str]:
+    """A configuration's settings: its database, and its own spool, batch and metrics folders in work."""
+    return {
         **env,
         "DATABASE_URL": config.database_url,
-        "SPOOL_DIR": str(spool_dir),
+        "SPOOL_DIR": str(work / f"spool-{config.key}"),
         "BATCH_DIR": str(work / f"batches-{config.key}"),
         "PROMETHEUS_MULTIPROC_DIR": str(work / f"prometheus-{config.key}"),
         "RECORDING": "true" if config.recording else "false",
     }
-    server = Server(config, server_env, work / f"gunicorn-{config.key}-{config.name}.log")
+
+
+def start_server(config: Config, env: dict[str, str], work: Path) -> tuple[Server, Path]:
+    settings = server_env(config, env, work)
+    spool_dir = Path(settings["SPOOL_DIR"])
+    server = Server(config, settings, work / f"gunicorn-{config.key}-{config.name}.log")
     server.start()
     # The body wrk will post, once: answered 200, with one prediction per passenger.
     status, body = http(f"{server.base}/api/predict", body=write_body(config.rows, work).read_bytes())
