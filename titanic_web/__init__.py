@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,26 +24,26 @@ __version__ = "0.1.0"
 class TitanicFlask(Flask):
     """Flask, with what it checks of each view and hook once per function rather than per request."""
 
-    #: Functions whose answer :meth:`ensure_sync` keeps: the views and hooks are a few dozen; a
-    #: class-based view makes a new bound method per request, and those must not pile up.
-    SYNC_CACHE_SIZE = 1024
-
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._sync: dict[Callable[..., Any], Callable[..., Any]] = {}
+        # Function -> is it a coroutine function. Weak keys: a closure made for one request
+        # (after_this_request) goes with it; a bound method is keyed by its function, so the
+        # methods of class-based views, one per request, share one entry.
+        self._coroutine: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        """Flask's answer for ``func``, kept: Flask asks it of every view and hook on every
-        request (is it a coroutine function?), and for one function the answer never changes."""
+        """Flask's answer for ``func``: Flask asks it of every view and hook on every request
+        (is it a coroutine function?), and for one function the answer never changes."""
+        key = getattr(func, "__func__", func)
         try:
-            return self._sync[func]
-        except KeyError:
-            answer = super().ensure_sync(func)
-            if len(self._sync) < self.SYNC_CACHE_SIZE:
-                self._sync[func] = answer
-            return answer
-        except TypeError:  # an unhashable callable: asked each time
+            coroutine = self._coroutine.get(key)
+        except TypeError:  # neither hashable nor weakly referenceable: asked each time
             return super().ensure_sync(func)
+        if coroutine is None:
+            answer = super().ensure_sync(func)
+            self._coroutine[key] = answer is not func
+            return answer
+        return super().ensure_sync(func) if coroutine else func
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:

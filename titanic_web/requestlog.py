@@ -160,10 +160,11 @@ def _text(value: str | None) -> str:
 def emit(line: str) -> None:
     """Send one line to the request logger at INFO (the caller checks that INFO is enabled).
 
-    With the logger as :func:`configure_logger` leaves it (its one handler, no filters), the
-    line goes to standard error as that handler would write it, under the handler's lock,
-    without the ``LogRecord`` that nothing would read: that record was a fifth of what
-    monitoring costs a request. Any other handler or filter gets records, as usual.
+    With the logger as :func:`configure_logger` leaves it (its one handler, no filters, not
+    propagating), the line goes to standard error as that handler would write it, under the
+    handler's lock, without the ``LogRecord`` that nothing would read: that record was a
+    fifth of what monitoring costs a request. Any other handler, filter or a propagating
+    logger gets records, as usual.
     Otherwise ``makeRecord`` and ``handle`` rather than ``info``: the caller's file and
     line, which ``info`` looks up by walking the stack, mean nothing here.
     """
@@ -171,6 +172,7 @@ def emit(line: str) -> None:
     if (
         handler is not None
         and log.handlers == [handler]
+        and not log.propagate
         and not log.filters
         and not handler.filters
         and handler.level <= logging.INFO
@@ -181,10 +183,10 @@ def emit(line: str) -> None:
                 stream = sys.stderr
                 stream.write(line + "\n")
                 stream.flush()
-                return
+            except RecursionError:  # as StreamHandler.emit: not a logging error
+                raise
             except Exception:
-                pass
-        handler.handleError(_record(line))  # as StreamHandler reports a failed write
+                handler.handleError(_record(line))  # as StreamHandler reports a failed write
         return
     log.handle(_record(line))
 

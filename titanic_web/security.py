@@ -128,12 +128,12 @@ class SecurityHeaders:
     ) -> None:
         self.wsgi_app = wsgi_app
         self.plain, self.secure = list(plain), list(secure)
-        self._names = frozenset(name.lower() for name, _ in self.plain + self.secure)
+        self._plain_names = frozenset(name.lower() for name, _ in self.plain)
+        self._secure_names = frozenset(name.lower() for name, _ in self.secure)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         secure = environ.get("wsgi.url_scheme") in ("https", "wss") or environ.get("HTTP_X_FORWARDED_PROTO") == "https"
-        added = self.secure if secure else self.plain
-        names = self._names
+        added, names = (self.secure, self._secure_names) if secure else (self.plain, self._plain_names)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             kept = [header for header in headers if header[0].lower() not in names]

@@ -181,6 +181,29 @@ def test_a_views_own_security_header_is_replaced_once(make_app: MakeApp) -> None
     assert answer.headers["X-Own"] == "kept" and answer.get_data(as_text=True) == "framed"
 
 
+def test_headers_on_streamed_and_failed_answers_and_a_views_hsts_on_plain_http(make_app: MakeApp) -> None:
+    app = make_app()
+
+    def streamed() -> Any:
+        return Response(iter([b"a", b"b"]), mimetype="text/plain", headers={"Strict-Transport-Security": "max-age=1"})
+
+    def failed() -> Any:
+        raise RuntimeError("boom")
+
+    app.add_url_rule("/test-streamed", "test_streamed", streamed)
+    app.add_url_rule("/test-failed", "test_failed", failed)
+    client = app.test_client()
+    answer = client.get("/test-streamed")
+    assert answer.get_data() == b"ab"
+    assert_security_headers(answer.headers)
+    assert answer.headers.getlist("Strict-Transport-Security") == ["max-age=1"]  # plain HTTP: Talisman sets none
+    secure = client.get("/test-streamed", headers={"X-Forwarded-Proto": "https"})
+    assert secure.headers.getlist("Strict-Transport-Security") == ["max-age=31556926; includeSubDomains"]
+    failure = client.get("/test-failed")
+    assert failure.status_code == 500
+    assert_security_headers(failure.headers)
+
+
 def test_headers_on_html_and_json_answers(client: FlaskClient) -> None:
     answers = {
         "form": client.get("/"),

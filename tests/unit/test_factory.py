@@ -107,10 +107,12 @@ def test_the_api_and_the_form_are_registered() -> None:
     assert any(rule.rule.startswith("/api/") for rule in app.url_map.iter_rules())
 
 
-def test_ensure_sync_answers_as_flask_does_and_keeps_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Flask's check of each view and hook is kept per function, never for more than SYNC_CACHE_SIZE."""
+def test_ensure_sync_answers_as_flask_does_and_holds_no_function_alive() -> None:
+    """Flask's check of each view and hook is kept per function, weakly: per-request callables go."""
+    import gc
+    import weakref
+
     app = create_app()
-    monkeypatch.setattr(type(app), "SYNC_CACHE_SIZE", 3)
 
     def view() -> str:
         return "ok"
@@ -119,11 +121,18 @@ def test_ensure_sync_answers_as_flask_does_and_keeps_a_bounded_number(monkeypatc
         return "ok"
 
     assert app.ensure_sync(view) is view and app.ensure_sync(view) is view
-    with pytest.raises(RuntimeError, match="async"):  # as Flask: async views need its [async] extra
-        app.ensure_sync(coroutine_view)
-    kept = len(app._sync)
-    bound = [type("View", (), {"get": lambda self: "ok"})().get for _ in range(10)]  # one per request
-    assert [app.ensure_sync(method) for method in bound] == bound
-    assert len(app._sync) == 3 and kept <= 3
+    for _ in range(2):  # as Flask: async views need its [async] extra, asked and remembered
+        with pytest.raises(RuntimeError, match="async"):
+            app.ensure_sync(coroutine_view)
+    kept = len(app._coroutine)
+    views = [type("View", (), {"get": lambda self: "ok"})() for _ in range(10)]  # one per request
+    assert [app.ensure_sync(v.get) for v in views] == [v.get for v in views]
+    closures = [(lambda n=n: n) for n in range(50)]  # after_this_request makes one per request
+    assert [app.ensure_sync(c) for c in closures] == closures
+    gone = weakref.ref(closures[0])
+    assert len(app._coroutine) == kept + 10 + 50  # each View class is new here, so its function is
+    del views, closures
+    gc.collect()
+    assert gone() is None and len(app._coroutine) == kept
     app.add_url_rule("/test-view", "test_view", view)
     assert app.test_client().get("/test-view").get_data(as_text=True) == "ok"

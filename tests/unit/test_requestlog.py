@@ -102,16 +102,23 @@ def test_emit_sends_the_line_as_it_is_at_info(no_request: None) -> None:
 def configured_log() -> Iterator[logging.Logger]:
     """The request logger at INFO with its own handler, as the app sets it up; restored after."""
     log = requestlog.log
-    level, handlers, filters = log.level, list(log.handlers), list(log.filters)
+    level, handlers, filters, propagate = log.level, list(log.handlers), list(log.filters), log.propagate
     requestlog.configure_logger(logging.INFO)
     yield log
     log.setLevel(level)
-    log.handlers[:], log.filters[:] = handlers, filters
+    log.handlers[:], log.filters[:], log.propagate = handlers, filters, propagate
+
+
+def own_handler_alone(log: logging.Logger) -> None:
+    """The request logger with only the app's handler, as in a server (pytest adds its log
+    capture handlers while a test runs; the fixture puts the list back)."""
+    log.handlers[:] = [requestlog._HANDLER]
 
 
 def test_emit_writes_the_bare_line_to_standard_error(
     configured_log: logging.Logger, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    own_handler_alone(configured_log)
     requestlog.emit('{"a":1}')
     requestlog.emit('{"b":2}')
     assert capsys.readouterr().err == '{"a":1}\n{"b":2}\n'
@@ -142,20 +149,46 @@ def test_a_filter_or_handler_added_to_the_request_logger_still_gets_records(
 def test_a_failed_write_is_reported_as_logging_reports_it_and_not_raised(
     configured_log: logging.Logger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    reported: list[str] = []
+    class FailsOnce:
+        """A stream whose first write fails; what logging then reports lands in ``text``."""
 
-    class Broken:
+        def __init__(self) -> None:
+            self.text, self.failed = "", False
+
         def write(self, text: str) -> int:
-            raise OSError("disk gone")
+            if not self.failed:
+                self.failed = True
+                raise OSError("disk gone")
+            self.text += text
+            return len(text)
 
         def flush(self) -> None:
             pass
 
-    handler = next(h for h in configured_log.handlers if isinstance(h, requestlog._StderrHandler))
-    monkeypatch.setattr(handler, "handleError", lambda record: reported.append(record.getMessage()))
-    monkeypatch.setattr("sys.stderr", Broken())
+    own_handler_alone(configured_log)
+    stream = FailsOnce()
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setattr(logging, "raiseExceptions", True)  # report, as the standard library does by default
     requestlog.emit('{"a":1}')
-    assert reported == ['{"a":1}']
+    assert "--- Logging error ---" in stream.text and "OSError: disk gone" in stream.text, stream.text
+    assert '{"a":1}' in stream.text  # the record it could not write
+
+
+def test_a_propagating_request_logger_passes_lines_on(
+    configured_log: logging.Logger, capsys: pytest.CaptureFixture[str]
+) -> None:
+    own_handler_alone(configured_log)
+    records: list[str] = []
+    parent = logging.getLogger("titanic_web")
+    catcher = logging.Handler()
+    catcher.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+    parent.addHandler(catcher)
+    configured_log.propagate = True
+    try:
+        requestlog.emit('{"a":1}')
+    finally:
+        parent.removeHandler(catcher)
+    assert records == ['{"a":1}'] and capsys.readouterr().err == '{"a":1}\n'
 
 
 def test_a_tally_adds_and_merges_answers() -> None:
