@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import weakref
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,34 @@ class TitanicFlask(Flask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Function -> is it a coroutine function. Weak keys: a closure made for one request
-        # (after_this_request) goes with it; a bound method is keyed by its function, so the
-        # methods of class-based views, one per request, share one entry.
-        self._coroutine: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+        # Function -> is it a coroutine function, for the functions that live as long as the app
+        # (_lives_with_app). A bound method is keyed by its function, so the methods of
+        # class-based views, one per request, share one entry. Other nested functions are never
+        # kept: some are made per request (after_this_request).
+        self._coroutine: dict[Callable[..., Any], bool] = {}
 
     def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
         """Flask's answer for ``func``: Flask asks it of every view and hook on every request
         (is it a coroutine function?), and for one function the answer never changes."""
         key = getattr(func, "__func__", func)
         try:
-            coroutine = self._coroutine.get(key)
-        except TypeError:  # neither hashable nor weakly referenceable: asked each time
-            return super().ensure_sync(func)
-        if coroutine is None:
+            coroutine = self._coroutine[key]
+        except KeyError:
             answer = super().ensure_sync(func)
-            self._coroutine[key] = answer is not func
+            if self._lives_with_app(key):
+                self._coroutine[key] = answer is not func
             return answer
+        except TypeError:  # unhashable: asked each time
+            return super().ensure_sync(func)
         return super().ensure_sync(func) if coroutine else func
+
+    def _lives_with_app(self, func: Callable[..., Any]) -> bool:
+        """Defined at a module's top level or in a top-level class, or registered on the app as
+        a view or a request hook (extensions register closures): not made for one request."""
+        if "<locals>" not in getattr(func, "__qualname__", "<locals>"):
+            return True
+        hooks = (self.before_request_funcs, self.after_request_funcs, self.teardown_request_funcs)
+        return func in self.view_functions.values() or any(func in funcs for hook in hooks for funcs in hook.values())
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
