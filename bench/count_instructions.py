@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import run_http  # noqa: E402  (the servers and databases of the HTTP benchmark, shared)
-from run_http import PASSENGER, PG_URL, Config, Server  # noqa: E402
+from run_http import PASSENGER, Config, Server  # noqa: E402
 
 #: Valgrind runs the worker 30-50 times slower: starting it (numpy, scikit-learn, the model) takes a minute or two.
 START_TIMEOUT = 600.0
@@ -81,11 +81,11 @@ def post(port: int, body: bytes) -> None:
         raise RuntimeError(f"/api/predict answered {answer.status}: {text[:300]!r}")
 
 
-def callgrind(server: CountedServer, *options: str) -> None:
-    """callgrind_control for the worker, with the server's environment: valgrind names the pipes
-    it listens on after USER and HOST, and the server's HOST is its bind address."""
+def callgrind(server: CountedServer, pid: int, *options: str) -> None:
+    """callgrind_control for the worker pid, with the server's environment: valgrind names the
+    pipes it listens on after USER and HOST, and the server's HOST is its bind address."""
     done = subprocess.run(
-        ["callgrind_control", *options, str(server.worker())],
+        ["callgrind_control", *options, str(pid)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -135,13 +135,13 @@ def measure(config: Config, env: dict[str, str], work: Path, requests: int) -> f
         if delivers:
             wait_delivered(spool_dir, config.name)
         pid = server.worker()
-        callgrind(server, "-i", "on")
+        callgrind(server, pid, "-i", "on")
         for _ in range(requests):
             post(server.port, body)
         if delivers:
             wait_delivered(spool_dir, config.name)
-        callgrind(server, "-i", "off")
-        callgrind(server, "-d")  # dump: callgrind.PID.1
+        callgrind(server, pid, "-i", "off")
+        callgrind(server, pid, "-d")  # dump: callgrind.PID.1
         return counted(out_dir, pid) / requests
     finally:
         server.stop()
@@ -168,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     down_port = closed.getsockname()[1]
     schema = None
     wanted = [k.strip() for k in args.only.split(",") if k.strip()]
-    configs = {
-        "i": Config("i", "floor", "bench.floor_app:app", False, "floor app loaded"),
-        "ii": Config("ii", "off", "wsgi:app", False, "loaded from", f"sqlite:///{work / 'off.db'}"),
-        "iii": Config("iii", "sqlite", "wsgi:app", True, "loaded from", f"sqlite:///{work / 'iii.db'}", "sqlite"),
-        "iv": Config("iv", "postgres", "wsgi:app", True, "loaded from", "", "postgres"),
-        "v": Config("v", "db-down", "wsgi:app", True, "loaded from", PG_URL.format(port=down_port), "down"),
-    }
+    configs = {c.key: c for c in run_http.all_configs(work, down_port) if c.rows == 1}  # one passenger: i-v
     unknown = set(wanted) - set(configs)
     if unknown:
         parser.error(f"unknown configuration(s) {', '.join(sorted(unknown))}: choose from {', '.join(configs)}")
@@ -192,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for key in wanted:
             config = configs[key]
-            if config.db_kind == "sqlite" or key == "ii":
+            if config.database_url.startswith("sqlite:"):  # (ii) and (iii)
                 run_http.init_db({**env, "DATABASE_URL": config.database_url})
             if config.db_kind == "postgres":
                 schema, config.database_url = run_http.pg_create_schema()

@@ -570,6 +570,26 @@ def base_env() -> dict[str, str]:
     return env
 
 
+def all_configs(work: Path, down_port: int) -> list[Config]:
+    """Every configuration, with its SQLite file in work (PostgreSQL's URL is filled in once its
+    schema exists) and the database that is down on down_port."""
+
+    def sqlite(key: str) -> str:
+        return f"sqlite:///{work / f'{key}.db'}"  # one file per server: rows counted per server
+
+    many = {"rows": MANY}
+    return [
+        Config("i", "floor", "bench.floor_app:app", False, "floor app loaded"),
+        Config("ii", "off", "wsgi:app", False, "loaded from", sqlite("off")),
+        Config("iii", "sqlite", "wsgi:app", True, "loaded from", sqlite("iii"), "sqlite"),
+        Config("iv", "postgres", "wsgi:app", True, "loaded from", "", "postgres"),
+        Config("v", "db-down", "wsgi:app", True, "loaded from", PG_URL.format(port=down_port), "down"),
+        Config(f"i-{MANY}", "floor", "bench.floor_app:app", False, "floor app loaded", **many),
+        Config(f"ii-{MANY}", "off", "wsgi:app", False, "loaded from", sqlite("off"), **many),
+        Config(f"iii-{MANY}", "sqlite", "wsgi:app", True, "loaded from", sqlite(f"iii-{MANY}"), "sqlite", **many),
+    ]
+
+
 def server_env(config: Config, env: dict[str, str], work: Path) -> dict[str, str]:
     """A configuration's settings: its database, and its own spool, batch and metrics folders in work."""
     return {
@@ -837,20 +857,7 @@ def main(argv: list[str] | None = None) -> int:
         closed.bind(("127.0.0.1", 0))
         down_port = closed.getsockname()[1]
 
-        def sqlite(key: str) -> str:
-            return f"sqlite:///{work / f'{key}.db'}"  # one file per server: rows counted per server
-
-        many = {"rows": MANY}
-        configs = [
-            Config("i", "floor", "bench.floor_app:app", False, "floor app loaded"),
-            Config("ii", "off", "wsgi:app", False, "loaded from", sqlite("off")),
-            Config("iii", "sqlite", "wsgi:app", True, "loaded from", sqlite("iii"), "sqlite"),
-            Config("iv", "postgres", "wsgi:app", True, "loaded from", "", "postgres"),
-            Config("v", "db-down", "wsgi:app", True, "loaded from", PG_URL.format(port=down_port), "down"),
-            Config(f"i-{MANY}", "floor", "bench.floor_app:app", False, "floor app loaded", **many),
-            Config(f"ii-{MANY}", "off", "wsgi:app", False, "loaded from", sqlite("off"), **many),
-            Config(f"iii-{MANY}", "sqlite", "wsgi:app", True, "loaded from", sqlite(f"iii-{MANY}"), "sqlite", **many),
-        ]
+        configs = all_configs(work, down_port)
         unknown = set(wanted) - {c.key for c in configs}
         if unknown:
             print(
