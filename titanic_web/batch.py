@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
@@ -35,7 +35,7 @@ from typing import IO, Any, TypeVar
 from titanic_web import csvio, features, requestlog, schema
 from titanic_web.ids import new_ids
 from titanic_web.predictor import Predictor
-from titanic_web.recorder import PENDING_LATENCY, Recorder, Staged, spool_rows
+from titanic_web.recorder import PENDING_LATENCY, Recorder, Staged, spool_columns, spool_rows
 from titanic_web.schema import FieldError, InputError
 
 P = TypeVar("P")
@@ -43,6 +43,9 @@ R = TypeVar("R")
 
 #: Passengers predicted and staged at a time.
 CHUNK_ROWS = 2000
+#: Chunks of at least this many passengers are spooled by column (recorder.spool_columns): the
+#: JSON text of their features is then written after the answer, by the writer.
+COLUMN_LINE_ROWS = 8
 #: Errors reported at most; the count says how many there were in all.
 MAX_ERRORS = 1000
 #: Bytes of body read at a time.
@@ -187,8 +190,11 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
             position = 0
 
 
-def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str]]]]:
-    """The header and the rows ((line, cells)) of a competition-layout CSV body.
+def csv_rows(
+    stream: IO[bytes], *, block_rows: int = CHUNK_ROWS
+) -> tuple[list[str], Iterator[tuple[Sequence[int], list[list[str]]]]]:
+    """The header and the rows of a competition-layout CSV body, in blocks of at most
+    ``block_rows``: (each row's line number, the rows' cells). Empty lines are left out.
 
     The header is checked at once: unknown or missing required columns raise.
 
@@ -209,16 +215,46 @@ def csv_rows(stream: IO[bytes]) -> tuple[list[str], Iterator[tuple[int, list[str
         raise BodyError(f"line 1: {exc}") from None
     csvio.check_header(header)
 
-    def rows() -> Iterator[tuple[int, list[str]]]:
+    def blocks() -> Iterator[tuple[Sequence[int], list[list[str]]]]:
         try:
-            for cells in reader:
-                yield reader.line_num, cells
+            while True:
+                first = reader.line_num
+                block = list(itertools.islice(reader, block_rows))
+                if not block:
+                    return
+                # Reading the line number after every row costs a tenth of the reading: when the
+                # block took one line per row, as it nearly always does, the numbers follow.
+                lines: Sequence[int]
+                if reader.line_num - first == len(block):
+                    lines = range(first + 1, reader.line_num + 1)
+                else:  # a quoted cell went over lines
+                    lines = _end_lines(first, block)
+                if [] in block:  # empty lines are not passengers
+                    kept = [position for position, cells in enumerate(block) if cells]
+                    lines = [lines[position] for position in kept]
+                    block = [block[position] for position in kept]
+                if block:
+                    yield lines, block
         except UnicodeDecodeError:
             raise BodyError(f"the CSV file must be UTF-8 text (line {reader.line_num + 1})") from None
         except csv.Error as exc:
             raise BodyError(f"line {reader.line_num}: {exc}") from None
 
-    return header, rows()
+    return header, blocks()
+
+
+def _end_lines(before: int, rows: list[list[str]]) -> list[int]:
+    """The line each row ends on, for rows read after line ``before``: one line per row, and
+    one more for each line break inside its cells (\\r\\n, \\r or \\n, as the reader counts them)."""
+    lines = []
+    line = before
+    for cells in rows:
+        line += 1
+        for cell in cells:
+            if "\n" in cell or "\r" in cell:
+                line += cell.count("\n") + cell.count("\r") - cell.count("\r\n")
+        lines.append(line)
+    return lines
 
 
 # -- answers ----------------------------------------------------------------------------
@@ -375,7 +411,7 @@ def process(
     return summary
 
 
-Chunks = Iterator[tuple[schema.CheckedRows, "list[int] | None"]]
+Chunks = Iterator[tuple[schema.CheckedRows, "Sequence[int] | None"]]
 
 
 def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
@@ -395,20 +431,11 @@ def _json_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: in
 
 def _csv_chunks(stream: IO[bytes], checker: schema.BatchChecker, chunk_rows: int) -> Chunks:
     """Checked chunks of a CSV body, with each row's line number."""
-    header, numbered = csv_rows(stream)
+    header, blocks = csv_rows(stream, block_rows=chunk_rows)
     plan = checker.csv_plan(header)
     index = 0
-    while True:
-        block: list[tuple[int, list[str]]] = []
-        for line, cells in numbered:
-            if cells:  # an empty line is not a passenger
-                block.append((line, cells))
-                if len(block) >= chunk_rows:
-                    break
-        if not block:
-            return
-        lines = [line for line, _ in block]
-        checked = checker.check_text_rows(header, plan, [cells for _, cells in block], first_index=index)
+    for lines, block in blocks:
+        checked = checker.check_text_rows(header, plan, block, first_index=index)
         index += len(checked.kept)
         yield checked, lines
 
@@ -445,7 +472,24 @@ def _predict_chunk(
     survived = [int(x >= threshold) for x in p]
     passenger_ids = checked.columns["PassengerId"]
     ids = new_ids(len(p))
-    if staged is not None:
+    if staged is not None and len(p) >= COLUMN_LINE_ROWS:
+        now = time.time()
+        line = spool_columns(
+            ids,
+            passenger_ids,
+            survived,
+            probabilities,
+            model_version=predictor.version,
+            source=source,
+            created_at=datetime.now(UTC),
+            features=engineered,
+            raw_json=checked.texts,
+            request_id=request_id,
+            latency_ms=PENDING_LATENCY,
+            spooled_at=now,
+        )
+        staged.add_line(line, rows=len(p), spooled_at=now)
+    elif staged is not None:
         staged.add(
             spool_rows(
                 ids,

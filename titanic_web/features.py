@@ -16,17 +16,18 @@ every fold) never sees a held-out label.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import operator
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
+
+from titanic_web import jsontext
 
 #: The raw input columns the features are computed from (Kaggle names).
 RAW_COLUMNS = ("Pclass", "Name", "Sex", "Age", "SibSp", "Parch", "Ticket", "Fare", "Cabin", "Embarked")
@@ -344,70 +345,17 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
 
 
 _FEATURES_JSON = "{" + ",".join(f'"{name}":%s' for name in FEATURES) + "}"
-_TEXT_JSON: dict[str, str] = {}  # categorical values come from small sets: each encoded once
-
-
-def _float_json(value: float) -> str:
-    return "null" if value != value else float.__repr__(value)
-
-
-#: Numbers already written, kept: a float's shortest repr costs thousands of instructions, and
-#: most features take few values. NaN is never kept (no key finds it); -0.0 finds the entry
-#: of 0.0, which is there from the start, and is told apart by its sign. At most 10,000 entries.
-_NUMBER_JSON: dict[float, str] = {0.0: "0.0"}
-
-
-def _number_json(value: float) -> str:
-    """:func:`_float_json`, remembered."""
-    text = _NUMBER_JSON.get(value)
-    if text is None:
-        text = _float_json(value)
-        if value == value and len(_NUMBER_JSON) < 10_000:
-            _NUMBER_JSON[value] = text
-    elif text == "0.0" and math.copysign(1.0, value) < 0.0:
-        return "-0.0"
-    return text
-
-
-def _text_json(value: str) -> str:
-    encoded = _TEXT_JSON.get(value)
-    if encoded is None:
-        encoded = json.dumps(value)
-        if len(_TEXT_JSON) < 10_000:
-            _TEXT_JSON[value] = encoded
-    return encoded
 
 
 def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     """``json.dumps(to_record(row), separators=(",", ":"))`` for each engineered row, without the dicts.
 
-    The batch path writes one per passenger, so this works a column at a time.
     The numbers are floats (NaN is written null, as :func:`to_record` makes it None),
     the texts are the categorical values.
     """
     width = len(NUMERIC_FEATURES)
     if len(rows) < 8:  # a request of a few passengers: row by row is quicker than setting up columns
-        return [_FEATURES_JSON % (*map(_number_json, row[:width]), *map(_text_json, row[width:])) for row in rows]
+        number, string = jsontext.number, jsontext.string
+        return [_FEATURES_JSON % (*map(number, row[:width]), *map(string, row[width:])) for row in rows]
     columns = list(zip(*rows, strict=True))
-    parts: list[list[str]] = []
-    for column in columns[:width]:
-        # Most columns hold few distinct numbers: write each once (as json.dumps writes a float).
-        known = {value: _float_json(value) for value in set(column)}
-        if 0.0 not in known:
-            parts.append(list(map(known.__getitem__, column)))
-            continue
-        # 0.0 and -0.0 are one key but two texts: every zero is written 0.0, then the rare
-        # negative ones, found by numpy, -0.0.
-        known[0.0] = "0.0"
-        written = list(map(known.__getitem__, column))
-        values = np.array(column, dtype=np.float64)
-        for position in np.flatnonzero((values == 0.0) & np.signbit(values)).tolist():
-            written[position] = "-0.0"
-        parts.append(written)
-    for column in columns[width:]:
-        texts = list(map(_TEXT_JSON.get, column))
-        if None in texts:
-            parts.append(list(map(_text_json, column)))
-        else:
-            parts.append(cast(list[str], texts))  # no None: every text was cached
-    return list(map(_FEATURES_JSON.__mod__, zip(*parts, strict=True)))
+    return jsontext.objects(NUMERIC_FEATURES, columns[:width], CATEGORICAL_FEATURES, columns[width:])

@@ -19,8 +19,10 @@ died before publishing it (so before anything was answered) is never delivered.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -33,6 +35,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+
+from titanic_web import jsontext
 
 log = logging.getLogger(__name__)
 
@@ -175,14 +181,17 @@ def encode(rows: Sequence[Sequence[str]], *, spooled_at: float) -> bytes:
 
 
 def decode(line: bytes) -> tuple[float, list[list[str]]]:
-    """(spooled_at, rows of fields) of one spool line.
+    """(spooled_at, rows of fields) of one spool line, by row (:func:`encode`) or by column
+    (:func:`encode_columns`): the rows are the same either way.
 
-    :raise ValueError: the line is not one that :func:`encode` wrote.
+    :raise ValueError: the line is not one that :func:`encode` or :func:`encode_columns` wrote.
     """
     fields = line.rstrip(b"\n").decode().split("\t")
     if len(fields) < 2:
         raise ValueError("a spool line starts with its row count and time")
     count, spooled_at, values = int(fields[0]), float(fields[1]), fields[2:]
+    if values[:1] == [BY_COLUMN]:
+        return spooled_at, _rows_of_columns(count, values[1:])
     if count == 0:
         if values:
             raise ValueError(f"{len(values)} field(s) on a line of 0 rows")
@@ -191,6 +200,165 @@ def decode(line: bytes) -> tuple[float, list[list[str]]]:
     if extra or not width:
         raise ValueError(f"{len(values)} field(s) cannot be {count} rows")
     return spooled_at, [values[start : start + width] for start in range(0, len(values), width)]
+
+
+def line_time(line: bytes) -> float:
+    """When a line was spooled (its second field), read without decoding its rows.
+
+    :raise ValueError: the line does not start with a row count and a time.
+    """
+    head = line.split(b"\t", 2)
+    if len(head) < 2:
+        raise ValueError("a spool line starts with its row count and time")
+    return float(head[1])
+
+
+# -- lines by column ----------------------------------------------------------------------
+#
+# A request of many rows repeats most fields (model version, source, time) and holds its
+# numbers as numbers: a line by column keeps each field once for all rows, the numbers as
+# bytes, and leaves the JSON text of each row to be written when the line is read (by
+# the writer, after the answer). Each column is one tab-free field, its first character
+# saying how it is kept; every function below returns one.
+
+#: The third field of a line by column; a line by row has its first row's first field there.
+BY_COLUMN = "by-column/1"
+#: Between the parts of a column (JSON text escapes it, base64 and hex never hold it).
+_UNIT = "\x1f"
+
+
+def encode_columns(count: int, columns: Sequence[str], *, spooled_at: float) -> bytes:
+    """One spool line of ``count`` rows given by column: each of ``columns`` is one field of
+    every row, made by :func:`same`, :func:`fixed`, :func:`ints`, :func:`floats`,
+    :func:`texts` or :func:`objects`. :func:`decode` gives the rows back as :func:`encode`
+    would have kept them.
+
+    :raise ValueError: a column holds a tab or a newline.
+    """
+    body = "\t".join([str(count), repr(spooled_at), BY_COLUMN, *columns])
+    if "\n" in body or body.count("\t") != len(columns) + 2:
+        raise ValueError("a spooled column holds a tab or a newline")
+    return body.encode() + b"\n"
+
+
+def same(text: str) -> str:
+    """A column whose field is the same text in every row."""
+    return "=" + text
+
+
+def fixed(values: Sequence[str], *, width: int) -> str:
+    """A column of texts of one width (prediction ids: 32 hex digits), kept end to end.
+
+    :raise ValueError: a text of another width.
+    """
+    joined = "".join(values)
+    if len(joined) != width * len(values) or any(len(value) != width for value in values):
+        raise ValueError(f"every text of a fixed column must have {width} characters")
+    return f"w{width}:{joined}"
+
+
+def ints(values: Sequence[int | None]) -> str:
+    """A column of whole numbers, None kept as an empty field.
+
+    :raise ValueError: a value is neither (True, say, which would come back as 1).
+    """
+    if not all(value is None or value.__class__ is int for value in values):
+        raise ValueError("a column of whole numbers holds something else")
+    return "i" + json.dumps(list(values), separators=(",", ":"))
+
+
+def floats(values: Any) -> str:
+    """A column of floats, kept exactly (as 8-byte numbers), written back by ``repr``."""
+    return "f" + _float_bytes(values)
+
+
+def texts(values: Sequence[str]) -> str:
+    """A column of texts holding no tab, newline or unit separator (JSON text, say).
+
+    :raise ValueError: one does.
+    """
+    joined = _UNIT.join(values)
+    if joined.count(_UNIT) != max(len(values) - 1, 0):
+        raise ValueError("a spooled text holds a unit separator")
+    return "t" + joined
+
+
+def objects(
+    number_names: Sequence[str],
+    numbers: Sequence[Sequence[float]],
+    text_names: Sequence[str],
+    text_values: Sequence[Sequence[str]],
+) -> str:
+    """A column of JSON objects (:func:`titanic_web.jsontext.objects`), kept as their columns:
+    the numbers as bytes, the texts as JSON arrays."""
+    names = json.dumps([list(number_names), list(text_names)], separators=(",", ":"))
+    values = json.dumps([list(column) for column in text_values], separators=(",", ":"))
+    return "o" + _UNIT.join((names, _float_bytes(numbers), values))
+
+
+def _float_bytes(values: Any) -> str:
+    return base64.b64encode(np.asarray(values, dtype="<f8").tobytes()).decode("ascii")
+
+
+def _floats_of(text: str, count: int) -> np.ndarray:
+    numbers = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f8")
+    if numbers.size != count:
+        raise ValueError(f"{numbers.size} numbers where {count} were expected")
+    return numbers
+
+
+def _rows_of_columns(count: int, columns: list[str]) -> list[list[str]]:
+    """The rows (lists of text fields) of a line by column, as :func:`encode` keeps them."""
+    if count <= 0 or not columns:
+        raise ValueError(f"a line by column holds {count} rows in {len(columns)} columns")
+    fields: list[Any] = []
+    for column in columns:
+        kind, body = column[:1], column[1:]
+        if kind == "=":
+            fields.append([body] * count)
+        elif kind == "w":
+            width_text, _, joined = body.partition(":")
+            width = int(width_text)
+            if width <= 0 or len(joined) != width * count:
+                raise ValueError(f"a fixed column of {count} texts of {width} characters has {len(joined)}")
+            fields.append([joined[start : start + width] for start in range(0, len(joined), width)])
+        elif kind == "i":
+            values = json.loads(body)
+            if not isinstance(values, list) or len(values) != count:
+                raise ValueError(f"a column of whole numbers must hold {count} of them")
+            if not all(value is None or value.__class__ is int for value in values):
+                raise ValueError("a column of whole numbers holds something else")
+            fields.append(["" if value is None else str(value) for value in values])
+        elif kind == "f":
+            fields.append(list(map(float.__repr__, _floats_of(body, count).tolist())))
+        elif kind == "t":
+            values = body.split(_UNIT)
+            if len(values) != count:
+                raise ValueError(f"a column of {count} texts holds {len(values)}")
+            fields.append(values)
+        elif kind == "o":
+            fields.append(_objects_of(body, count))
+        else:
+            raise ValueError(f"unknown spooled column kind {kind!r}")
+    return list(map(list, zip(*fields, strict=True)))
+
+
+def _objects_of(body: str, count: int) -> list[str]:
+    names_text, numbers_text, texts_text = body.split(_UNIT)
+    names = json.loads(names_text)
+    text_values = json.loads(texts_text)
+    if not (
+        isinstance(names, list)
+        and len(names) == 2
+        and all(isinstance(group, list) and all(isinstance(n, str) for n in group) for group in names)
+        and isinstance(text_values, list)
+        and len(text_values) == len(names[1])
+        and all(isinstance(c, list) and len(c) == count and all(isinstance(v, str) for v in c) for c in text_values)
+    ):
+        raise ValueError("a column of objects has bad names or texts")
+    number_names, text_names = names
+    numbers = _floats_of(numbers_text, len(number_names) * count).reshape(len(number_names), count)
+    return jsontext.objects(number_names, numbers.tolist(), text_names, text_values)
 
 
 def _read_done(path: Path) -> int:
@@ -566,7 +734,7 @@ def _index_entries(segment: Segment) -> None:
     for line in _iter_lines(segment.fd, segment.done):
         position += len(line)
         try:
-            spooled_at, _ = decode(line)
+            spooled_at = line_time(line)
         except ValueError:
             spooled_at = time.time()
         segment.entries.append(Entry(end=position, spooled_at=spooled_at, rows=line_rows(line)))
@@ -611,7 +779,7 @@ def scan(directory: Path) -> dict[str, Any]:
                 for line in _iter_lines(fd, done):
                     if waiting == 0:  # the segment's oldest undelivered line
                         try:
-                            t, _ = decode(line)
+                            t = line_time(line)
                             oldest = t if oldest is None else min(oldest, t)
                         except ValueError:
                             pass

@@ -138,11 +138,18 @@ def test_5000_passenger_json_array_is_answered_in_order_and_each_id_stored_once(
 
     flush(app, timeout=60)
     with app.app_context():
-        stored = {r.id: (r.passenger_id, r.survived, r.source) for r in db.session.scalars(db.select(PredictionRow))}
-        featured = list(db.session.scalars(db.select(FeatureRow.prediction_id)))
+        stored = {
+            r.id: (r.passenger_id, r.survived, r.probability, r.source)
+            for r in db.session.scalars(db.select(PredictionRow))
+        }
+        featured = {r.prediction_id: (r.features, r.raw_input) for r in db.session.scalars(db.select(FeatureRow))}
     assert len(stored) == 5000 and len(featured) == 5000
-    assert set(featured) == set(ids)
-    assert stored == {i: (a["PassengerId"], a["survived"], "api") for i, a in zip(ids, answers, strict=True)}
+    assert stored == {
+        i: (a["PassengerId"], a["survived"], p.probability, "api") for i, a, p in zip(ids, answers, want, strict=True)
+    }
+    # Spooled by column (the features as numbers, their JSON written by the writer): what
+    # one passenger's request would store, exactly.
+    assert featured == {i: (p.features, passenger) for i, p, passenger in zip(ids, want, passengers, strict=True)}
 
 
 def test_a_request_staged_in_a_file_is_published_whole_with_its_latency(

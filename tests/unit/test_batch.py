@@ -6,9 +6,11 @@ import csv
 import io
 import json
 import math
+import random
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import pytest
 
 from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import batch, csvio, features, schema, spool
+from titanic_web import recorder as recorder_module
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import FIELDS as RECORD_FIELDS
@@ -572,13 +575,14 @@ def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Record
     recorder.spool.close()
 
 
+def spooled_lines(directory: Path) -> list[bytes]:
+    """Every line in a spool folder, in order."""
+    return [line for path in sorted(directory.glob(f"*{spool.SUFFIX}")) for line in path.read_bytes().splitlines(True)]
+
+
 def spooled(directory: Path) -> list[list[str]]:
     """Every record in a spool folder, as text fields."""
-    records = []
-    for path in sorted(directory.glob(f"*{spool.SUFFIX}")):
-        for line in path.read_bytes().splitlines(keepends=True):
-            records += spool.decode(line)[1]
-    return records
+    return [record for line in spooled_lines(directory) for record in spool.decode(line)[1]]
 
 
 def run(
@@ -624,10 +628,16 @@ def test_passengers(test_csv: str) -> list[dict[str, Any]]:
     return csvio.read_passengers(test_csv, max_rows=sys.maxsize)
 
 
+@pytest.mark.parametrize("chunk_rows", [3, 200])  # spooled by row (< COLUMN_LINE_ROWS), then by column
 def test_run_csv_in_chunks_answers_as_predict_and_stages_every_record(
-    predictor: Predictor, recorder: Recorder, tmp_path: Path, test_csv: str, test_passengers: list[dict[str, Any]]
+    predictor: Predictor,
+    recorder: Recorder,
+    tmp_path: Path,
+    test_csv: str,
+    test_passengers: list[dict[str, Any]],
+    chunk_rows: int,
 ) -> None:
-    summary, out, steps = run(test_csv, kind="csv", predictor=predictor, recorder=recorder, chunk_rows=3)
+    summary, out, steps = run(test_csv, kind="csv", predictor=predictor, recorder=recorder, chunk_rows=chunk_rows)
 
     want = predictor.predict(test_passengers)
     body = json.loads(out)
@@ -638,8 +648,11 @@ def test_run_csv_in_chunks_answers_as_predict_and_stages_every_record(
     assert [a["probability"] for a in answers] == [round(p.probability, 4) for p in want]
     ids = [a["id"] for a in answers]
     assert len(set(ids)) == 418 and all(str(uuid.UUID(i)) == i for i in ids)
-    assert steps == [Progress(rows=n) for n in [*range(3, 418, 3), 418]]  # one per chunk read
-    assert (summary.rows, summary.chunks, summary.survived) == (418, 140, sum(p.survived for p in want))
+    reads = [*range(chunk_rows, 418, chunk_rows), 418]
+    assert steps == [Progress(rows=n) for n in reads]  # one per chunk read
+    assert (summary.rows, summary.chunks, summary.survived) == (418, len(reads), sum(p.survived for p in want))
+    kept_by_column = [spool.BY_COLUMN.encode() in line for line in spooled_lines(tmp_path / "spool")]
+    assert kept_by_column == [chunk_rows >= batch.COLUMN_LINE_ROWS] * len(reads)
 
     records = spooled(tmp_path / "spool")
     assert spool.scan(tmp_path / "spool")["rows"] == 418
@@ -668,6 +681,81 @@ def test_run_json_array_in_chunks_matches_predict(
     ]
     assert [s.rows for s in steps] == [*range(7, 100, 7), 100] and summary.chunks == 15
     assert [json.loads(r[8]) for r in spooled(tmp_path / "spool")] == passengers
+
+
+def test_spool_columns_keeps_what_spool_rows_keeps_and_falls_back_to_rows(
+    predictor: Predictor, test_passengers: list[dict[str, Any]]
+) -> None:
+    passengers = test_passengers[:50]
+    probabilities, engineered = predictor.score(passengers)
+    checker = BatchChecker()
+    raw = [checker.check_object(p, index=i)[1] for i, p in enumerate(passengers)]
+    ids = [uuid.uuid4().hex for _ in passengers]
+    pids: list[int | None] = [p["PassengerId"] for p in passengers]
+    pids[3] = None
+    survived = [int(p >= predictor.threshold) for p in probabilities.tolist()]
+    common: dict[str, Any] = {
+        "model_version": predictor.version,
+        "source": "batch",
+        "created_at": datetime(2026, 12, 6, 10, 30, 1, 5, tzinfo=UTC),
+        "raw_json": raw,
+        "request_id": "req-1",
+        "latency_ms": recorder_module.PENDING_LATENCY,
+    }
+    by_row = spool.encode(
+        recorder_module.spool_rows(
+            ids, pids, survived, probabilities.tolist(), features_json=features.features_json(engineered), **common
+        ),
+        spooled_at=3.5,
+    )
+    by_column = recorder_module.spool_columns(
+        ids, pids, survived, probabilities, features=engineered, spooled_at=3.5, **common
+    )
+    assert spool.BY_COLUMN.encode() in by_column and spool.BY_COLUMN.encode() not in by_row
+    assert len(by_column) < len(by_row)  # the shared fields once, the numbers as bytes
+    assert spool.decode(by_column) == spool.decode(by_row)
+    # A text a line by column cannot hold (JSON text never has it): the chunk is kept by row.
+    raw[7] = raw[7][:-1] + ',"x":"\x1f"}'
+    odd = {**common, "raw_json": raw}
+    fallback = recorder_module.spool_columns(
+        ids, pids, survived, probabilities, features=engineered, spooled_at=3.5, **odd
+    )
+    assert spool.BY_COLUMN.encode() not in fallback
+    assert spool.decode(fallback)[1][7][8] == raw[7]
+
+
+def csv_line_of_each_row(text: str) -> list[tuple[int, list[str]]]:
+    """(the line the csv module says each non-empty row ends on, its cells): what csv_rows must give."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    next(reader)
+    return [(reader.line_num, cells) for cells in reader if cells]
+
+
+@pytest.mark.parametrize("block_rows", [1, 4, 2000])
+@pytest.mark.parametrize("seed", range(4))
+def test_csv_rows_number_lines_as_the_csv_module_does(seed: int, block_rows: int) -> None:
+    """Blocks are read whole; rows whose quoted cells span lines, and empty lines, must not
+    shift the line numbers that errors name."""
+    generator = random.Random(seed)
+    out = ["PassengerId,Pclass,Name,Sex\r\n"]
+    ends = ["\r\n", "\n", "\r"]
+    for n in range(200):
+        shape = generator.random()
+        if shape < 0.1:
+            out.append(generator.choice(ends[:2]))  # an empty line
+        elif shape < 0.25:  # a name over several lines, each line break written one of the ways
+            inside = generator.choice([*ends, "\n\n", "\r\r\n"])
+            out.append(f'{n},3,"Kelly,{inside} Mr. J",male' + "\r\n")
+        else:
+            out.append(f'{n},3,"Kelly, Mr. J",male' + generator.choice(ends))
+    text = "".join(out)
+
+    header, blocks = batch.csv_rows(io.BytesIO(text.encode()), block_rows=block_rows)
+
+    assert header == ["PassengerId", "Pclass", "Name", "Sex"]
+    numbered = [(line, cells) for lines, block in blocks for line, cells in zip(lines, block, strict=True)]
+    assert numbered == csv_line_of_each_row(text)
+    assert any(line != position + 2 for position, (line, _) in enumerate(numbered))  # the case is there
 
 
 def late_bad_csv(test_csv: str, *, bad_line: int, blank_after: int) -> str:

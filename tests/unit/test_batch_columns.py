@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import TEST_CSV, TRAIN_CSV
-from titanic_web import features, schema
+from titanic_web import features, jsontext, schema
 from titanic_web.schema import BatchChecker
 
 
@@ -229,6 +229,6 @@ def test_features_json_matches_json_dumps_of_the_record_for_every_competition_ro
 def test_numbers_written_once_are_remembered_within_a_bound_and_keep_their_sign() -> None:
     values = [0.0, -0.0, math.nan, 1.5, -1.5, 7.8292, -0.0, 0.0, *(i + 0.25 for i in range(12_000))]
     for value in values * 2:
-        assert features._number_json(value) == ("null" if math.isnan(value) else json.dumps(value))
-    assert len(features._NUMBER_JSON) <= 10_000
-    assert not any(math.isnan(key) or math.copysign(1.0, key) < 0 and key == 0 for key in features._NUMBER_JSON)
+        assert jsontext.number(value) == ("null" if math.isnan(value) else json.dumps(value))
+    assert len(jsontext._NUMBERS) <= 10_000
+    assert not any(math.isnan(key) or math.copysign(1.0, key) < 0 and key == 0 for key in jsontext._NUMBERS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import math
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ import pytest
 
 from tests.fakes import FullDisk
 from titanic_web import spool as spool_module
-from titanic_web.spool import SUFFIX, Spool, SpoolError, decode, encode, line_rows, scan
+from titanic_web.spool import SUFFIX, Spool, SpoolError, decode, encode, line_rows, line_time, scan
 
 MakeSpool = Callable[..., Spool]
 
@@ -109,6 +110,103 @@ def test_line_rows_reads_the_count_without_the_records() -> None:
     assert line_rows(encode([], spooled_at=1.0)) == 0
     assert line_rows(encode([[str(i), "x"] for i in range(1234)], spooled_at=1.0)) == 1234
     assert line_rows(b"garbage\n") == 1  # unreadable count: counted as one row, not a crash
+
+
+# -- lines by column --------------------------------------------------------
+
+COLUMN_ROWS = [
+    ["0" * 31 + "a", "", "1", "0.9", "v1", "api", '{"A":null,"B":"x"}', "\x01"],
+    ["0" * 31 + "b", "892", "0", "-0.0", "v1", "api", '{"A":-0.0,"B":"caf\\u00e9"}', "\x01"],
+    ["0" * 31 + "c", "7", "1", "1e-300", "v1", "api", '{"A":1.5,"B":"x"}', "\x01"],
+]
+
+
+def by_column(rows: list[list[str]] = COLUMN_ROWS, *, spooled_at: float = 12.5) -> bytes:
+    """COLUMN_ROWS as a line by column, each kind of column once."""
+    return spool_module.encode_columns(
+        len(rows),
+        [
+            spool_module.fixed([r[0] for r in rows], width=32),
+            spool_module.ints([int(r[1]) if r[1] else None for r in rows]),
+            spool_module.ints([int(r[2]) for r in rows]),
+            spool_module.floats([float(r[3]) for r in rows]),
+            spool_module.same("v1"),
+            spool_module.same("api"),
+            spool_module.objects(["A"], [[math.nan, -0.0, 1.5]], ["B"], [["x", "caf\u00e9", "x"]]),
+            spool_module.texts([r[7] for r in rows]),
+        ],
+        spooled_at=spooled_at,
+    )
+
+
+def one_column(column: str) -> bytes:
+    return spool_module.encode_columns(1, [column], spooled_at=1.0)
+
+
+def test_a_line_by_column_decodes_to_the_rows_a_line_by_row_keeps() -> None:
+    line = by_column()
+    assert line.endswith(b"\n")
+    assert line.count(b"\n") == 1
+    assert decode(line) == (12.5, COLUMN_ROWS) == decode(encode(COLUMN_ROWS, spooled_at=12.5))
+    assert line_rows(line) == 3
+    assert line_time(line) == 12.5
+    # The rows' shared pending field is one byte, replaced at commit like a line by row's.
+    assert decode(line.replace(b"\x01", b"4.25"))[1][2][-1] == "4.25"
+
+
+@pytest.mark.parametrize(
+    ("column", "problem"),
+    [
+        (lambda: spool_module.fixed(["abc", "ab"], width=3), "3 characters"),
+        (lambda: spool_module.ints([1, True]), "something else"),
+        (lambda: spool_module.ints([1.0]), "something else"),
+        (lambda: spool_module.texts(["a\x1fb", "c"]), "unit separator"),
+        (lambda: spool_module.encode_columns(1, [spool_module.same("tab\there")], spooled_at=1.0), "tab or a newline"),
+        (
+            lambda: spool_module.encode_columns(1, [spool_module.texts(["new\nline"])], spooled_at=1.0),
+            "tab or a newline",
+        ),
+    ],
+)
+def test_a_column_that_would_not_come_back_the_same_is_refused(column: Callable[[], object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        column()
+
+
+def damaged(position: int, replacement: str) -> bytes:
+    fields = by_column().decode().rstrip("\n").split("\t")
+    fields[position] = replacement
+    return ("\t".join(fields) + "\n").encode()
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        damaged(0, "4"),  # more rows than the columns hold
+        damaged(0, "0"),
+        damaged(3, "w32:" + "0" * 95),  # a fixed column cut short
+        damaged(4, "i[1,2]"),
+        damaged(4, 'i[1,"2",3]'),
+        damaged(4, "i[1,2,3"),
+        damaged(6, "f" + "A" * 8),  # too few numbers
+        damaged(6, "f!!!!"),  # not base64
+        damaged(9, damaged_objects := "o" + '[["A"],["B"]]' + "\x1f" + "AAAA" + "\x1f" + '[["x","y","z"]]'),
+        damaged(9, damaged_objects.replace('[["A"],["B"]]', '[["A"]]')),
+        damaged(9, "o" + '[["A"],["B"]]'),
+        damaged(10, "tonly\x1ftwo"),
+        damaged(10, "?what"),
+        b"3\t1.0\tby-column/1\n",
+    ],
+)
+def test_decode_refuses_damaged_lines_by_column(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode(line)
+
+
+@pytest.mark.parametrize("line", [b"\n", b"garbage\n", b"1\tnow\ta\n", b"\xff\t\xfe\n"])
+def test_line_time_refuses_a_line_without_a_time(line: bytes) -> None:
+    with pytest.raises(ValueError):
+        line_time(line)
 
 
 # -- append and deliver ---------------------------------------------------
