@@ -386,7 +386,7 @@ def process(
                 if room > 0:
                     line = None if lines is None else lines[position]
                     errors += [FieldError(e.index, e.field, e.message, line=line) for e in row_errors[:room]]
-            if not error_count and checked.texts:
+            if not error_count and checked.kept:
                 _predict_chunk(checked, predictor, staged, answers, source, summary, request_id, tally)
             yield Progress(rows=rows, errors=error_count)
         if error_count:
@@ -483,7 +483,7 @@ def _predict_chunk(
             source=source,
             created_at=datetime.now(UTC),
             features=engineered,
-            raw_json=checked.texts,
+            raw_parts=checked.parts,
             request_id=request_id,
             latency_ms=PENDING_LATENCY,
             spooled_at=now,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -53,6 +54,12 @@ def string(value: str) -> str:
     return encoded
 
 
+def join_pieces(columns: Sequence[Sequence[str]]) -> list[str]:
+    """One JSON object per row from its pieces, a column of them per part of the object:
+    ``"{" + ",".join(the row's piece in each column) + "}"``."""
+    return list(map("{%s}".__mod__, map(",".join, zip(*columns, strict=True))))
+
+
 def objects(
     number_names: Sequence[str],
     numbers: Sequence[Sequence[float]],
@@ -65,7 +72,7 @@ def objects(
     :raise ValueError: the names and columns do not match, or the columns differ in length.
     """
     names = [*number_names, *text_names]
-    columns = [*numbers, *texts]
+    columns: list[Sequence[Any]] = [*numbers, *texts]
     if len(number_names) != len(numbers) or len(text_names) != len(texts) or not names:
         raise ValueError(f"{len(names)} names for {len(columns)} columns")
     count = len(columns[0])

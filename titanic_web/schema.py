@@ -11,11 +11,13 @@ import difflib
 import itertools
 import json
 import math
-import operator
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from json.encoder import encode_basestring_ascii  # what _encode_text does with a str
-from typing import Any, cast
+from typing import Any
+
+from titanic_web import jsontext
 
 
 @dataclass(frozen=True)
@@ -357,20 +359,41 @@ _encode_text = json.JSONEncoder().encode
 _DEFAULT_OUTCOMES = {f.name: (f.default, None, _json_fragment(f.name, f.default)) for f in FIELDS}
 
 
-@dataclass
+@dataclass(eq=False)
 class CheckedRows:
     """A chunk of rows checked at once.
 
-    ``columns`` (field name -> clean values) and ``texts`` (each passenger's JSON)
-    hold the valid rows in order; ``errors`` holds (position in the chunk, errors)
-    for the others; ``kept`` the positions of every row that is a passenger
-    (blank lines are not).
+    ``columns`` (field name -> clean values) holds the valid rows in order, and
+    ``parts`` their JSON by column: each of its columns holds, for every valid
+    row, a piece of its object's text, so that a row's JSON (:attr:`texts`) is
+    ``"{" + ",".join(its pieces) + "}"``. The pieces are JSON text (ASCII, control
+    characters escaped). ``errors`` holds (position in the chunk, errors) for the
+    invalid rows; ``kept`` the positions of every row that is a passenger (blank
+    lines are not).
     """
 
     columns: dict[str, list[Any]]
-    texts: list[str]
+    parts: list[Sequence[str]]
     errors: list[tuple[int, list[FieldError]]]
     kept: list[int]
+
+    def __eq__(self, other: object) -> bool:
+        """The same rows, values and JSON, however the JSON was cut into pieces."""
+        if not isinstance(other, CheckedRows):
+            return NotImplemented
+        return (self.columns, self.texts, self.errors, self.kept) == (
+            other.columns,
+            other.texts,
+            other.errors,
+            other.kept,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """Each valid passenger's JSON, as ``json.dumps(clean, separators=(",", ":"))`` writes it."""
+        return jsontext.join_pieces(self.parts)
 
     @classmethod
     def collect(cls, rows: Iterable[tuple[int, dict[str, Any], str, list[FieldError]]]) -> CheckedRows:
@@ -387,7 +410,20 @@ class CheckedRows:
                 clean_rows.append(clean)
                 texts.append(text)
         columns = {name: [clean[name] for clean in clean_rows] for name in FIELD_NAMES}
-        return cls(columns, texts, errors, kept)
+        return cls.of_texts(columns, texts, errors, kept)
+
+    @classmethod
+    def of_texts(
+        cls,
+        columns: dict[str, list[Any]],
+        texts: list[str],
+        errors: list[tuple[int, list[FieldError]]],
+        kept: list[int],
+    ) -> CheckedRows:
+        """Checked rows whose JSON texts are known whole: each is one piece (all but its braces)."""
+        checked = cls(columns, [[text[1:-1] for text in texts]], errors, kept)
+        checked.texts = texts
+        return checked
 
 
 #: Whole numbers of at most this many digits are read as plain digits; longer ones go the general
@@ -418,11 +454,6 @@ def _plain_column(field: Field, texts: Sequence[str]) -> tuple[list[Any], list[s
             return None
         return stripped, list(map(prefix.__add__, map(encode_basestring_ascii, stripped)))
     return None
-
-
-_VALUE = operator.itemgetter(0)
-_MESSAGE = operator.itemgetter(1)
-_FRAGMENT = operator.itemgetter(2)
 
 
 class BatchChecker:
@@ -552,7 +583,7 @@ class BatchChecker:
         count = len(rows)
         cells_by_column = list(zip(*rows, strict=True)) if rows else [() for _ in header]
         columns: dict[str, list[Any]] = {}
-        parts: list[list[str]] = []
+        parts: list[Sequence[str]] = []
         failing: set[int] = set()
         for field, column in plan:
             if column < 0:
@@ -582,16 +613,15 @@ class BatchChecker:
                     if outcome is None:
                         found[i] = outcome = self._check_text(field, texts[i])
                         self._remember(memo, texts[i], outcome)
-            outcomes = cast(list[tuple[Any, str | None, str]], found)  # every None was checked just above
-            if any(map(_MESSAGE, outcomes)):
-                failing.update(i for i, outcome in enumerate(outcomes) if outcome[1] is not None)
-            columns[field.name] = list(map(_VALUE, outcomes))
-            parts.append(list(map(_FRAGMENT, outcomes)))
+            # Every None was checked just above: (values, messages, fragments) in one pass.
+            checked_values, messages, checked_fragments = zip(*found, strict=True) if found else ((), (), ())
+            if any(messages):
+                failing.update(i for i, message in enumerate(messages) if message is not None)
+            columns[field.name] = list(checked_values)
+            parts.append(checked_fragments)
         if failing:  # rare: the rows with a problem, one by one, for their exact errors
             return self._rows_one_by_one(header, plan, rows, first_index=first_index)
-        return CheckedRows(
-            columns, list(map("{%s}".__mod__, map(",".join, zip(*parts, strict=True)))), [], list(range(count))
-        )
+        return CheckedRows(columns, parts, [], list(range(count)))
 
     def _rows_one_by_one(
         self,

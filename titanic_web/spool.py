@@ -225,12 +225,14 @@ def line_time(line: bytes) -> float:
 BY_COLUMN = "by-column/1"
 #: Between the parts of a column (JSON text escapes it, base64 and hex never hold it).
 _UNIT = "\x1f"
+#: Between the columns of a column of pieces (JSON text escapes it too).
+_RECORD = "\x1e"
 
 
 def encode_columns(count: int, columns: Sequence[str], *, spooled_at: float) -> bytes:
     """One spool line of ``count`` rows given by column: each of ``columns`` is one field of
     every row, made by :func:`same`, :func:`fixed`, :func:`ints`, :func:`floats`,
-    :func:`texts` or :func:`objects`. :func:`decode` gives the rows back as :func:`encode`
+    :func:`pieces` or :func:`objects`. :func:`decode` gives the rows back as :func:`encode`
     would have kept them.
 
     :raise ValueError: a column holds a tab or a newline.
@@ -272,15 +274,20 @@ def floats(values: Any) -> str:
     return "f" + _float_bytes(values)
 
 
-def texts(values: Sequence[str]) -> str:
-    """A column of texts holding no tab, newline or unit separator (JSON text, say).
+def pieces(columns: Sequence[Sequence[str]]) -> str:
+    """A column of JSON objects given as columns of pieces: a row's object is ``"{" +
+    ",".join(its piece in each column) + "}"`` (:class:`titanic_web.schema.CheckedRows`).
+    The pieces are JSON text, so they hold no unit or record separator.
 
-    :raise ValueError: one does.
+    :raise ValueError: one does, or the columns differ in length.
     """
-    joined = _UNIT.join(values)
-    if joined.count(_UNIT) != max(len(values) - 1, 0):
-        raise ValueError("a spooled text holds a unit separator")
-    return "t" + joined
+    count = len(columns[0]) if columns else 0
+    joined = [_UNIT.join(column) for column in columns]
+    if not columns or any(len(column) != count for column in columns):
+        raise ValueError("a column of pieces needs columns of one length")
+    if any(text.count(_UNIT) != count - 1 for text in joined) or any(_RECORD in text for text in joined):
+        raise ValueError("a spooled piece holds a unit or record separator")
+    return "p" + _RECORD.join(joined)
 
 
 def objects(
@@ -331,13 +338,13 @@ def _rows_of_columns(count: int, columns: list[str]) -> list[list[str]]:
             fields.append(["" if value is None else str(value) for value in values])
         elif kind == "f":
             fields.append(list(map(float.__repr__, _floats_of(body, count).tolist())))
-        elif kind == "t":
-            values = body.split(_UNIT)
-            if len(values) != count:
-                raise ValueError(f"a column of {count} texts holds {len(values)}")
-            fields.append(values)
         elif kind == "o":
             fields.append(_objects_of(body, count))
+        elif kind == "p":
+            columns_of_pieces = [text.split(_UNIT) for text in body.split(_RECORD)]
+            if any(len(column) != count for column in columns_of_pieces):
+                raise ValueError(f"a column of pieces must hold {count} in each of its columns")
+            fields.append(jsontext.join_pieces(columns_of_pieces))
         else:
             raise ValueError(f"unknown spooled column kind {kind!r}")
     return list(map(list, zip(*fields, strict=True)))

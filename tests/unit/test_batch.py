@@ -255,7 +255,7 @@ def expected_chunk(header: list[str], rows: list[list[str]], first_index: int) -
             clean_rows.append(clean)
             texts.append(dumps(clean))
     columns = {name: [clean[name] for clean in clean_rows] for name in FIELD_NAMES}
-    return schema.CheckedRows(columns, texts, errors, kept)
+    return schema.CheckedRows.of_texts(columns, texts, errors, kept)
 
 
 def assert_chunks_agree(checker: BatchChecker, header: list[str], rows: list[list[str]], size: int) -> None:
@@ -684,44 +684,50 @@ def test_run_json_array_in_chunks_matches_predict(
 
 
 def test_spool_columns_keeps_what_spool_rows_keeps_and_falls_back_to_rows(
-    predictor: Predictor, test_passengers: list[dict[str, Any]]
+    predictor: Predictor, test_csv: str, test_passengers: list[dict[str, Any]]
 ) -> None:
-    passengers = test_passengers[:50]
-    probabilities, engineered = predictor.score(passengers)
+    header, *rows = list(csv.reader(io.StringIO(test_csv)))
     checker = BatchChecker()
-    raw = [checker.check_object(p, index=i)[1] for i, p in enumerate(passengers)]
-    ids = [uuid.uuid4().hex for _ in passengers]
-    pids: list[int | None] = [p["PassengerId"] for p in passengers]
+    checked = checker.check_text_rows(header, checker.csv_plan(header), rows[:50], first_index=0)
+    assert checked.texts == [dumps(p) for p in test_passengers[:50]]
+    probabilities, engineered = predictor.score_columns(checked.columns)
+    ids = [uuid.uuid4().hex for _ in engineered]
+    pids: list[int | None] = list(checked.columns["PassengerId"])
     pids[3] = None
     survived = [int(p >= predictor.threshold) for p in probabilities.tolist()]
     common: dict[str, Any] = {
         "model_version": predictor.version,
         "source": "batch",
         "created_at": datetime(2026, 12, 6, 10, 30, 1, 5, tzinfo=UTC),
-        "raw_json": raw,
         "request_id": "req-1",
         "latency_ms": recorder_module.PENDING_LATENCY,
     }
     by_row = spool.encode(
         recorder_module.spool_rows(
-            ids, pids, survived, probabilities.tolist(), features_json=features.features_json(engineered), **common
+            ids,
+            pids,
+            survived,
+            probabilities.tolist(),
+            features_json=features.features_json(engineered),
+            raw_json=checked.texts,
+            **common,
         ),
         spooled_at=3.5,
     )
     by_column = recorder_module.spool_columns(
-        ids, pids, survived, probabilities, features=engineered, spooled_at=3.5, **common
+        ids, pids, survived, probabilities, features=engineered, raw_parts=checked.parts, spooled_at=3.5, **common
     )
     assert spool.BY_COLUMN.encode() in by_column and spool.BY_COLUMN.encode() not in by_row
     assert len(by_column) < len(by_row)  # the shared fields once, the numbers as bytes
     assert spool.decode(by_column) == spool.decode(by_row)
-    # A text a line by column cannot hold (JSON text never has it): the chunk is kept by row.
-    raw[7] = raw[7][:-1] + ',"x":"\x1f"}'
-    odd = {**common, "raw_json": raw}
+    # A piece a line by column cannot hold (JSON text never has it): the chunk is kept by row.
+    odd = [list(column) for column in checked.parts]
+    odd[2][7] += "\x1f"
     fallback = recorder_module.spool_columns(
-        ids, pids, survived, probabilities, features=engineered, spooled_at=3.5, **odd
+        ids, pids, survived, probabilities, features=engineered, raw_parts=odd, spooled_at=3.5, **common
     )
     assert spool.BY_COLUMN.encode() not in fallback
-    assert spool.decode(fallback)[1][7][8] == raw[7]
+    assert spool.decode(fallback)[1][7][8] == "{" + ",".join(column[7] for column in odd) + "}"
 
 
 def csv_line_of_each_row(text: str) -> list[tuple[int, list[str]]]:

@@ -46,7 +46,7 @@ def one_by_one(header: list[str], rows: list[list[str]], first_index: int = 0) -
             clean_rows.append(clean)
     columns = {name: [c[name] for c in clean_rows] for name in schema.FIELD_NAMES}
     texts = [json.dumps(c, separators=(",", ":")) for c in clean_rows]
-    return schema.CheckedRows(columns, texts, errors, kept)
+    return schema.CheckedRows.of_texts(columns, texts, errors, kept)
 
 
 @pytest.mark.parametrize("path", [TRAIN_CSV, TEST_CSV], ids=["train", "test"])

@@ -115,9 +115,9 @@ def test_line_rows_reads_the_count_without_the_records() -> None:
 # -- lines by column --------------------------------------------------------
 
 COLUMN_ROWS = [
-    ["0" * 31 + "a", "", "1", "0.9", "v1", "api", '{"A":null,"B":"x"}', "\x01"],
-    ["0" * 31 + "b", "892", "0", "-0.0", "v1", "api", '{"A":-0.0,"B":"caf\\u00e9"}', "\x01"],
-    ["0" * 31 + "c", "7", "1", "1e-300", "v1", "api", '{"A":1.5,"B":"x"}', "\x01"],
+    ["0" * 31 + "a", "", "1", "0.9", "v1", "api", '{"A":null,"B":"x"}', '{"n":1,"s":"a"}', "\x01"],
+    ["0" * 31 + "b", "892", "0", "-0.0", "v1", "api", '{"A":-0.0,"B":"caf\\u00e9"}', '{"n":2,"s":"\\t"}', "\x01"],
+    ["0" * 31 + "c", "7", "1", "1e-300", "v1", "api", '{"A":1.5,"B":"x"}', '{"n":3,"s":""}', "\x01"],
 ]
 
 
@@ -133,7 +133,8 @@ def by_column(rows: list[list[str]] = COLUMN_ROWS, *, spooled_at: float = 12.5) 
             spool_module.same("v1"),
             spool_module.same("api"),
             spool_module.objects(["A"], [[math.nan, -0.0, 1.5]], ["B"], [["x", "caf\u00e9", "x"]]),
-            spool_module.texts([r[7] for r in rows]),
+            spool_module.pieces([['"n":1', '"n":2', '"n":3'], ['"s":"a"', '"s":"\\t"', '"s":""']]),
+            spool_module.same("\x01"),
         ],
         spooled_at=spooled_at,
     )
@@ -160,10 +161,13 @@ def test_a_line_by_column_decodes_to_the_rows_a_line_by_row_keeps() -> None:
         (lambda: spool_module.fixed(["abc", "ab"], width=3), "3 characters"),
         (lambda: spool_module.ints([1, True]), "something else"),
         (lambda: spool_module.ints([1.0]), "something else"),
-        (lambda: spool_module.texts(["a\x1fb", "c"]), "unit separator"),
+        (lambda: spool_module.pieces([["a\x1fb", "c"]]), "unit or record separator"),
+        (lambda: spool_module.pieces([["a\x1eb", "c"]]), "unit or record separator"),
+        (lambda: spool_module.pieces([["a", "b"], ["c"]]), "one length"),
+        (lambda: spool_module.pieces([]), "one length"),
         (lambda: spool_module.encode_columns(1, [spool_module.same("tab\there")], spooled_at=1.0), "tab or a newline"),
         (
-            lambda: spool_module.encode_columns(1, [spool_module.texts(["new\nline"])], spooled_at=1.0),
+            lambda: spool_module.encode_columns(1, [spool_module.pieces([["new\nline"]])], spooled_at=1.0),
             "tab or a newline",
         ),
     ],
@@ -193,7 +197,8 @@ def damaged(position: int, replacement: str) -> bytes:
         damaged(9, damaged_objects := "o" + '[["A"],["B"]]' + "\x1f" + "AAAA" + "\x1f" + '[["x","y","z"]]'),
         damaged(9, damaged_objects.replace('[["A"],["B"]]', '[["A"]]')),
         damaged(9, "o" + '[["A"],["B"]]'),
-        damaged(10, "tonly\x1ftwo"),
+        damaged(10, "p" + '"n":1\x1f"n":2'),
+        damaged(10, "p" + '"n":1\x1f"n":2\x1f"n":3\x1e"s":1'),
         damaged(10, "?what"),
         b"3\t1.0\tby-column/1\n",
     ],
