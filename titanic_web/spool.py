@@ -227,6 +227,7 @@ BY_COLUMN = "by-column/1"
 _UNIT = "\x1f"
 #: Between the columns of a column of pieces (JSON text escapes it too).
 _RECORD = "\x1e"
+_WHOLE_OR_NONE = frozenset((int, type(None)))
 
 
 def encode_columns(count: int, columns: Sequence[str], *, spooled_at: float) -> bytes:
@@ -264,7 +265,7 @@ def ints(values: Sequence[int | None]) -> str:
 
     :raise ValueError: a value is neither (True, say, which would come back as 1).
     """
-    if not all(value is None or value.__class__ is int for value in values):
+    if not set(map(type, values)) <= _WHOLE_OR_NONE:  # type(), not isinstance: True is no number here
         raise ValueError("a column of whole numbers holds something else")
     return "i" + json.dumps(list(values), separators=(",", ":"))
 
@@ -333,7 +334,7 @@ def _rows_of_columns(count: int, columns: list[str]) -> list[list[str]]:
             values = json.loads(body)
             if not isinstance(values, list) or len(values) != count:
                 raise ValueError(f"a column of whole numbers must hold {count} of them")
-            if not all(value is None or value.__class__ is int for value in values):
+            if not set(map(type, values)) <= _WHOLE_OR_NONE:  # type(), not isinstance: True is no number here
                 raise ValueError("a column of whole numbers holds something else")
             fields.append(["" if value is None else str(value) for value in values])
         elif kind == "f":
@@ -360,7 +361,7 @@ def _objects_of(body: str, count: int) -> list[str]:
         and all(isinstance(group, list) and all(isinstance(n, str) for n in group) for group in names)
         and isinstance(text_values, list)
         and len(text_values) == len(names[1])
-        and all(isinstance(c, list) and len(c) == count and all(isinstance(v, str) for v in c) for c in text_values)
+        and all(isinstance(c, list) and len(c) == count and set(map(type, c)) <= {str} for c in text_values)
     ):
         raise ValueError("a column of objects has bad names or texts")
     number_names, text_names = names
