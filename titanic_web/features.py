@@ -19,8 +19,9 @@ import itertools
 import math
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -94,15 +95,26 @@ def surname_of(name: str | None) -> str | None:
     return surname if comma and surname else None
 
 
-def group_keys(ticket: str | None, name: str | None, pclass: Any, fare: Any) -> tuple[str, ...]:
+def group_keys(
+    ticket: str | None, name: str | None, pclass: Any, fare: Any, *, families: Container[str] | None = None
+) -> tuple[str, ...]:
     """The travelling groups a passenger belongs to: its ticket, and its surname within a class and fare.
 
     A family travelled in one class on one fare (often on several tickets); a
     shared surname alone would join strangers, hence the class and fare.
-    Runs for every passenger served: one pass, no intermediate list.
+    Runs for every passenger served: one pass, no intermediate list. With
+    ``families`` (:attr:`Known.family_surnames`), only the groups that can be
+    known: a surname outside it gets no family key, which no known group has.
     """
     surname = surname_of(name)
-    if surname is None or pclass is None or pclass != pclass or fare is None or fare != fare:
+    if (
+        surname is None
+        or pclass is None
+        or pclass != pclass
+        or fare is None
+        or fare != fare
+        or (families is not None and surname not in families)
+    ):
         return () if ticket is None else ("T " + ticket,)
     # %d truncates the float class pandas gives; the keys must stay as trained models stored them.
     family = "F %s %d %.2f" % (surname, pclass, fare)  # noqa: UP031
@@ -124,6 +136,13 @@ class Known:
 
     ticket_counts: Mapping[str, int] = field(default_factory=dict)
     groups: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+
+    @cached_property
+    def family_surnames(self) -> frozenset[str]:
+        """The surnames of the family groups (keys "F <surname> <class> <fare>"): the family key
+        of any other surname finds no group, so serving need not make it (it costs a float
+        format a passenger)."""
+        return frozenset(key[2:].rsplit(" ", 2)[0] for key in self.groups if key.startswith("F "))
 
 
 def count_groups(raws: Iterable[Sequence[Any]], labels: Sequence[int]) -> dict[str, tuple[int, int]]:
@@ -182,6 +201,8 @@ def _engineer(
     counts_get = known.ticket_counts.get
     groups_get = known.groups.get
     keys_of = group_keys
+    # Training leaves each passenger out of every group it is in, found or not: all its keys.
+    families = None if training else known.family_surnames
     minus = 1 if training else 0
     own_labels = iter(labels) if training and labels is not None else itertools.repeat(0)
     rows: list[tuple[Any, ...]] = []
@@ -205,7 +226,7 @@ def _engineer(
         label = next(own_labels)
         # The other known women and children of the passenger's groups: all lived, all died?
         members = lived = 0
-        keys = keys_of(ticket, name, pclass, fare)
+        keys = keys_of(ticket, name, pclass, fare, families=families)
         for key in keys:
             tally = groups_get(key)
             if tally is not None:

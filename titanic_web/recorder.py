@@ -704,7 +704,7 @@ class Staged:
     has passed, :meth:`commit` appends the lines to the spool, and the request
     may answer. Past IN_MEMORY_BYTES they go to a staged file in the spool folder
     instead (:class:`~titanic_web.spool.StagedFile`), which :meth:`commit`
-    publishes whole by renaming it: a 100,000-passenger request's 30 MB are then
+    publishes whole by renaming it: a 100,000-passenger request's 37 MB are then
     written once, not written, read back and written again. :meth:`discard` drops
     them. Use as a context manager.
     """

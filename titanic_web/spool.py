@@ -8,7 +8,8 @@ each segment in a ``.done`` file holding the byte offset delivered so far, so a
 replay resends at most the batch that was in flight; the prediction uuid makes
 that resend harmless.
 
-A line is one request's rows, tab-separated fields of text (see :func:`encode`).
+A line is one request's rows (or a chunk of them), tab-separated fields of text:
+row by row (:func:`encode`), or column by column (:func:`encode_columns`).
 Nothing here knows Flask or SQL, or what the fields mean.
 
 A request of many rows writes its lines into a staged file of its own, hidden

@@ -11,7 +11,7 @@ import joblib
 import pandas as pd
 import pytest
 
-from tests.conftest import PASSENGER, TRAIN_CSV
+from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
 from titanic_web import features
 from titanic_web.features import FEATURES, PassengerFeatures, deck_of, raw_frame, title_of
 from titanic_web.training import ARTIFACT_NAME
@@ -233,6 +233,40 @@ def test_group_keys_are_the_ticket_and_the_surname_within_class_and_fare() -> No
     assert features.group_keys("347082", "Andersson, Mr. Anders", 3, None) == ("T 347082",)
     assert features.group_keys("347082", "Andersson, Mr. Anders", 3, math.nan) == ("T 347082",)
     assert features.group_keys(None, "no comma", 3, 7.0) == ()
+
+
+def test_family_keys_are_made_only_for_surnames_a_known_group_has() -> None:
+    families = frozenset({"andersson", "de mulder"})
+    assert features.group_keys("1", "Andersson, Mr. Anders", 3, 31.275, families=families) == (
+        "T 1",
+        "F andersson 3 31.27",
+    )
+    assert features.group_keys("1", "De Mulder, Mr. Theodore", 3, 9.5, families=families)[1] == "F de mulder 3 9.50"
+    assert features.group_keys("1", "Smith, Mr. John", 3, 7.0, families=families) == ("T 1",)
+    assert features.group_keys(None, "Smith, Mr. John", 3, 7.0, families=families) == ()
+    known = features.Known(groups={"F de mulder 3 9.50": (1, 1), "T 1": (2, 0), "F o'brien 1 80.00": (1, 0)})
+    assert known.family_surnames == {"de mulder", "o'brien"}
+
+
+class Everyone:
+    """A set of surnames that holds every surname: family keys are made for all."""
+
+    def __contains__(self, surname: object) -> bool:
+        return True
+
+
+def test_serving_without_the_family_keys_no_group_has_engineers_the_same_rows() -> None:
+    train = pd.read_csv(TRAIN_CSV)
+    serving = pd.concat([train, pd.read_csv(TEST_CSV)], ignore_index=True)
+    fitted = PassengerFeatures().fit(train, train["Survived"])
+    known = fitted.known
+    assert 0 < len(known.family_surnames) < serving["Name"].str.split(",").str[0].nunique()  # some are skipped
+    every = features.Known(ticket_counts=known.ticket_counts, groups=known.groups)
+    every.__dict__["family_surnames"] = Everyone()  # what group_keys made before it skipped any
+
+    raws = fitted._raw_rows(serving)
+    # repr: NaN features compare equal only as text
+    assert repr(features.engineer_raws(raws, known=known)) == repr(features.engineer_raws(raws, known=every))
 
 
 FAMILY = [  # one ticket: a mother, a daughter, a son (Master) and the father
