@@ -160,9 +160,10 @@ def spool_columns(
     whoever reads the line (the writer, after the answer), and is the text that
     :func:`titanic_web.features.features_json` gives. ``probabilities`` are floats (a numpy
     array will do), kept exactly. ``raw_parts`` are the raw inputs' JSON in pieces by column
-    (:attr:`titanic_web.schema.CheckedRows.parts`), joined by the reader too. A record the
-    line cannot hold (a raw input piece with a control character, which JSON text escapes)
-    makes it a line by row.
+    (:attr:`titanic_web.schema.CheckedRows.parts`), joined by the reader too. A chunk that a
+    line by column cannot hold, so that the writer could not read it back (a feature text
+    that is not a string, a PassengerId that is not a whole number, a separator in a piece),
+    is kept by row instead.
     """
     created, latency = _shared_fields(created_at, latency_ms)
     columns = list(zip(*features, strict=True))
@@ -182,7 +183,7 @@ def spool_columns(
             spool.same(latency),
         ]
         return spool.encode_columns(len(ids), columns_line, spooled_at=spooled_at)
-    except ValueError:  # a text with a control character (JSON text escapes them): kept by row
+    except ValueError:  # a value a line by column cannot hold: kept by row, as it is
         rows = spool_rows(
             ids,
             passenger_ids,

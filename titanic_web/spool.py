@@ -43,7 +43,7 @@ from titanic_web import jsontext
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".spool"  # lines of tab-separated text fields (see encode)
+SUFFIX = ".spool"  # lines of tab-separated text fields (see encode and encode_columns)
 DONE_SUFFIX = ".done"
 STAGED_SUFFIX = ".staged"  # a request's lines before it publishes them (hidden: a leading dot)
 #: A published staged segment's name carries the value its rows' pending field stands for.
@@ -192,7 +192,14 @@ def decode(line: bytes) -> tuple[float, list[list[str]]]:
         raise ValueError("a spool line starts with its row count and time")
     count, spooled_at, values = int(fields[0]), float(fields[1]), fields[2:]
     if values[:1] == [BY_COLUMN]:
-        return spooled_at, _rows_of_columns(count, values[1:])
+        # Every row takes bytes of the line (its id, at least): a count past them is damage,
+        # and would have the rows' shared fields fill memory.
+        if not 0 < count <= len(line):
+            raise ValueError(f"a line by column of {len(line)} bytes cannot hold {count} rows")
+        try:
+            return spooled_at, _rows_of_columns(count, values[1:])
+        except RecursionError:  # JSON nested past the interpreter's limit: damage too
+            raise ValueError("a spooled column nests too deeply") from None
     if count == 0:
         if values:
             raise ValueError(f"{len(values)} field(s) on a line of 0 rows")
@@ -262,7 +269,7 @@ def fixed(values: Sequence[str], *, width: int) -> str:
 
 
 def ints(values: Sequence[int | None]) -> str:
-    """A column of whole numbers, None kept as an empty field.
+    """A column of whole numbers or None (read back as an empty field).
 
     :raise ValueError: a value is neither (True, say, which would come back as 1).
     """
@@ -299,7 +306,18 @@ def objects(
     text_values: Sequence[Sequence[str]],
 ) -> str:
     """A column of JSON objects (:func:`titanic_web.jsontext.objects`), kept as their columns:
-    the numbers as bytes, the texts as JSON arrays."""
+    the numbers as bytes, the texts as JSON arrays.
+
+    :raise ValueError: the names and columns do not match, the columns differ in length, or
+        a text is not a string (what :func:`decode` would refuse to read back).
+    """
+    columns = [*numbers, *text_values]
+    if len(number_names) != len(numbers) or len(text_names) != len(text_values) or not columns:
+        raise ValueError(f"{len(number_names) + len(text_names)} names for {len(columns)} columns")
+    if any(len(column) != len(columns[0]) for column in columns):
+        raise ValueError("the columns of a column of objects must have one length")
+    if not all(set(map(type, column)) <= {str} for column in [[*number_names, *text_names], *text_values]):
+        raise ValueError("the names and texts of a column of objects must be strings")
     names = json.dumps([list(number_names), list(text_names)], separators=(",", ":"))
     values = json.dumps([list(column) for column in text_values], separators=(",", ":"))
     return "o" + _UNIT.join((names, _float_bytes(numbers), values))

@@ -728,6 +728,13 @@ def test_spool_columns_keeps_what_spool_rows_keeps_and_falls_back_to_rows(
     )
     assert spool.BY_COLUMN.encode() not in fallback
     assert spool.decode(fallback)[1][7][8] == "{" + ",".join(column[7] for column in odd) + "}"
+    # So is a feature text that is not a string (no feature has one today): stored as null.
+    no_deck = [(*row[:-2], None, row[-1]) for row in engineered]
+    kept = recorder_module.spool_columns(
+        ids, pids, survived, probabilities, features=no_deck, raw_parts=checked.parts, spooled_at=3.5, **common
+    )
+    assert spool.BY_COLUMN.encode() not in kept
+    assert all('"Deck":null' in fields[7] for fields in spool.decode(kept)[1])
 
 
 def csv_line_of_each_row(text: str) -> list[tuple[int, list[str]]]:

@@ -165,6 +165,10 @@ def test_a_line_by_column_decodes_to_the_rows_a_line_by_row_keeps() -> None:
         (lambda: spool_module.pieces([["a\x1eb", "c"]]), "unit or record separator"),
         (lambda: spool_module.pieces([["a", "b"], ["c"]]), "one length"),
         (lambda: spool_module.pieces([]), "one length"),
+        (lambda: spool_module.objects(["A"], [[1.0]], ["B"], [[None]]), "must be strings"),
+        (lambda: spool_module.objects(["A"], [[1.0]], [7], [["x"]]), "must be strings"),
+        (lambda: spool_module.objects(["A"], [[1.0, 2.0]], ["B"], [["x"]]), "one length"),
+        (lambda: spool_module.objects(["A", "C"], [[1.0]], ["B"], [["x"]]), "3 names for 2 columns"),
         (lambda: spool_module.encode_columns(1, [spool_module.same("tab\there")], spooled_at=1.0), "tab or a newline"),
         (
             lambda: spool_module.encode_columns(1, [spool_module.pieces([["new\nline"]])], spooled_at=1.0),
@@ -201,6 +205,8 @@ def damaged(position: int, replacement: str) -> bytes:
         damaged(10, "p" + '"n":1\x1f"n":2\x1f"n":3\x1e"s":1'),
         damaged(10, "?what"),
         b"3\t1.0\tby-column/1\n",
+        b"1000000000000\t1.0\tby-column/1\t=x\n",  # more rows than bytes: not built, refused
+        b"1\t1.0\tby-column/1\ti" + b"[" * 200_000 + b"\n",  # JSON past the recursion limit
     ],
 )
 def test_decode_refuses_damaged_lines_by_column(line: bytes) -> None:
