@@ -472,39 +472,34 @@ def _predict_chunk(
     survived = [int(x >= threshold) for x in p]
     passenger_ids = checked.columns["PassengerId"]
     ids = new_ids(len(p))
-    if staged is not None and len(p) >= COLUMN_LINE_ROWS:
-        now = time.time()
-        line = spool_columns(
-            ids,
-            passenger_ids,
-            survived,
-            probabilities,
-            model_version=predictor.version,
-            source=source,
-            created_at=datetime.now(UTC),
-            features=engineered,
-            raw_parts=checked.parts,
-            request_id=request_id,
-            latency_ms=PENDING_LATENCY,
-            spooled_at=now,
-        )
-        staged.add_line(line, rows=len(p), spooled_at=now)
-    elif staged is not None:
-        staged.add(
-            spool_rows(
+    if staged is not None:
+        shared: dict[str, Any] = {
+            "model_version": predictor.version,
+            "source": source,
+            "created_at": datetime.now(UTC),
+            "request_id": request_id,
+            "latency_ms": PENDING_LATENCY,
+        }
+        if len(p) >= COLUMN_LINE_ROWS:
+            now = time.time()
+            line = spool_columns(
                 ids,
                 passenger_ids,
                 survived,
-                p,
-                model_version=predictor.version,
-                source=source,
-                created_at=datetime.now(UTC),
-                features_json=features.features_json(engineered),
-                raw_json=checked.texts,
-                request_id=request_id,
-                latency_ms=PENDING_LATENCY,
+                probabilities,
+                features=engineered,
+                raw_parts=checked.parts,
+                spooled_at=now,
+                **shared,
             )
-        )
+            staged.add_line(line, rows=len(p), spooled_at=now)
+        else:
+            features_json = features.features_json(engineered)
+            staged.add(
+                spool_rows(
+                    ids, passenger_ids, survived, p, features_json=features_json, raw_json=checked.texts, **shared
+                )
+            )
     explanations = None
     if answers.explain:
         explanations = [json.dumps(e.as_dict(), separators=(",", ":")) for e in predictor.explain(engineered)]
