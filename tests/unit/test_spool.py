@@ -279,6 +279,21 @@ def test_done_offset_persists_and_an_adopter_resumes_from_it(make_spool: MakeSpo
     assert files(tmp_path / "spool") == []
 
 
+def test_a_line_by_column_is_counted_adopted_and_delivered_as_its_rows(make_spool: MakeSpool, tmp_path: Path) -> None:
+    first = make_spool()
+    first.append(by_column(spooled_at=20.0), rows=3, spooled_at=20.0)
+    put(first, ["a"], at=30.0)
+    first.close()
+    directory = tmp_path / "spool"
+    assert scan(directory) == {"segments": 1, "orphaned": 1, "rows": 4, "oldest_spooled_at": 20.0}
+
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 1
+    assert adopter.backlog() == (4, 20.0)  # counts and times read from the lines, rows not decoded
+    assert drain(adopter, max_rows=2) == [*(row[0] for row in COLUMN_ROWS), "a"]
+    assert scan(directory)["rows"] == 0
+
+
 def test_a_batch_in_flight_when_the_process_stopped_is_sent_again(make_spool: MakeSpool) -> None:
     first = make_spool()
     put(first, ["a", "b"])
