@@ -357,8 +357,19 @@ class PassengerFeatures(TransformerMixin, BaseEstimator):
 
     @property
     def known(self) -> Known:
-        """The fitted tables, as the engineering functions take them."""
-        return Known(ticket_counts=self.ticket_counts_, groups=self.groups_)
+        """The fitted tables, as the engineering functions take them: one :class:`Known` per
+        fit, so that what it works out on first use (its family surnames) is worked out once."""
+        known = self.__dict__.get("_known")
+        if known is None or known.groups is not self.groups_ or known.ticket_counts is not self.ticket_counts_:
+            known = self.__dict__["_known"] = Known(ticket_counts=self.ticket_counts_, groups=self.groups_)
+        return known
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The artifact holds the fitted tables, not what is derived from them: its bytes stay
+        # those of the fit alone. A copy: the state may be the instance's own __dict__.
+        state = dict(super().__getstate__())
+        state.pop("_known", None)
+        return state
 
     @staticmethod
     def _raw_rows(X: pd.DataFrame) -> list[tuple[Any, ...]]:

@@ -248,6 +248,16 @@ def test_family_keys_are_made_only_for_surnames_a_known_group_has() -> None:
     assert known.family_surnames == {"de mulder", "o'brien"}
 
 
+def test_the_fitted_tables_make_one_known_per_fit_and_the_artifact_keeps_only_the_tables() -> None:
+    train = pd.read_csv(TRAIN_CSV)
+    fitted = PassengerFeatures().fit(train, train["Survived"])
+    known = fitted.known
+    assert fitted.known is known and known.family_surnames  # worked out once, then kept
+    state = fitted.__getstate__()
+    assert "_known" not in state and "_known" in fitted.__dict__
+    assert fitted.fit(train.head(100), train["Survived"].head(100)).known is not known  # a new fit
+
+
 class Everyone:
     """A set of surnames that holds every surname: family keys are made for all."""
 
