@@ -309,16 +309,53 @@ _SQLITE_FEATURES = (
 #: Rows per SQLite INSERT (9 parameters a row: 4,500, under the 32,766 of any SQLite since 3.32).
 ROWS_PER_STATEMENT = 500
 
-#: PostgreSQL: one INSERT per table and batch, each column sent as one array and cast to
-#: the column's type, so the statement text never changes (prepared once per connection)
-#: and a batch is one round trip.
-_POSTGRES_PREDICTIONS = (
+#: PostgreSQL: one INSERT per table and batch, so the statement text never changes (prepared
+#: once per connection) and a batch is one round trip. Each column goes as one text, its
+#: values joined by _PG_SEPARATOR, which the server splits (string_to_array; '' is NULL in
+#: the columns that may be NULL, and an empty array, which a one-row column of '' splits
+#: into, leaves that row NULL too) and casts to the column's type. One text per column
+#: rather than an array of values: the driver writes an array value by value in Python,
+#: which cost the writer a third of its time.
+_PG_SEPARATOR = "\x1e"
+
+
+def _postgres_insert(table: str, columns: str, casts: Sequence[tuple[str, bool]], key: str) -> str:
+    split = "string_to_array(%s, E'\\x1e'{null}){cast}"
+    arrays = ", ".join(split.format(null=", ''" if nullable else "", cast=cast) for cast, nullable in casts)
+    return f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays}) ON CONFLICT ({key}) DO NOTHING"
+
+
+_POSTGRES_PREDICTIONS = _postgres_insert(
+    "predictions",
+    "id, passenger_id, survived, probability, model_version, source, created_at, request_id, latency_ms",
+    [
+        ("::uuid[]", False),
+        ("::int[]", True),
+        ("::smallint[]", False),
+        ("::float8[]", False),
+        ("", False),
+        ("", False),
+        ("::timestamptz[]", False),
+        ("", True),
+        ("::float8[]", True),
+    ],
+    "id",
+)
+_POSTGRES_FEATURES = _postgres_insert(
+    "feature_store",
+    "prediction_id, features, raw_input, model_version, created_at",
+    [("::uuid[]", False), ("::json[]", False), ("::json[]", False), ("", False), ("::timestamptz[]", False)],
+    "prediction_id",
+)
+#: The same INSERTs with each column sent as an array: for a batch in which some value holds
+#: _PG_SEPARATOR (no record that parse_fields passes does; a damaged one might).
+_POSTGRES_PREDICTIONS_ARRAYS = (
     "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
     " request_id, latency_ms) SELECT * FROM unnest(%b::text[]::uuid[], %b::int[], %b::smallint[],"
     " %b::float8[], %b::text[], %b::text[], %b::text[]::timestamptz[], %b::text[], %b::float8[])"
     " ON CONFLICT (id) DO NOTHING"
 )
-_POSTGRES_FEATURES = (
+_POSTGRES_FEATURES_ARRAYS = (
     "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at)"
     " SELECT * FROM unnest(%b::text[]::uuid[], %b::text[]::json[], %b::text[]::json[], %b::text[],"
     " %b::text[]::timestamptz[]) ON CONFLICT (prediction_id) DO NOTHING"
@@ -389,11 +426,32 @@ def _write_postgres(connection: Connection, rows: list[Row]) -> int:
         request_ids,
         latencies,
     ) = (list(column) for column in zip(*rows, strict=True))
-    new: int = connection.exec_driver_sql(
-        _POSTGRES_PREDICTIONS,
+    join = _PG_SEPARATOR.join
+    texts = [
+        join(ids),
+        join(["" if pid is None else str(pid) for pid in passenger_ids]),
+        join(map(str, survived)),
+        join(map(float.__repr__, probabilities)),
+        join(versions),
+        join(sources),
+        join(times),
+        join(features),
+        join(raw_inputs),
+        join([rid or "" for rid in request_ids]),
+        join(["" if ms is None else float.__repr__(ms) for ms in latencies]),
+    ]
+    if all(text.count(_PG_SEPARATOR) == len(rows) - 1 for text in texts):
+        uid, pid, alive, probability, version, source, created, feature, raw, rid, latency = texts
+        new: int = connection.exec_driver_sql(
+            _POSTGRES_PREDICTIONS, (uid, pid, alive, probability, version, source, created, rid, latency)
+        ).rowcount
+        connection.exec_driver_sql(_POSTGRES_FEATURES, (uid, feature, raw, version, created))
+        return new
+    new = connection.exec_driver_sql(
+        _POSTGRES_PREDICTIONS_ARRAYS,
         (ids, passenger_ids, survived, probabilities, versions, sources, times, request_ids, latencies),
     ).rowcount
-    connection.exec_driver_sql(_POSTGRES_FEATURES, (ids, features, raw_inputs, versions, times))
+    connection.exec_driver_sql(_POSTGRES_FEATURES_ARRAYS, (ids, features, raw_inputs, versions, times))
     return new
 
 

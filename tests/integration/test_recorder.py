@@ -4,6 +4,7 @@ the request loudly. Faults run on SQLite and on PostgreSQL (cut through a TCP pr
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 import time
@@ -324,6 +325,75 @@ def test_the_driver_path_stores_what_sqlalchemy_would(app: Flask) -> None:
         driver, core = rows[True], rows[False]
         assert type(driver[0]) is type(core[0]) and len(str(driver[0])) == len(str(core[0])), table
         assert tuple(driver[1:]) == tuple(core[1:]), table
+
+
+def _stored_rows(app: Flask) -> dict[str, tuple[Any, ...]]:
+    """Every stored prediction by its id in hex: its values, then its feature-store row's."""
+    with app.app_context():
+        rows = db.session.execute(
+            db.select(
+                PredictionRow.id,
+                PredictionRow.passenger_id,
+                PredictionRow.survived,
+                PredictionRow.probability,
+                PredictionRow.model_version,
+                PredictionRow.request_id,
+                PredictionRow.latency_ms,
+                FeatureRow.features,
+                FeatureRow.raw_input,
+                FeatureRow.model_version,
+            ).join(FeatureRow, FeatureRow.prediction_id == PredictionRow.id)
+        ).all()
+        db.session.remove()
+    return {row[0].hex: tuple(row[1:]) for row in rows}
+
+
+def test_null_and_set_values_mixed_in_one_batch_are_stored_as_given(app: Flask) -> None:
+    """PostgreSQL gets each column as one text, split by the server, '' read as NULL where a
+    column may be NULL: rows with and without a PassengerId, request id or latency, side by
+    side in one batch, and alone in a batch of one (whose column of one '' splits into no
+    value at all), come back as they were given."""
+    given = [
+        dict(passenger_id=None, request_id=None, latency_ms=None, probability=1 / 3),
+        dict(passenger_id=5, request_id="req-1", latency_ms=1.5, probability=0.1 + 0.2),
+        dict(passenger_id=None, request_id="req-2", latency_ms=None, probability=2**-40),
+        dict(passenger_id=0, request_id=None, latency_ms=0.0, probability=0.0),
+    ]
+    batch = [parse_fields(make_record(**values)) for values in given]
+    alone = [parse_fields(make_record(**values)) for values in given]
+    with app.app_context():
+        assert write_batch(db.session, batch) == len(batch)
+        for row in alone:
+            assert write_batch(db.session, [row]) == 1
+        db.session.remove()
+    stored_rows = _stored_rows(app)
+    for rows in (batch, alone):
+        for row, values in zip(rows, given, strict=True):
+            assert stored_rows[row[0]][:6] == (
+                values["passenger_id"],
+                1,
+                values["probability"],
+                "test",
+                values["request_id"],
+                values["latency_ms"],
+            )
+            assert stored_rows[row[0]][6:] == (json.loads(row[7]), PASSENGER, "test")
+
+
+def test_a_batch_with_a_value_holding_the_column_separator_is_still_stored(app: Flask) -> None:
+    """No record the writer checks holds the character PostgreSQL's columns are joined by, but
+    a model version may: that batch goes as arrays instead, and is stored as given, beside
+    rows that need no such care."""
+    odd = parse_fields(make_record(model_version=f"v{recorder_module._PG_SEPARATOR}2", request_id="r"))
+    plain = parse_fields(make_record())
+    with app.app_context():
+        assert write_batch(db.session, [plain, odd]) == 2
+        assert write_batch(db.session, [odd, plain]) == 0
+        db.session.remove()
+    stored_rows = _stored_rows(app)
+    assert stored_rows[odd[0]][3] == stored_rows[odd[0]][8] == f"v{recorder_module._PG_SEPARATOR}2"
+    assert stored_rows[odd[0]][4] == "r" and stored_rows[plain[0]][4] is None
+    assert_stored_once(app, [odd[0], plain[0]])
 
 
 @pytest.mark.parametrize(
