@@ -380,6 +380,38 @@ def test_null_and_set_values_mixed_in_one_batch_are_stored_as_given(app: Flask) 
             assert stored_rows[row[0]][6:] == (json.loads(row[7]), PASSENGER, "test")
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_postgres_inserts_a_new_batch_plainly_and_skips_stored_rows_only_when_resent(
+    app: Flask, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain INSERT costs PostgreSQL less than ON CONFLICT DO NOTHING: a new batch goes
+    without it; one holding rows stored before fails on the key, is rolled back (nothing of
+    it half stored) and goes again skipping them."""
+    sent: list[str] = []
+
+    def seen(_connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.startswith("INSERT"):
+            sent.append(statement)
+
+    records = [parse_fields(make_record(passenger_id=i)) for i in range(3)]
+    fresh = parse_fields(make_record(passenger_id=7))
+    with app.app_context():
+        event.listen(db.engine, "before_cursor_execute", seen)
+        try:
+            assert write_batch(db.session, records) == 3
+            assert ["ON CONFLICT" in statement for statement in sent] == [False, False]
+            sent.clear()
+            with caplog.at_level("INFO", logger="titanic_web.recorder"):
+                assert write_batch(db.session, [*records[1:], fresh]) == 1
+            assert ["ON CONFLICT" in statement for statement in sent] == [False, True, True]
+        finally:
+            event.remove(db.engine, "before_cursor_execute", seen)
+            db.session.remove()
+    assert "held rows stored before" in caplog.text
+    assert_stored_once(app, [r[0] for r in records] + [fresh[0]])
+    assert _stored_rows(app)[fresh[0]][0] == 7
+
+
 def test_a_batch_with_a_value_holding_the_column_separator_is_still_stored(app: Flask) -> None:
     """No record the writer checks holds the character PostgreSQL's columns are joined by, but
     a model version may: that batch goes as arrays instead, and is stored as given, beside
