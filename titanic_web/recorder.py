@@ -240,18 +240,23 @@ FIELDS = (
 #: Records spooled before request ids were stored end at raw_input; they are still delivered.
 _OLD_WIDTH = FIELDS.index("raw_input") + 1
 
-#: One record checked and ready for the database: :data:`FIELDS`, the numbers as numbers
-#: (request_id and latency_ms None when not known).
-Row = tuple[str, "int | None", int, float, str, str, str, str, str, "str | None", "float | None"]
+#: One record checked and ready for the database: its :data:`FIELDS` as spooled, text, with ''
+#: for NULL (passenger_id, request_id, latency_ms). PostgreSQL takes the text as it is; the
+#: other paths make numbers of it (:func:`typed`).
+Row = tuple[str, ...]
 
 _UTC_SUFFIX = "+00:00"
+#: PostgreSQL's integer column holds these, and no more.
+_INT4 = range(-(2**31), 2**31)
 
 
 def parse_fields(fields: Sequence[str]) -> Row:
-    """Check one spooled record and convert its numbers.
+    """Check one spooled record.
 
     Everything a database could refuse is checked here, so a damaged line is
-    set aside when it is read instead of failing every batch it is part of.
+    set aside when it is read instead of failing every batch it is part of; and
+    every number is written as both Python and the databases read it (ASCII
+    digits, no ``_``), so each reads the same value.
 
     :raise ValueError: not a record that :meth:`Record.to_fields` wrote.
     """
@@ -263,9 +268,14 @@ def parse_fields(fields: Sequence[str]) -> Row:
             f"this one {len(fields)}"
         )
     uid, passenger_id, survived, probability, version, source, created_at, features, raw_input, rid, latency = fields
-    if len(uid) != 32:
+    if len(uid) != 32 or len(bytes.fromhex(uid)) != 16:
         raise ValueError(f"bad prediction id {uid!r}")
-    int(uid, 16)
+    if passenger_id and (_plain_number(passenger_id) or int(passenger_id) not in _INT4):
+        raise ValueError(f"bad passenger id {passenger_id[:80]!r}")
+    if survived != "0" and survived != "1":
+        raise ValueError(f"bad survived {survived[:80]!r}")
+    if _plain_number(probability) or not 0.0 <= float(probability) <= 1.0:
+        raise ValueError(f"bad probability {probability[:80]!r}")
     datetime.fromisoformat(created_at)
     if not created_at.endswith(_UTC_SUFFIX) or len(created_at) != 32:
         raise ValueError(f"bad time {created_at!r}")
@@ -275,12 +285,23 @@ def parse_fields(fields: Sequence[str]) -> Row:
         raise ValueError(f"bad source {source!r} or model version {version!r}")
     if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
         raise ValueError(f"bad request id {rid[:80]!r}")
-    latency_ms = float(latency) if latency else None
-    if latency_ms is not None and not 0.0 <= latency_ms < float("inf"):
-        raise ValueError(f"bad latency {latency!r}")
+    if latency and (_plain_number(latency) or not 0.0 <= float(latency) < float("inf")):
+        raise ValueError(f"bad latency {latency[:80]!r}")
+    return tuple(fields)
+
+
+def _plain_number(text: str) -> bool:
+    """True if text is not written as :func:`str` writes a number: Python reads ``1_000`` and
+    other digits than ASCII's, which the databases refuse (the value itself is checked apart)."""
+    return not text.isascii() or "_" in text or text != text.strip()
+
+
+def typed(row: Row) -> tuple[Any, ...]:
+    """A checked row with its numbers as numbers and NULLs as None, for the paths that bind values."""
+    uid, pid, survived, probability, version, source, created_at, features, raw_input, rid, latency = row
     return (
         uid,
-        int(passenger_id) if passenger_id else None,
+        int(pid) if pid else None,
         int(survived),
         float(probability),
         version,
@@ -289,7 +310,7 @@ def parse_fields(fields: Sequence[str]) -> Row:
         features,
         raw_input,
         rid or None,
-        latency_ms,
+        float(latency) if latency else None,
     )
 
 
@@ -356,8 +377,8 @@ _UNIQUE_VIOLATION = "23505"
 #: value holds _PG_SEPARATOR (no record that parse_fields passes does; a damaged one might).
 _POSTGRES_PREDICTIONS_ARRAYS = (
     "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
-    " request_id, latency_ms) SELECT * FROM unnest(%b::text[]::uuid[], %b::int[], %b::smallint[],"
-    " %b::float8[], %b::text[], %b::text[], %b::text[]::timestamptz[], %b::text[], %b::float8[])"
+    " request_id, latency_ms) SELECT * FROM unnest(%b::text[]::uuid[], %b::text[]::int[], %b::text[]::smallint[],"
+    " %b::text[]::float8[], %b::text[], %b::text[], %b::text[]::timestamptz[], %b::text[], %b::text[]::float8[])"
     " ON CONFLICT (id) DO NOTHING"
 )
 _POSTGRES_FEATURES_ARRAYS = (
@@ -399,7 +420,8 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
     return new
 
 
-def _write_sqlite(connection: Connection, rows: list[Row]) -> int:
+def _write_sqlite(connection: Connection, checked: list[Row]) -> int:
+    rows = list(map(typed, checked))
     stamps = [r[6][: -len(_UTC_SUFFIX)] for r in rows]
     predictions = [(*r[:6], stamp, r[9], r[10]) for r, stamp in zip(rows, stamps, strict=True)]
     features = [(r[0], r[7], r[8], r[4], stamp) for r, stamp in zip(rows, stamps, strict=True)]
@@ -440,33 +462,8 @@ def _write_postgres_batch(session: Session, rows: list[Row]) -> int:
 
 
 def _write_postgres(connection: Connection, rows: list[Row], *, skip_stored: bool) -> int:
-    (
-        ids,
-        passenger_ids,
-        survived,
-        probabilities,
-        versions,
-        sources,
-        times,
-        features,
-        raw_inputs,
-        request_ids,
-        latencies,
-    ) = (list(column) for column in zip(*rows, strict=True))
-    join = _PG_SEPARATOR.join
-    texts = [
-        join(ids),
-        join(["" if pid is None else str(pid) for pid in passenger_ids]),
-        join(map(str, survived)),
-        join(map(float.__repr__, probabilities)),
-        join(versions),
-        join(sources),
-        join(times),
-        join(features),
-        join(raw_inputs),
-        join([rid or "" for rid in request_ids]),
-        join(["" if ms is None else float.__repr__(ms) for ms in latencies]),
-    ]
+    columns = list(zip(*rows, strict=True))
+    texts = list(map(_PG_SEPARATOR.join, columns))
     if all(text.count(_PG_SEPARATOR) == len(rows) - 1 for text in texts):
         uid, pid, alive, probability, version, source, created, feature, raw, rid, latency = texts
         new: int = connection.exec_driver_sql(
@@ -474,16 +471,20 @@ def _write_postgres(connection: Connection, rows: list[Row], *, skip_stored: boo
         ).rowcount
         connection.exec_driver_sql(_POSTGRES_FEATURES[skip_stored], (uid, feature, raw, version, created))
         return new
+    ids, pids, survived, probabilities, versions, sources, times, features, raw_inputs, rids, latencies = (
+        [value or None for value in column]
+        for column in columns  # '' is NULL, as the server reads it above
+    )
     new = connection.exec_driver_sql(
-        _POSTGRES_PREDICTIONS_ARRAYS,
-        (ids, passenger_ids, survived, probabilities, versions, sources, times, request_ids, latencies),
+        _POSTGRES_PREDICTIONS_ARRAYS, (ids, pids, survived, probabilities, versions, sources, times, rids, latencies)
     ).rowcount
     connection.exec_driver_sql(_POSTGRES_FEATURES_ARRAYS, (ids, features, raw_inputs, versions, times))
     return new
 
 
-def _write_portable(session: Session, rows: list[Row]) -> int:
+def _write_portable(session: Session, checked: list[Row]) -> int:
     """Insert through SQLAlchemy Core: look the uuids up first (the primary key still guards races)."""
+    rows = list(map(typed, checked))
     ids = [uuid.UUID(r[0]) for r in rows]
     existing: set[uuid.UUID] = set()
     for start in range(0, len(ids), 500):

@@ -255,7 +255,7 @@ def test_a_batch_over_several_statements_stores_each_row_once(app: Flask, monkey
     with app.app_context():
         stored = dict(db.session.execute(db.select(PredictionRow.id, PredictionRow.passenger_id)).all())
         db.session.remove()
-    assert {i.hex: pid for i, pid in stored.items()} == {r[0]: r[1] for r in records + more}
+    assert {i.hex: pid for i, pid in stored.items()} == {r[0]: int(r[1]) for r in records + more}
 
 
 @pytest.mark.parametrize("portable", [False, True], ids=["driver", "core"])
@@ -433,8 +433,22 @@ def test_a_batch_with_a_value_holding_the_column_separator_is_still_stored(app: 
     [
         (lambda f: f[:-1], "9 fields"),
         (lambda f: ["not-a-uuid"] + f[1:], "bad prediction id"),
-        (lambda f: f[:2] + ["yes"] + f[3:], "invalid literal"),
+        (lambda f: ["0123456789abcdef 123456789abcde"] + f[1:], "bad prediction id"),  # 32 characters, 15 bytes
+        (lambda f: ["0123456789abcdef_123456789abcdef"] + f[1:], "non-hexadecimal"),
+        (lambda f: f[:1] + ["1_000"] + f[2:], "bad passenger id"),  # Python reads it, the databases do not
+        (lambda f: f[:1] + ["\uff18\uff19\uff12"] + f[2:], "bad passenger id"),  # full-width 892
+        (lambda f: f[:1] + [str(2**31)] + f[2:], "bad passenger id"),  # past PostgreSQL's integer
+        (lambda f: f[:1] + ["ninety"] + f[2:], "invalid literal"),
+        (lambda f: f[:2] + ["yes"] + f[3:], "bad survived"),
+        (lambda f: f[:2] + ["2"] + f[3:], "bad survived"),
         (lambda f: f[:3] + ["high"] + f[4:], "could not convert"),
+        (lambda f: f[:3] + ["1.5"] + f[4:], "bad probability"),
+        (lambda f: f[:3] + ["nan"] + f[4:], "bad probability"),
+        (lambda f: f[:3] + ["0.2_5"] + f[4:], "bad probability"),
+        (lambda f: f[:3] + [" 0.25"] + f[4:], "bad probability"),
+        (lambda f: f[:-1] + ["-1.0"], "bad latency"),
+        (lambda f: f[:-1] + ["1_0.5"], "bad latency"),
+        (lambda f: f[:-1] + ["inf"], "bad latency"),
         (lambda f: f[:5] + ["robot"] + f[6:], "bad source"),
         (lambda f: f[:6] + ["2026-11-27 12:30:00.000000"] + f[7:], "bad time"),
         (lambda f: f[:6] + ["yesterday"] + f[7:], "Invalid isoformat"),

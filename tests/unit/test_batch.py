@@ -9,7 +9,7 @@ import math
 import random
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,10 +22,15 @@ from titanic_web import recorder as recorder_module
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import FIELDS as RECORD_FIELDS
-from titanic_web.recorder import Recorder, Staged, parse_fields
+from titanic_web.recorder import Recorder, Staged, parse_fields, typed
 from titanic_web.schema import FIELD_NAMES, BatchChecker, FieldError
 
 COMPACT = (",", ":")
+
+
+def checked(fields: Sequence[str]) -> tuple[Any, ...]:
+    """A spooled record checked (parse_fields), with its numbers as numbers."""
+    return typed(parse_fields(fields))
 
 
 def dumps(value: Any) -> str:
@@ -658,7 +663,7 @@ def test_run_csv_in_chunks_answers_as_predict_and_stages_every_record(
     assert spool.scan(tmp_path / "spool")["rows"] == 418
     assert [r[0] for r in records] == [uuid.UUID(i).hex for i in ids]
     for fields, passenger, prediction in zip(records, test_passengers, want, strict=True):
-        parsed = parse_fields(fields)
+        parsed = checked(fields)
         record = dict(zip(RECORD_FIELDS, parsed, strict=True))
         assert (record["passenger_id"], record["survived"]) == (passenger["PassengerId"], prediction.survived)
         assert record["probability"] == prediction.probability

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,14 @@ from typing import Any
 import pytest
 
 from titanic_web import spool
-from titanic_web.recorder import FIELDS, PENDING_LATENCY, Record, Recorder, parse_fields, spool_rows
+from titanic_web.recorder import FIELDS, PENDING_LATENCY, Record, Recorder, parse_fields, spool_rows, typed
 
 AT = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
+
+
+def checked(fields: Sequence[str]) -> tuple[Any, ...]:
+    """A spooled record checked (parse_fields), with its numbers as numbers."""
+    return typed(parse_fields(fields))
 
 
 def record(**fields: object) -> Record:
@@ -37,25 +42,25 @@ def test_request_id_and_latency_are_the_last_two_fields_and_read_back() -> None:
     fields = record(request_id="abc-123", latency_ms=12.3456).to_fields()
     assert len(fields) == len(FIELDS) and FIELDS[-2:] == ("request_id", "latency_ms")
     assert fields[-2:] == ["abc-123", "12.346"]
-    assert parse_fields(fields)[-2:] == ("abc-123", 12.346)
+    assert checked(fields)[-2:] == ("abc-123", 12.346)
 
 
 def test_unknown_request_id_and_latency_are_empty_and_read_as_none() -> None:
     fields = record().to_fields()
     assert fields[-2:] == ["", ""]
-    assert parse_fields(fields)[-2:] == (None, None)
+    assert checked(fields)[-2:] == (None, None)
 
 
 def test_a_record_spooled_before_request_ids_still_reads() -> None:
     """Lines written by the previous format end at raw_input: nine fields a row."""
     now = record(request_id="abc", latency_ms=1.0)
     old = now.to_fields()[:9]
-    parsed = parse_fields(old)
-    assert parsed[:9] == parse_fields(now.to_fields())[:9]
+    parsed = checked(old)
+    assert parsed[:9] == checked(now.to_fields())[:9]
     assert parsed[9:] == (None, None)
     # A whole old line (two rows of nine fields) splits back into its rows.
     line = spool.encode([old, record().to_fields()[:9]], spooled_at=time.time())
-    assert [len(parse_fields(fields)) for fields in spool.decode(line)[1]] == [len(FIELDS)] * 2
+    assert [len(checked(fields)) for fields in spool.decode(line)[1]] == [len(FIELDS)] * 2
 
 
 @pytest.mark.parametrize(
@@ -74,12 +79,12 @@ def test_a_damaged_request_field_is_refused(index: int, value: str, problem: str
     fields = record(request_id="abc", latency_ms=1.0).to_fields()
     fields[index] = value
     with pytest.raises(ValueError, match=problem):
-        parse_fields(fields)
+        checked(fields)
 
 
 def test_ten_fields_are_neither_format() -> None:
     with pytest.raises(ValueError, match="11 fields .9 fields if spooled before request ids., this one 10"):
-        parse_fields(record().to_fields()[:10])
+        checked(record().to_fields()[:10])
 
 
 @pytest.fixture
@@ -125,7 +130,7 @@ def test_every_row_of_a_staged_request_gets_one_latency_measured_at_commit(recor
         staged.commit()
         after = (time.perf_counter() - arrived) * 1000
 
-    rows = [parse_fields(fields) for fields in spooled(tmp_path / "spool")]
+    rows = [checked(fields) for fields in spooled(tmp_path / "spool")]
     assert len(rows) == 5
     assert {r[9] for r in rows} == {"req-1"}
     latencies = {r[10] for r in rows}
@@ -138,7 +143,7 @@ def test_staged_rows_without_an_arrival_time_store_no_latency(recorder: Recorder
     with recorder.stage() as staged:
         staged.add(chunk(2, None))
         staged.commit()
-    assert [parse_fields(fields)[9:] for fields in spooled(tmp_path / "spool")] == [(None, None)] * 2
+    assert [checked(fields)[9:] for fields in spooled(tmp_path / "spool")] == [(None, None)] * 2
 
 
 @pytest.mark.parametrize("latency", [None, 12.5, PENDING_LATENCY])
