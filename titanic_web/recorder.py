@@ -575,7 +575,8 @@ class Recorder:
         if not records:
             return
         now = time.time()
-        self._append(spool.encode([r.to_fields() for r in records], spooled_at=now), len(records), now)
+        rows = [r.to_fields() for r in records]
+        self._append(spool.encode(rows, spooled_at=now), len(records), now, rows)
 
     def stage(self, *, arrived: float | None = None) -> Staged:
         """Hold a big request's records back until all its rows have passed (see :class:`Staged`).
@@ -585,9 +586,9 @@ class Recorder:
         """
         return Staged(self, arrived=arrived)
 
-    def _append(self, line: bytes, rows: int, spooled_at: float) -> None:
+    def _append(self, line: bytes, rows: int, spooled_at: float, fields: Sequence[Sequence[str]] | None = None) -> None:
         try:
-            self.spool.append(line, rows=rows, spooled_at=spooled_at)
+            self.spool.append(line, rows=rows, spooled_at=spooled_at, fields=fields)
         except spool.SpoolError as exc:
             raise _refused(exc) from exc
         self._spooled(rows, spooled_at)
@@ -647,14 +648,28 @@ class Recorder:
                 self._wake.wait(self.flush_interval)
 
     def deliver_once(self) -> int:
-        """Deliver one batch from the spool; return the rows it held (0: nothing waiting)."""
+        """Deliver one batch from the spool; return the rows it held (0: nothing waiting).
+
+        Lines this process appended are delivered from the rows it kept of them in memory
+        (:meth:`spool.Spool.next_kept`), checked as if read back; other lines (adopted,
+        published, or past what is kept) are read back from disk and decoded.
+        """
         assert self.app is not None
         with self._deliver_lock:
+            kept = self.spool.next_kept(max_rows=self.batch_rows)
+            if kept is not None:
+                try:  # checked as if read back; if one fails, the lines are read back, and set aside
+                    records = [parse_fields(fields) for fields in kept[1]]
+                except ValueError:
+                    kept = None
+            if kept is not None:
+                segment, _, end = kept
+                return self._deliver(segment, records, [], end)
             batch = self.spool.next_batch(max_rows=self.batch_rows)
             if batch is None:
                 return 0
             segment, lines, end = batch
-            records: list[Row] = []
+            records = []
             damaged: list[tuple[bytes, Exception]] = []
             pending = segment.pending  # a published staged segment: what its rows' latency field stands for
             for line in lines:
@@ -667,20 +682,28 @@ class Recorder:
                     records.extend([parse_fields(fields) for fields in rows])
                 except (ValueError, UnicodeDecodeError) as exc:
                     damaged.append((line, exc))
-            with self.app.app_context():
-                try:
-                    new = write_batch(db.session(), records)  # the scoped session's own Session
-                except Exception:
-                    db.session.rollback()
-                    raise
-            for line, problem in damaged:
-                # A damaged line must not hold back every answer after it: keep it aside.
-                bad = segment.quarantine(line)
-                self.lines_quarantined += 1
-                if self.metrics is not None:
-                    self.metrics.rows_quarantined.inc(spool.line_rows(line))
-                log.error("recorder: undecodable spool line (%s) moved to %s", problem, bad)
-            self.spool.delivered(segment, end)
+            return self._deliver(segment, records, damaged, end)
+
+    def _deliver(
+        self, segment: spool.Segment, records: list[Row], damaged: list[tuple[bytes, Exception]], end: int
+    ) -> int:
+        """Write checked records, set damaged lines aside, mark the segment delivered up to end;
+        return the rows handled. Called with the delivery lock held."""
+        assert self.app is not None
+        with self.app.app_context():
+            try:
+                new = write_batch(db.session(), records)  # the scoped session's own Session
+            except Exception:
+                db.session.rollback()
+                raise
+        for line, problem in damaged:
+            # A damaged line must not hold back every answer after it: keep it aside.
+            bad = segment.quarantine(line)
+            self.lines_quarantined += 1
+            if self.metrics is not None:
+                self.metrics.rows_quarantined.inc(spool.line_rows(line))
+            log.error("recorder: undecodable spool line (%s) moved to %s", problem, bad)
+        self.spool.delivered(segment, end)
         self.rows_written += new
         if self.metrics is not None:
             self.metrics.rows_written.inc(new)
@@ -803,7 +826,8 @@ class Staged:
         self.recorder = recorder
         self.arrived = arrived  # time.perf_counter() when the request arrived: its latency is measured from it
         self.rows = 0
-        self._lines: list[tuple[bytes, int, float]] = []  # (line, rows, time) while few: one for one passenger
+        #: (line, rows, time, the rows' fields for a line by row) while few: one for one passenger
+        self._lines: list[tuple[bytes, int, float, Sequence[Sequence[str]] | None]] = []
         self._size = 0
         self._file: spool.StagedFile | None = None
 
@@ -814,22 +838,25 @@ class Staged:
         """
         if rows:
             now = time.time()
-            self.add_line(spool.encode(rows, spooled_at=now), rows=len(rows), spooled_at=now)
+            self.add_line(spool.encode(rows, spooled_at=now), rows=len(rows), spooled_at=now, fields=rows)
 
-    def add_line(self, line: bytes, *, rows: int, spooled_at: float) -> None:
-        """Stage one chunk's records already encoded as a spool line (:func:`spool_columns`).
+    def add_line(
+        self, line: bytes, *, rows: int, spooled_at: float, fields: Sequence[Sequence[str]] | None = None
+    ) -> None:
+        """Stage one chunk's records already encoded as a spool line (:func:`spool_columns`);
+        ``fields``, the rows the line was encoded from, if it is a line by row.
 
         :raise RecorderError: the spool folder refused the staged file.
         """
         self.rows += rows
         self._size += len(line)
         if self._file is None and self._size <= self.IN_MEMORY_BYTES:
-            self._lines.append((line, rows, spooled_at))
+            self._lines.append((line, rows, spooled_at, fields))
             return
         try:
             if self._file is None:
                 self._file = self.recorder.spool.stage()
-                for held, count, at in self._lines:
+                for held, count, at, _ in self._lines:
                     self._file.write(held, rows=count, spooled_at=at)
                 self._lines = []
             self._file.write(line, rows=rows, spooled_at=spooled_at)
@@ -857,8 +884,10 @@ class Staged:
             self.recorder._spooled(self.rows, time.time())
             return
         pending = latency.encode()
-        for line, rows, _ in self._lines:
-            self.recorder._append(line.replace(_PENDING_BYTES, pending), rows, time.time())
+        for line, rows, _, fields in self._lines:
+            if fields is not None:  # the same as the line: the pending field filled in
+                fields = [(*f[:-1], latency) if f[-1] == PENDING_LATENCY else f for f in fields]
+            self.recorder._append(line.replace(_PENDING_BYTES, pending), rows, time.time(), fields)
         self.discard()
 
     def discard(self) -> None:

@@ -59,11 +59,14 @@ class SpoolError(OSError):
 
 @dataclass
 class Entry:
-    """One appended line not yet delivered: where it ends, when, and how many rows."""
+    """One appended line not yet delivered: where it ends, when, and how many rows; and,
+    while few rows wait, the rows' fields as the process that appended the line encoded
+    them (:meth:`Spool.append`), so that its writer need not read the line back."""
 
     end: int
     spooled_at: float
     rows: int
+    fields: Sequence[Sequence[str]] | None = None
 
 
 class Segment:
@@ -125,16 +128,20 @@ class Segment:
             fh.write(line if line.endswith(b"\n") else line + b"\n")
         return bad
 
-    def mark_done(self, offset: int) -> int:
-        """Persist the delivered offset (atomically); drop and count the delivered rows."""
+    def mark_done(self, offset: int) -> tuple[int, int]:
+        """Persist the delivered offset (atomically); drop the delivered lines' entries and
+        return their rows, and how many of them were kept in memory."""
         tmp = self.done_path.with_name(self.done_path.name + ".tmp")
         tmp.write_text(str(offset))
         os.replace(tmp, self.done_path)
         self.done = offset
-        rows = 0
+        rows = kept = 0
         while self.entries and self.entries[0].end <= offset:
-            rows += self.entries.popleft().rows
-        return rows
+            entry = self.entries.popleft()
+            rows += entry.rows
+            if entry.fields is not None:
+                kept += entry.rows
+        return rows, kept
 
     def remove(self) -> None:
         """Delete a fully delivered segment and release its lock."""
@@ -407,10 +414,21 @@ class Spool:
         self.segments: list[Segment] = []  # delivery order: adopted orphans, then own, oldest first
         self.active: Segment | None = None
         self.backlog_rows = 0  # rows waiting, kept as a counter: read on every request
+        self.kept_rows = 0  # rows waiting whose fields are kept in memory too (at most KEPT_ROWS)
+
+    #: Rows whose fields are kept in memory beside their lines, at most: a bound on memory
+    #: (about a kilobyte a row) while the database is slow or down and the backlog grows.
+    KEPT_ROWS = 20_000
 
     # -- the request side -------------------------------------------------
-    def append(self, line: bytes, *, rows: int, spooled_at: float) -> None:
+    def append(
+        self, line: bytes, *, rows: int, spooled_at: float, fields: Sequence[Sequence[str]] | None = None
+    ) -> None:
         """Write one line to local disk before the request answers.
+
+        ``fields`` are the line's rows as :func:`encode` was given them: kept in memory
+        (within KEPT_ROWS), :meth:`next_kept` hands them to this process's writer, which
+        then need not read the line back and decode it.
 
         :raise SpoolError: the disk refused it; the caller must not answer success.
         """
@@ -425,7 +443,11 @@ class Spool:
                 self._discard_partial_line()
                 raise _refused(exc, self.directory) from exc
             segment.size += len(line)
-            segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows))
+            if fields is not None and self.kept_rows + rows <= self.KEPT_ROWS:
+                self.kept_rows += rows
+            else:
+                fields = None
+            segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows, fields=fields))
             self.backlog_rows += rows
             if segment.size >= self.segment_bytes:
                 segment.sealed = True
@@ -487,7 +509,7 @@ class Spool:
     def _forget_if_forked(self) -> None:
         if self.pid != os.getpid():  # forked: the parent's segments are not ours
             self.pid = os.getpid()
-            self.segments, self.active, self.backlog_rows = [], None, 0
+            self.segments, self.active, self.backlog_rows, self.kept_rows = [], None, 0, 0
 
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():
@@ -597,11 +619,31 @@ class Spool:
                 self._retire(segment)
         return None
 
+    def next_kept(self, *, max_rows: int) -> tuple[Segment, list[Sequence[str]], int] | None:
+        """The oldest undelivered lines as the rows kept in memory when they were appended:
+        (segment, rows, end offset), about max_rows rows; None when the oldest undelivered
+        line's rows were not kept (a segment adopted or published, or past KEPT_ROWS): read
+        it with :meth:`next_batch`."""
+        with self.lock:
+            for segment in self.segments:
+                if segment.done >= segment.size:
+                    continue
+                rows: list[Sequence[str]] = []
+                end = segment.done
+                for entry in segment.entries:  # the first one's line starts at segment.done
+                    if entry.fields is None or len(rows) >= max_rows:
+                        break
+                    rows.extend(entry.fields)
+                    end = entry.end
+                return (segment, rows, end) if rows else None
+        return None
+
     def delivered(self, segment: Segment, end: int) -> None:
         """Record that a segment's lines up to end are in the database."""
-        rows = segment.mark_done(end)
+        rows, kept = segment.mark_done(end)
         with self.lock:
             self.backlog_rows -= rows
+            self.kept_rows -= kept
         if segment.sealed and end >= segment.size:
             self._retire(segment)
 

@@ -36,7 +36,7 @@ from titanic_web import SQLITE_CACHE_KIB, SQLITE_CHECKPOINT_PAGES, get_service, 
 from titanic_web import recorder as recorder_module
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
-from titanic_web.recorder import Record, Recorder, parse_fields, write_batch
+from titanic_web.recorder import Record, Recorder, parse_fields, typed, write_batch
 
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
 
@@ -426,6 +426,67 @@ def test_a_batch_with_a_value_holding_the_column_separator_is_still_stored(app: 
     assert stored_rows[odd[0]][3] == stored_rows[odd[0]][8] == f"v{recorder_module._PG_SEPARATOR}2"
     assert stored_rows[odd[0]][4] == "r" and stored_rows[plain[0]][4] is None
     assert_stored_once(app, [odd[0], plain[0]])
+
+
+def test_rows_delivered_from_memory_are_the_lines_on_disk(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer delivers its own requests' rows from what it kept of them in memory: what it
+    stores is exactly what the lines on disk hold (what another process would deliver after a
+    crash), the request's id and latency filled in alike."""
+    recorder = recorder_of(app)
+    monkeypatch.setattr(recorder, "start", lambda: None)  # delivered by hand below
+    client = app.test_client()
+    one = client.post("/api/predict", json=PASSENGER, headers={"X-Request-ID": "one-passenger"})
+    three = client.post("/api/predict", json=[dict(PASSENGER, PassengerId=900 + i) for i in range(3)])
+    assert one.status_code == three.status_code == 200
+    ids = [uuid.UUID(a["id"]).hex for answer in (one, three) for a in answer.get_json()["predictions"]]
+    on_disk = [
+        parse_fields(fields)
+        for path in sorted(Path(app.config["SPOOL_DIR"]).glob(f"*{spool.SUFFIX}"))
+        for line in path.read_bytes().splitlines(keepends=True)
+        for fields in spool.decode(line)[1]
+    ]
+    assert [row[0] for row in on_disk] == ids and all(row[10] for row in on_disk)  # latencies filled in
+    kept = recorder.spool.next_kept(max_rows=100)
+    assert kept is not None and [parse_fields(fields) for fields in kept[1]] == on_disk  # all four, as on disk
+    assert recorder.deliver_once() == 4
+    assert recorder.backlog()[0] == 0 and recorder.spool.kept_rows == 0
+    stored_rows = _stored_rows(app)
+    for row in on_disk:
+        _, pid, survived, probability, version, _, _, features, raw, rid, latency = typed(row)
+        assert stored_rows[row[0]] == (
+            pid,
+            survived,
+            probability,
+            version,
+            rid,
+            latency,
+            json.loads(features),
+            json.loads(raw),
+            version,
+        )
+    assert stored_rows[ids[0]][4] == "one-passenger"
+
+
+def test_a_kept_row_that_fails_its_check_is_read_back_and_its_line_set_aside(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kept rows are checked as if read back. If one fails, the batch is read back from disk
+    instead, where the damaged line is set aside and the others are delivered."""
+    recorder = recorder_of(app)
+    monkeypatch.setattr(recorder, "start", lambda: None)
+    good = [make_record(passenger_id=i) for i in range(2)]
+    bad = make_record(passenger_id=5)
+    bad[2] = "yes"
+    for fields in (good[0], bad, good[1]):
+        with recorder.stage() as staged:
+            staged.add([fields])
+            staged.commit()
+    assert recorder.spool.next_kept(max_rows=100) is not None
+    assert recorder.deliver_once() == 3
+    assert recorder.lines_quarantined == 1 and recorder.backlog()[0] == 0
+    assert_stored_once(app, [str(uuid.UUID(fields[0])) for fields in good])
+    (bad_file,) = Path(app.config["SPOOL_DIR"]).glob("*.bad")
+    assert spool.decode(bad_file.read_bytes())[1] == [bad]
 
 
 @pytest.mark.parametrize(

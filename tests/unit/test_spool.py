@@ -247,6 +247,65 @@ def test_append_then_deliver_in_batches_and_in_order(make_spool: MakeSpool, tmp_
     assert spool.backlog() == (0, None)
 
 
+def keep(spool: Spool, ids: list[str]) -> bytes:
+    """Append one line holding one record per id, its rows kept in memory too; return the line."""
+    rows = [[i] for i in ids]
+    line = encode(rows, spooled_at=time.time())
+    spool.append(line, rows=len(ids), spooled_at=time.time(), fields=rows)
+    return line
+
+
+def test_kept_rows_are_offered_in_order_up_to_the_first_line_not_kept(make_spool: MakeSpool) -> None:
+    """The writer takes its own lines' rows from memory, as far as they were kept; the rest it
+    reads back: together, every line once and in order, whichever way it came."""
+    spool = make_spool()
+    first, second = keep(spool, ["a1", "a2"]), keep(spool, ["b1"])
+    third = put(spool, ["c1"])  # not kept
+    keep(spool, ["d1"])
+
+    kept = spool.next_kept(max_rows=10)
+    assert kept is not None
+    segment, rows, end = kept
+    assert rows == [["a1"], ["a2"], ["b1"]] and end == len(first) + len(second)
+    assert spool.next_kept(max_rows=10) == kept  # offered again until marked delivered
+    assert spool.kept_rows == 4
+    spool.delivered(segment, end)
+    assert spool.kept_rows == 1 and spool.backlog()[0] == 2
+
+    assert spool.next_kept(max_rows=10) is None  # c1 was not kept: read back
+    batch = spool.next_batch(max_rows=1)
+    assert batch is not None and batch[1] == [third]
+    spool.delivered(batch[0], batch[2])
+    kept = spool.next_kept(max_rows=10)
+    assert kept is not None and kept[1] == [["d1"]] and kept[2] == segment.size
+    spool.delivered(kept[0], kept[2])
+    assert (spool.kept_rows, spool.backlog()) == (0, (0, None))
+    assert spool.next_kept(max_rows=10) is None and spool.next_batch(max_rows=10) is None
+
+
+def test_kept_rows_stop_at_max_rows_and_at_kept_rows(make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch holds about max_rows rows (whole lines); past KEPT_ROWS waiting, lines are not
+    kept (memory stays bounded while the database is down) and are read back instead."""
+    monkeypatch.setattr(Spool, "KEPT_ROWS", 3)
+    spool = make_spool()
+    keep(spool, ["a1", "a2"])
+    keep(spool, ["b1"])
+    over = keep(spool, ["c1"])  # a fourth row waiting: not kept
+    kept = spool.next_kept(max_rows=1)
+    assert kept is not None and kept[1] == [["a1"], ["a2"]]  # one whole line
+    assert spool.kept_rows == 3
+    spool.delivered(kept[0], kept[2])
+    kept = spool.next_kept(max_rows=10)
+    assert kept is not None and kept[1] == [["b1"]]
+    spool.delivered(kept[0], kept[2])
+    assert spool.next_kept(max_rows=10) is None
+    batch = spool.next_batch(max_rows=10)
+    assert batch is not None and batch[1] == [over]
+    spool.delivered(batch[0], batch[2])
+    keep(spool, ["e1"])  # room again
+    assert spool.kept_rows == 1 and spool.next_kept(max_rows=10) is not None
+
+
 def test_a_line_larger_than_the_batch_is_delivered_whole(make_spool: MakeSpool) -> None:
     spool = make_spool()
     put(spool, [f"r{i}" for i in range(5)])
