@@ -19,6 +19,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -248,6 +249,11 @@ Row = tuple[str, ...]
 _UTC_SUFFIX = "+00:00"
 #: PostgreSQL's integer column holds these, and no more.
 _INT4 = range(-(2**31), 2**31)
+#: The model_version columns' length.
+MAX_MODEL_VERSION = 64
+#: A spooled time: what ``isoformat(" ", "microseconds")`` writes of a UTC time (Python reads
+#: other layouts too, a ``T`` or a week date, which the databases do not).
+_UTC_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}\+00:00")
 
 
 def parse_fields(fields: Sequence[str]) -> Row:
@@ -274,20 +280,31 @@ def parse_fields(fields: Sequence[str]) -> Row:
         raise ValueError(f"bad passenger id {passenger_id[:80]!r}")
     if survived != "0" and survived != "1":
         raise ValueError(f"bad survived {survived[:80]!r}")
-    if _plain_number(probability) or not 0.0 <= float(probability) <= 1.0:
+    if _bad_float(probability) or not 0.0 <= float(probability) <= 1.0:
         raise ValueError(f"bad probability {probability[:80]!r}")
-    datetime.fromisoformat(created_at)
-    if not created_at.endswith(_UTC_SUFFIX) or len(created_at) != 32:
+    datetime.fromisoformat(created_at)  # the ranges (a 13th month); the layout below
+    if not _UTC_TIME.fullmatch(created_at):
         raise ValueError(f"bad time {created_at!r}")
     if not (features[:1] == "{" and features[-1:] == "}" and raw_input[:1] == "{" and raw_input[-1:] == "}"):
         raise ValueError("features and raw input must be JSON objects")
-    if source not in SOURCES or not version:
-        raise ValueError(f"bad source {source!r} or model version {version!r}")
+    if source not in SOURCES or not version or len(version) > MAX_MODEL_VERSION or "\x00" in version:
+        raise ValueError(f"bad source {source[:80]!r} or model version {version[:80]!r}")
     if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
         raise ValueError(f"bad request id {rid[:80]!r}")
-    if latency and (_plain_number(latency) or not 0.0 <= float(latency) < float("inf")):
+    if latency and (_bad_float(latency) or not 0.0 <= float(latency) < float("inf")):
         raise ValueError(f"bad latency {latency[:80]!r}")
     return tuple(fields)
+
+
+def _bad_float(text: str) -> bool:
+    """True if text is not a float as both Python and the databases read it to the same value:
+    not a plain number (:func:`_plain_number`), or one too small for a float that Python reads
+    as zero and PostgreSQL refuses (``1e-400``)."""
+    if _plain_number(text):
+        return True
+    if float(text) == 0.0:  # rare: then every digit before the exponent must be a zero
+        return text.lstrip("+-").lower().partition("e")[0].strip("0.") != ""
+    return False
 
 
 def _plain_number(text: str) -> bool:

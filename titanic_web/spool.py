@@ -672,6 +672,7 @@ class Spool:
         """Release this process's segments (their undelivered lines stay on disk)."""
         with self.lock:
             segments, self.segments, self.active = self.segments, [], None
+            self.backlog_rows = self.kept_rows = 0  # no longer this process's: an adopter counts them
         for segment in segments:
             if segment.done >= segment.size:
                 segment.remove()

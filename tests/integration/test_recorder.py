@@ -510,6 +510,13 @@ def test_a_kept_row_that_fails_its_check_is_read_back_and_its_line_set_aside(
         (lambda f: f[:-1] + ["-1.0"], "bad latency"),
         (lambda f: f[:-1] + ["1_0.5"], "bad latency"),
         (lambda f: f[:-1] + ["inf"], "bad latency"),
+        (lambda f: f[:3] + ["1e-400"] + f[4:], "bad probability"),  # Python reads 0.0, PostgreSQL refuses it
+        (lambda f: f[:3] + ["-1e-400"] + f[4:], "bad probability"),
+        (lambda f: f[:-1] + ["1e-400"], "bad latency"),
+        (lambda f: f[:6] + ["2026-11-27X12:30:00.000000+00:00"] + f[7:], "bad time"),  # Python reads it
+        (lambda f: f[:6] + ["2026-W48-5 12:30:00.000000+00:00"] + f[7:], "bad time"),  # a week date
+        (lambda f: f[:4] + ["v" * 65] + f[5:], "model version"),  # past the column's 64
+        (lambda f: f[:4] + ["v\x001"] + f[5:], "model version"),
         (lambda f: f[:5] + ["robot"] + f[6:], "bad source"),
         (lambda f: f[:6] + ["2026-11-27 12:30:00.000000"] + f[7:], "bad time"),
         (lambda f: f[:6] + ["yesterday"] + f[7:], "Invalid isoformat"),

@@ -283,6 +283,19 @@ def test_kept_rows_are_offered_in_order_up_to_the_first_line_not_kept(make_spool
     assert spool.next_kept(max_rows=10) is None and spool.next_batch(max_rows=10) is None
 
 
+def test_a_closed_spool_counts_nothing_it_no_longer_holds(make_spool: MakeSpool, tmp_path: Path) -> None:
+    """close() hands the undelivered lines back to the disk: whoever adopts them counts them,
+    and this spool, if used again, starts from nothing waiting and nothing kept."""
+    spool = make_spool()
+    keep(spool, ["a1", "a2"])
+    spool.close()
+    assert (spool.backlog_rows, spool.kept_rows, spool.backlog()) == (0, 0, (0, None))
+    keep(spool, ["b1"])
+    assert (spool.backlog_rows, spool.kept_rows) == (1, 1)
+    adopter = make_spool()
+    assert adopter.adopt_orphans() == 1 and adopter.backlog_rows == 2 and adopter.kept_rows == 0
+
+
 def test_kept_rows_stop_at_max_rows_and_at_kept_rows(make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch holds about max_rows rows (whole lines); past KEPT_ROWS waiting, lines are not
     kept (memory stays bounded while the database is down) and are read back instead."""
