@@ -27,7 +27,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask
 from sqlalchemy import Connection, insert, select
@@ -358,15 +358,26 @@ ROWS_PER_STATEMENT = 500
 _PG_SEPARATOR = "\x1e"
 
 
-def _postgres_insert(table: str, columns: str, casts: Sequence[tuple[str, bool]], key: str) -> tuple[str, str]:
-    """The INSERT of a table as (every row new, skipping rows already stored)."""
-    split = "string_to_array(%s, E'\\x1e'{null}){cast}"
-    arrays = ", ".join(split.format(null=", ''" if nullable else "", cast=cast) for cast, nullable in casts)
-    insert = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest({arrays})"
-    return insert, f"{insert} ON CONFLICT ({key}) DO NOTHING"
+class _Inserts(NamedTuple):
+    """A table's INSERTs on PostgreSQL."""
+
+    new: str  #: every row new, each column one text split by the server
+    skipping: str  #: the same, skipping rows already stored
+    skipping_arrays: str  #: skipping stored rows, each column an array of texts (a value holds the separator)
 
 
-_POSTGRES_PREDICTIONS = _postgres_insert(
+def _postgres_inserts(table: str, columns: str, casts: Sequence[tuple[str, bool]], key: str) -> _Inserts:
+    """A table's INSERTs, from its columns' casts and whether each may be NULL."""
+    head = f"INSERT INTO {table} ({columns}) SELECT * FROM unnest("
+    separator = f"E'\\x{ord(_PG_SEPARATOR):02x}'"
+    null = ", ''"  # '' is NULL in a column that may be NULL
+    split = ", ".join(f"string_to_array(%s, {separator}{null if nullable else ''}){cast}" for cast, nullable in casts)
+    arrays = ", ".join(f"%b::text[]{cast}" for cast, _ in casts)
+    skip = f" ON CONFLICT ({key}) DO NOTHING"
+    return _Inserts(f"{head}{split})", f"{head}{split}){skip}", f"{head}{arrays}){skip}")
+
+
+_POSTGRES_PREDICTIONS = _postgres_inserts(
     "predictions",
     "id, passenger_id, survived, probability, model_version, source, created_at, request_id, latency_ms",
     [
@@ -382,7 +393,7 @@ _POSTGRES_PREDICTIONS = _postgres_insert(
     ],
     "id",
 )
-_POSTGRES_FEATURES = _postgres_insert(
+_POSTGRES_FEATURES = _postgres_inserts(
     "feature_store",
     "prediction_id, features, raw_input, model_version, created_at",
     [("::uuid[]", False), ("::json[]", False), ("::json[]", False), ("", False), ("::timestamptz[]", False)],
@@ -390,19 +401,6 @@ _POSTGRES_FEATURES = _postgres_insert(
 )
 #: PostgreSQL's code for a unique violation: a batch holding rows already stored.
 _UNIQUE_VIOLATION = "23505"
-#: The INSERTs skipping stored rows with each column sent as an array: for a batch in which some
-#: value holds _PG_SEPARATOR (no record that parse_fields passes does; a damaged one might).
-_POSTGRES_PREDICTIONS_ARRAYS = (
-    "INSERT INTO predictions (id, passenger_id, survived, probability, model_version, source, created_at,"
-    " request_id, latency_ms) SELECT * FROM unnest(%b::text[]::uuid[], %b::text[]::int[], %b::text[]::smallint[],"
-    " %b::text[]::float8[], %b::text[], %b::text[], %b::text[]::timestamptz[], %b::text[], %b::text[]::float8[])"
-    " ON CONFLICT (id) DO NOTHING"
-)
-_POSTGRES_FEATURES_ARRAYS = (
-    "INSERT INTO feature_store (prediction_id, features, raw_input, model_version, created_at)"
-    " SELECT * FROM unnest(%b::text[]::uuid[], %b::text[]::json[], %b::text[]::json[], %b::text[],"
-    " %b::text[]::timestamptz[]) ON CONFLICT (prediction_id) DO NOTHING"
-)
 
 
 def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False) -> int:
@@ -483,19 +481,25 @@ def _write_postgres(connection: Connection, rows: list[Row], *, skip_stored: boo
     texts = list(map(_PG_SEPARATOR.join, columns))
     if all(text.count(_PG_SEPARATOR) == len(rows) - 1 for text in texts):
         uid, pid, alive, probability, version, source, created, feature, raw, rid, latency = texts
+        into_predictions, into_features = (
+            (_POSTGRES_PREDICTIONS.skipping, _POSTGRES_FEATURES.skipping)
+            if skip_stored
+            else (_POSTGRES_PREDICTIONS.new, _POSTGRES_FEATURES.new)
+        )
         new: int = connection.exec_driver_sql(
-            _POSTGRES_PREDICTIONS[skip_stored], (uid, pid, alive, probability, version, source, created, rid, latency)
+            into_predictions, (uid, pid, alive, probability, version, source, created, rid, latency)
         ).rowcount
-        connection.exec_driver_sql(_POSTGRES_FEATURES[skip_stored], (uid, feature, raw, version, created))
+        connection.exec_driver_sql(into_features, (uid, feature, raw, version, created))
         return new
     ids, pids, survived, probabilities, versions, sources, times, features, raw_inputs, rids, latencies = (
         [value or None for value in column]
         for column in columns  # '' is NULL, as the server reads it above
     )
     new = connection.exec_driver_sql(
-        _POSTGRES_PREDICTIONS_ARRAYS, (ids, pids, survived, probabilities, versions, sources, times, rids, latencies)
+        _POSTGRES_PREDICTIONS.skipping_arrays,
+        (ids, pids, survived, probabilities, versions, sources, times, rids, latencies),
     ).rowcount
-    connection.exec_driver_sql(_POSTGRES_FEATURES_ARRAYS, (ids, features, raw_inputs, versions, times))
+    connection.exec_driver_sql(_POSTGRES_FEATURES.skipping_arrays, (ids, features, raw_inputs, versions, times))
     return new
 
 
@@ -675,13 +679,13 @@ class Recorder:
         with self._deliver_lock:
             kept = self.spool.next_kept(max_rows=self.batch_rows)
             if kept is not None:
-                try:  # checked as if read back; if one fails, the lines are read back, and set aside
-                    records = [parse_fields(fields) for fields in kept[1]]
+                segment, kept_rows, end = kept
+                try:  # checked as if read back
+                    records = [parse_fields(fields) for fields in kept_rows]
                 except ValueError:
-                    kept = None
-            if kept is not None:
-                segment, _, end = kept
-                return self._deliver(segment, records, [], end)
+                    pass  # read back below, where the damaged line is set aside
+                else:
+                    return self._deliver(segment, records, [], end)
             batch = self.spool.next_batch(max_rows=self.batch_rows)
             if batch is None:
                 return 0
