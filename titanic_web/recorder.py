@@ -204,9 +204,26 @@ def spool_columns(
 
 def _shared_fields(created_at: datetime, latency_ms: float | str | None) -> tuple[str, str]:
     """The time and latency fields, one for all of a request's rows."""
-    created = created_at.astimezone(UTC).isoformat(" ", "microseconds")
     latency = (latency_ms or "") if latency_ms is None or isinstance(latency_ms, str) else _latency_text(latency_ms)
-    return created, latency
+    return utc_text(created_at), latency
+
+
+#: The last second :func:`utc_text` wrote (its fields, as a key) and its text up to the seconds:
+#: requests within one second share it, and ``isoformat`` costs a request a microsecond.
+_last_second: tuple[tuple[int, ...], str] = ((), "")
+
+
+def utc_text(at: datetime) -> str:
+    """A time as the spool keeps it: ``at.astimezone(UTC).isoformat(" ", "microseconds")``."""
+    global _last_second
+    if at.tzinfo is not UTC:
+        at = at.astimezone(UTC)
+    second = (at.second, at.minute, at.hour, at.day, at.month, at.year)
+    last, text = _last_second  # one read: another thread may replace it, never half of it
+    if second != last:
+        text = at.isoformat(" ", "seconds")[: -len(_UTC_SUFFIX)]
+        _last_second = (second, text)
+    return f"{text}.{at.microsecond:06d}{_UTC_SUFFIX}"
 
 
 def _latency_text(milliseconds: float) -> str:
@@ -280,31 +297,44 @@ def parse_fields(fields: Sequence[str]) -> Row:
         raise ValueError(f"bad passenger id {passenger_id[:80]!r}")
     if survived != "0" and survived != "1":
         raise ValueError(f"bad survived {survived[:80]!r}")
-    if _bad_float(probability) or not 0.0 <= float(probability) <= 1.0:
+    if not 0.0 <= _number(probability) <= 1.0:
         raise ValueError(f"bad probability {probability[:80]!r}")
     datetime.fromisoformat(created_at)  # the ranges (a 13th month); the layout below
     if not _UTC_TIME.fullmatch(created_at):
         raise ValueError(f"bad time {created_at!r}")
-    if not (features[:1] == "{" and features[-1:] == "}" and raw_input[:1] == "{" and raw_input[-1:] == "}"):
+    # A raw control character is no JSON (json.dumps escapes them); nor may any field hold the
+    # separator of PostgreSQL's columns (_PG_SEPARATOR), which none of the checks here allow.
+    if not (features[:1] == "{" and features[-1:] == "}" and raw_input[:1] == "{" and raw_input[-1:] == "}") or (
+        _PG_SEPARATOR in features or _PG_SEPARATOR in raw_input
+    ):
         raise ValueError("features and raw input must be JSON objects")
-    if source not in SOURCES or not version or len(version) > MAX_MODEL_VERSION or "\x00" in version:
+    if source not in SOURCES or not version or len(version) > MAX_MODEL_VERSION or not version.isprintable():
         raise ValueError(f"bad source {source[:80]!r} or model version {version[:80]!r}")
     if len(rid) > MAX_REQUEST_ID or not rid.isprintable():
         raise ValueError(f"bad request id {rid[:80]!r}")
-    if latency and (_bad_float(latency) or not 0.0 <= float(latency) < float("inf")):
+    if latency and not 0.0 <= _number(latency) < _INFINITY:
         raise ValueError(f"bad latency {latency[:80]!r}")
     return tuple(fields)
 
 
-def _bad_float(text: str) -> bool:
-    """True if text is not a float as both Python and the databases read it to the same value:
-    not a plain number (:func:`_plain_number`), or one too small for a float that Python reads
-    as zero and PostgreSQL refuses (``1e-400``)."""
+_INFINITY = float("inf")
+_NAN = float("nan")
+
+
+def _number(text: str) -> float:
+    """The float text stands for, read once; NaN, which no range holds, if it is no number or
+    not one that Python and the databases read as the same value: not a plain number
+    (:func:`_plain_number`), or one too small for a float, which Python reads as zero and
+    PostgreSQL refuses (``1e-400``)."""
     if _plain_number(text):
-        return True
-    if float(text) == 0.0:  # rare: then every digit before the exponent must be a zero
-        return text.lstrip("+-").lower().partition("e")[0].strip("0.") != ""
-    return False
+        return _NAN
+    try:
+        value = float(text)
+    except ValueError:
+        return _NAN
+    if value == 0.0 and text.lstrip("+-").lower().partition("e")[0].strip("0.") != "":
+        return _NAN  # rare: a zero is written with zeros only before its exponent
+    return value
 
 
 def _plain_number(text: str) -> bool:
@@ -354,16 +384,16 @@ ROWS_PER_STATEMENT = 500
 #: the columns that may be NULL, and an empty array, which a one-row column of '' splits
 #: into, leaves that row NULL too) and casts to the column's type. One text per column
 #: rather than an array of values: the driver writes an array value by value in Python,
-#: which cost the writer a third of its time.
+#: which cost the writer a third of its time. No checked row holds the separator
+#: (:func:`parse_fields`), so the texts split back into exactly their rows.
 _PG_SEPARATOR = "\x1e"
 
 
 class _Inserts(NamedTuple):
     """A table's INSERTs on PostgreSQL."""
 
-    new: str  #: every row new, each column one text split by the server
+    new: str  #: every row new
     skipping: str  #: the same, skipping rows already stored
-    skipping_arrays: str  #: skipping stored rows, each column an array of texts (a value holds the separator)
 
 
 def _postgres_inserts(table: str, columns: str, casts: Sequence[tuple[str, bool]], key: str) -> _Inserts:
@@ -372,9 +402,7 @@ def _postgres_inserts(table: str, columns: str, casts: Sequence[tuple[str, bool]
     separator = f"E'\\x{ord(_PG_SEPARATOR):02x}'"
     null = ", ''"  # '' is NULL in a column that may be NULL
     split = ", ".join(f"string_to_array(%s, {separator}{null if nullable else ''}){cast}" for cast, nullable in casts)
-    arrays = ", ".join(f"%b::text[]{cast}" for cast, _ in casts)
-    skip = f" ON CONFLICT ({key}) DO NOTHING"
-    return _Inserts(f"{head}{split})", f"{head}{split}){skip}", f"{head}{arrays}){skip}")
+    return _Inserts(f"{head}{split})", f"{head}{split}) ON CONFLICT ({key}) DO NOTHING")
 
 
 _POSTGRES_PREDICTIONS = _postgres_inserts(
@@ -477,29 +505,18 @@ def _write_postgres_batch(session: Session, rows: list[Row]) -> int:
 
 
 def _write_postgres(connection: Connection, rows: list[Row], *, skip_stored: bool) -> int:
-    columns = list(zip(*rows, strict=True))
-    texts = list(map(_PG_SEPARATOR.join, columns))
-    if all(text.count(_PG_SEPARATOR) == len(rows) - 1 for text in texts):
-        uid, pid, alive, probability, version, source, created, feature, raw, rid, latency = texts
-        into_predictions, into_features = (
-            (_POSTGRES_PREDICTIONS.skipping, _POSTGRES_FEATURES.skipping)
-            if skip_stored
-            else (_POSTGRES_PREDICTIONS.new, _POSTGRES_FEATURES.new)
-        )
-        new: int = connection.exec_driver_sql(
-            into_predictions, (uid, pid, alive, probability, version, source, created, rid, latency)
-        ).rowcount
-        connection.exec_driver_sql(into_features, (uid, feature, raw, version, created))
-        return new
-    ids, pids, survived, probabilities, versions, sources, times, features, raw_inputs, rids, latencies = (
-        [value or None for value in column]
-        for column in columns  # '' is NULL, as the server reads it above
+    uid, pid, alive, probability, version, source, created, feature, raw, rid, latency = map(
+        _PG_SEPARATOR.join, zip(*rows, strict=True)
     )
-    new = connection.exec_driver_sql(
-        _POSTGRES_PREDICTIONS.skipping_arrays,
-        (ids, pids, survived, probabilities, versions, sources, times, rids, latencies),
+    into_predictions, into_features = (
+        (_POSTGRES_PREDICTIONS.skipping, _POSTGRES_FEATURES.skipping)
+        if skip_stored
+        else (_POSTGRES_PREDICTIONS.new, _POSTGRES_FEATURES.new)
+    )
+    new: int = connection.exec_driver_sql(
+        into_predictions, (uid, pid, alive, probability, version, source, created, rid, latency)
     ).rowcount
-    connection.exec_driver_sql(_POSTGRES_FEATURES.skipping_arrays, (ids, features, raw_inputs, versions, times))
+    connection.exec_driver_sql(into_features, (uid, feature, raw, version, created))
     return new
 
 

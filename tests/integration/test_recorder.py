@@ -412,22 +412,6 @@ def test_postgres_inserts_a_new_batch_plainly_and_skips_stored_rows_only_when_re
     assert _stored_rows(app)[fresh[0]][0] == 7
 
 
-def test_a_batch_with_a_value_holding_the_column_separator_is_still_stored(app: Flask) -> None:
-    """No record the writer checks holds the character PostgreSQL's columns are joined by, but
-    a model version may: that batch goes as arrays instead, and is stored as given, beside
-    rows that need no such care."""
-    odd = parse_fields(make_record(model_version=f"v{recorder_module._PG_SEPARATOR}2", request_id="r"))
-    plain = parse_fields(make_record())
-    with app.app_context():
-        assert write_batch(db.session, [plain, odd]) == 2
-        assert write_batch(db.session, [odd, plain]) == 0
-        db.session.remove()
-    stored_rows = _stored_rows(app)
-    assert stored_rows[odd[0]][3] == stored_rows[odd[0]][8] == f"v{recorder_module._PG_SEPARATOR}2"
-    assert stored_rows[odd[0]][4] == "r" and stored_rows[plain[0]][4] is None
-    assert_stored_once(app, [odd[0], plain[0]])
-
-
 def test_rows_delivered_from_memory_are_the_lines_on_disk(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
     """The writer delivers its own requests' rows from what it kept of them in memory: what it
     stores is exactly what the lines on disk hold (what another process would deliver after a
@@ -502,7 +486,7 @@ def test_a_kept_row_that_fails_its_check_is_read_back_and_its_line_set_aside(
         (lambda f: f[:1] + ["ninety"] + f[2:], "invalid literal"),
         (lambda f: f[:2] + ["yes"] + f[3:], "bad survived"),
         (lambda f: f[:2] + ["2"] + f[3:], "bad survived"),
-        (lambda f: f[:3] + ["high"] + f[4:], "could not convert"),
+        (lambda f: f[:3] + ["high"] + f[4:], "bad probability"),
         (lambda f: f[:3] + ["1.5"] + f[4:], "bad probability"),
         (lambda f: f[:3] + ["nan"] + f[4:], "bad probability"),
         (lambda f: f[:3] + ["0.2_5"] + f[4:], "bad probability"),
@@ -517,6 +501,9 @@ def test_a_kept_row_that_fails_its_check_is_read_back_and_its_line_set_aside(
         (lambda f: f[:6] + ["2026-W48-5 12:30:00.000000+00:00"] + f[7:], "bad time"),  # a week date
         (lambda f: f[:4] + ["v" * 65] + f[5:], "model version"),  # past the column's 64
         (lambda f: f[:4] + ["v\x001"] + f[5:], "model version"),
+        (lambda f: f[:4] + ["v\x1e1"] + f[5:], "model version"),  # PostgreSQL's column separator
+        (lambda f: f[:7] + ['{"Age":3,"Deck":"\x1e"}'] + f[8:], "JSON objects"),  # a raw control character
+        (lambda f: f[:8] + ['{"Name":"\x1e"}'] + f[9:], "JSON objects"),
         (lambda f: f[:5] + ["robot"] + f[6:], "bad source"),
         (lambda f: f[:6] + ["2026-11-27 12:30:00.000000"] + f[7:], "bad time"),
         (lambda f: f[:6] + ["yesterday"] + f[7:], "Invalid isoformat"),

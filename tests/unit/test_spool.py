@@ -84,6 +84,13 @@ def test_encode_decode_round_trip() -> None:
     assert decode(encode([], spooled_at=2.0)) == (2.0, [])
 
 
+def test_a_line_keeps_its_time_to_the_millisecond() -> None:
+    now = time.time()
+    assert abs(decode(encode([["a"]], spooled_at=now))[0] - now) <= 0.0005
+    assert line_time(encode([["a"]], spooled_at=1_733_500_000.1234)) == 1_733_500_000.123
+    assert line_time(spool_module.encode_columns(1, ["=a"], spooled_at=2.0006)) == 2.001
+
+
 @pytest.mark.parametrize(
     ("rows", "problem"),
     [

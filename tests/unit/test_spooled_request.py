@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from titanic_web import spool
-from titanic_web.recorder import FIELDS, PENDING_LATENCY, Record, Recorder, parse_fields, spool_rows, typed
+from titanic_web.recorder import FIELDS, PENDING_LATENCY, Record, Recorder, parse_fields, spool_rows, typed, utc_text
 
 AT = datetime(2026, 11, 27, 12, 30, tzinfo=UTC)
 
@@ -71,8 +71,8 @@ def test_a_record_spooled_before_request_ids_still_reads() -> None:
         (-1, "-1.0", "bad latency"),
         (-1, "nan", "bad latency"),
         (-1, "inf", "bad latency"),
-        (-1, "slow", "could not convert"),
-        (-1, PENDING_LATENCY, "could not convert"),  # a latency never filled in
+        (-1, "slow", "bad latency"),
+        (-1, PENDING_LATENCY, "bad latency"),  # a latency never filled in
     ],
 )
 def test_a_damaged_request_field_is_refused(index: int, value: str, problem: str) -> None:
@@ -171,3 +171,26 @@ def test_one_row_is_spooled_as_a_row_of_many(latency: float | str | None, reques
     ]
     assert alone == together
     assert all(len(row) == len(FIELDS) for row in alone)
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        AT,
+        AT.replace(microsecond=7),
+        AT + timedelta(seconds=1, microseconds=999_999),
+        datetime(2026, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+        datetime(2027, 1, 1, 1, 0, 0, 1, tzinfo=timezone(timedelta(hours=1))),  # second 0, as AT: another minute
+        datetime(1999, 2, 3, 4, 5, 6, 500_000, tzinfo=timezone(timedelta(hours=-7, minutes=-30))),
+    ],
+)
+def test_a_time_is_spooled_as_isoformat_writes_it_in_utc(at: datetime) -> None:
+    """utc_text keeps the text of the last second it wrote: right for the next time in another
+    second, in another zone, or in the same second again."""
+    expected = at.astimezone(UTC).isoformat(" ", "microseconds")
+    assert utc_text(AT) == AT.isoformat(" ", "microseconds")  # another second first
+    assert utc_text(at) == expected
+    assert utc_text(at.replace(microsecond=(at.microsecond + 1) % 1_000_000)) == at.replace(
+        microsecond=(at.microsecond + 1) % 1_000_000
+    ).astimezone(UTC).isoformat(" ", "microseconds")
+    assert utc_text(at) == expected  # its second remembered
