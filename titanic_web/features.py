@@ -387,7 +387,7 @@ def features_json(rows: Sequence[Sequence[Any]]) -> list[str]:
     """
     width = len(NUMERIC_FEATURES)
     if len(rows) < 8:  # a request of a few passengers: row by row is quicker than setting up columns
-        number, string = jsontext.number, jsontext.string
-        return [_FEATURES_JSON % (*map(number, row[:width]), *map(string, row[width:])) for row in rows]
+        numbers, strings = jsontext.numbers, jsontext.strings
+        return [_FEATURES_JSON % (*numbers(row[:width]), *strings(row[width:])) for row in rows]
     columns = list(zip(*rows, strict=True))
     return jsontext.objects(NUMERIC_FEATURES, columns[:width], CATEGORICAL_FEATURES, columns[width:])

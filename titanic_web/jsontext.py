@@ -44,6 +44,19 @@ def number(value: float) -> str:
     return text
 
 
+def numbers(values: Sequence[float]) -> list[str]:
+    """:func:`number` of each value, without a call for each one already written (a zero is
+    told by its sign, NaN is never found)."""
+    get = _NUMBERS.get
+    return [(get(v) or number(v)) if v else ("0.0" if math.copysign(1.0, v) > 0.0 else "-0.0") for v in values]
+
+
+def strings(values: Sequence[str]) -> list[str]:
+    """:func:`string` of each value, without a call for each one already written."""
+    get = _TEXTS.get
+    return [get(v) or string(v) for v in values]
+
+
 def string(value: str) -> str:
     """A text as JSON text (``json.dumps``), remembered."""
     encoded = _TEXTS.get(value)

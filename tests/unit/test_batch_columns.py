@@ -230,5 +230,8 @@ def test_numbers_written_once_are_remembered_within_a_bound_and_keep_their_sign(
     values = [0.0, -0.0, math.nan, 1.5, -1.5, 7.8292, -0.0, 0.0, *(i + 0.25 for i in range(12_000))]
     for value in values * 2:
         assert jsontext.number(value) == ("null" if math.isnan(value) else json.dumps(value))
+    expected = ["null" if math.isnan(value) else json.dumps(value) for value in values]
+    assert jsontext.numbers(values) == expected  # all remembered now, or past the bound
+    assert jsontext.strings(["male", 'a "b"', "male"]) == [json.dumps(v) for v in ["male", 'a "b"', "male"]]
     assert len(jsontext._NUMBERS) <= 10_000
     assert not any(math.isnan(key) or math.copysign(1.0, key) < 0 and key == 0 for key in jsontext._NUMBERS)
