@@ -57,7 +57,7 @@ class SpoolError(OSError):
     """The spool could not keep a record on local disk."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """One appended line not yet delivered: where it ends, when, and how many rows; and,
     while few rows wait, the rows' fields as the process that appended the line encoded
@@ -451,7 +451,7 @@ class Spool:
                 self.kept_rows += rows
             else:
                 fields = None
-            segment.entries.append(Entry(end=segment.size, spooled_at=spooled_at, rows=rows, fields=fields))
+            segment.entries.append(Entry(segment.size, spooled_at, rows, fields))
             self.backlog_rows += rows
             if segment.size >= self.segment_bytes:
                 segment.sealed = True
