@@ -98,7 +98,7 @@ bench-quick:
 		BATCH_ARGS="--requests 2" WRITER_ARGS="--rounds 1 --batches 5"
 
 # Instructions a gunicorn worker executes per one-passenger request, counted by valgrind:
-# figures the shared machine's noise cannot move (bench/count_instructions.py, about 6 minutes).
+# figures the shared machine's noise cannot move (bench/count_instructions.py, 2-6 minutes).
 bench-instructions: $(STAMP) $(PROD_STAMP) $(MODEL)
 	@command -v valgrind >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind; }
