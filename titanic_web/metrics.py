@@ -165,7 +165,7 @@ class Metrics:
         )
         self.rows_quarantined = Counter(
             "titanic_recorder_rows_quarantined",
-            "Rows of unreadable spool lines set aside in a .bad file instead of the database.",
+            "Rows set aside in a .bad file instead of the database: unreadable spool lines, and rows it refused.",
             registry=own,
         )
         self.model = Gauge(

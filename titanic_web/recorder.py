@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask
 from sqlalchemy import Connection, insert, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from titanic_web import jsontext, spool
@@ -463,6 +463,39 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
     return new
 
 
+def write_apart(session: Session, rows: Sequence[Row]) -> tuple[int, list[tuple[Row, Exception]]]:
+    """:func:`write_batch`; if the database refuses a value in it (a data error), the rows again
+    in halves, each half its own transaction, down to the rows it refuses alone. Returns the
+    new predictions and the refused rows, each with the database's reason.
+
+    :func:`parse_fields` checks all that it can at a row's cost; what it lets through (text
+    that PostgreSQL's ``json`` type does not read, say) would otherwise fail its batch on
+    every retry, and hold back every answer spooled after it. A halved batch commits part by
+    part: resent after a crash, its rows are keyed by their uuids, as any batch is.
+
+    :raise Exception: any other error; or the data error itself when no row was taken, so
+        that a database refusing every row (a schema it does not match) is retried, not
+        emptied row by row.
+    """
+    new, refused = _write_halves(session, list(rows))
+    if refused and len(refused) == len(rows):
+        raise refused[0][1]
+    return new, refused
+
+
+def _write_halves(session: Session, rows: list[Row]) -> tuple[int, list[tuple[Row, Exception]]]:
+    try:
+        return write_batch(session, rows), []
+    except DataError as exc:
+        session.rollback()
+        if len(rows) == 1:
+            return 0, [(rows[0], exc)]
+    half = len(rows) // 2
+    first, first_refused = _write_halves(session, rows[:half])
+    second, second_refused = _write_halves(session, rows[half:])
+    return first + second, first_refused + second_refused
+
+
 def _write_sqlite(connection: Connection, checked: list[Row]) -> int:
     rows = list(map(typed, checked))
     stamps = [r[6][: -len(_UTC_SUFFIX)] for r in rows]
@@ -730,17 +763,21 @@ class Recorder:
         assert self.app is not None
         with self.app.app_context():
             try:
-                new = write_batch(db.session(), records)  # the scoped session's own Session
+                new, refused = write_apart(db.session(), records)  # the scoped session's own Session
             except Exception:
                 db.session.rollback()
                 raise
+        handled = len(records) + len(damaged)
+        # A row the database refused goes aside as a line of its own, as it was spooled.
+        damaged = [*damaged, *((spool.encode([row], spooled_at=time.time()), why) for row, why in refused)]
         for line, problem in damaged:
             # A damaged line must not hold back every answer after it: keep it aside.
             bad = segment.quarantine(line)
             self.lines_quarantined += 1
             if self.metrics is not None:
                 self.metrics.rows_quarantined.inc(spool.line_rows(line))
-            log.error("recorder: undecodable spool line (%s) moved to %s", problem, bad)
+            first_line = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
+            log.error("recorder: spool line set aside in %s: %s", bad, first_line[:300])
         self.spool.delivered(segment, end)
         self.rows_written += new
         if self.metrics is not None:
@@ -750,7 +787,7 @@ class Recorder:
             log.info("recorder: database writes succeed again")
         self.database = "ok"
         self.last_error = None
-        return len(records) + len(damaged)
+        return handled
 
     def publish_backlog(self) -> None:
         """Set the backlog gauge of GET /metrics to this process's rows waiting now, and bring

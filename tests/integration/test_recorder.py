@@ -19,6 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, make_url, select
+from sqlalchemy.exc import DataError
 
 from tests.conftest import (
     FORM_VALUES,
@@ -36,7 +37,7 @@ from titanic_web import SQLITE_CACHE_KIB, SQLITE_CHECKPOINT_PAGES, get_service, 
 from titanic_web import recorder as recorder_module
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
-from titanic_web.recorder import Record, Recorder, parse_fields, typed, write_batch
+from titanic_web.recorder import Record, Recorder, parse_fields, typed, write_apart, write_batch
 
 FAST = {"RECORDER_RETRY_MAX_SECONDS": 0.2, "RECORDER_FLUSH_SECONDS": 0.05, "DATABASE_CONNECT_TIMEOUT": 2}
 
@@ -471,6 +472,86 @@ def test_a_kept_row_that_fails_its_check_is_read_back_and_its_line_set_aside(
     assert_stored_once(app, [str(uuid.UUID(fields[0])) for fields in good])
     (bad_file,) = Path(app.config["SPOOL_DIR"]).glob("*.bad")
     assert spool.decode(bad_file.read_bytes())[1] == [bad]
+
+
+def test_a_row_the_database_refuses_is_set_aside_and_the_rest_delivered(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Text with braces that is no JSON passes parse_fields, and PostgreSQL's json type refuses
+    it: the batch goes again in halves, the refused row is set aside in a .bad file, and the
+    answers around it are stored (SQLite keeps the text as it is)."""
+    recorder = recorder_of(app)
+    monkeypatch.setattr(recorder, "start", lambda: None)
+    good = [make_record(passenger_id=i) for i in range(5)]
+    bad = make_record(passenger_id=99)
+    bad[7] = '{"Age":}'
+    assert parse_fields(bad)[7] == '{"Age":}'
+    for fields in (*good[:2], bad, *good[2:]):
+        with recorder.stage() as staged:
+            staged.add([fields])
+            staged.commit()
+    assert recorder.deliver_once() == 6
+    assert recorder.backlog()[0] == 0 and recorder.status()["database"] == "ok"
+    postgres = make_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() == "postgresql"
+    kept = good if postgres else [*good, bad]
+    assert_stored_once(app, [str(uuid.UUID(fields[0])) for fields in kept])
+    assert recorder.rows_written == len(kept)
+    bad_files = list(Path(app.config["SPOOL_DIR"]).glob("*.bad"))
+    if postgres:
+        (bad_file,) = bad_files
+        assert spool.decode(bad_file.read_bytes())[1] == [bad]
+        assert recorder.lines_quarantined == 1
+    else:
+        assert bad_files == [] and recorder.lines_quarantined == 0
+
+
+class _Refusing:
+    """A session whose database refuses the rows marked refused (a DataError), whatever else
+    they are with; it counts the transactions it was asked for."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.rollbacks = 0
+
+    def write(self, session: Any, rows: Any, **options: Any) -> int:
+        ids = [row[0] for row in rows]
+        self.batches.append(ids)
+        if any(row[1] == "refused" for row in rows):
+            raise DataError("INSERT ...", {}, Exception("invalid input syntax for type json"))
+        return len(rows)
+
+    def rollback(self) -> None:
+        self.rollbacks += 1
+
+
+def test_write_apart_halves_a_refused_batch_down_to_the_rows_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    database = _Refusing()
+    monkeypatch.setattr(recorder_module, "write_batch", database.write)
+    rows = [(f"id{i}", "refused" if i in (2, 5) else "") for i in range(8)]
+    new, refused = write_apart(database, rows)  # type: ignore[arg-type]
+    assert new == 6
+    assert [row[0] for row, _ in refused] == ["id2", "id5"]
+    assert all(isinstance(why, DataError) for _, why in refused)
+    failed = [batch for batch in database.batches if {"id2", "id5"} & set(batch)]
+    written = sorted(i for batch in database.batches if batch not in failed for i in batch)
+    assert written == sorted(f"id{i}" for i in (0, 1, 3, 4, 6, 7))  # each good row once
+    assert database.rollbacks == len(failed) == 7  # 8 rows, 4 + 4, 2 + 2 ..., down to the two refused
+    assert len(database.batches) == 11  # halving: a few transactions, not one a row
+    clean = _Refusing()
+    monkeypatch.setattr(recorder_module, "write_batch", clean.write)
+    assert write_apart(clean, rows[:2]) == (2, [])  # type: ignore[arg-type]
+    assert clean.batches == [["id0", "id1"]]
+
+
+def test_write_apart_retries_a_batch_whose_every_row_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every row refused is the database's doing (a schema that does not match), not the rows':
+    the error goes up, the writer retries, and nothing is set aside."""
+    database = _Refusing()
+    monkeypatch.setattr(recorder_module, "write_batch", database.write)
+    with pytest.raises(DataError):
+        write_apart(database, [("a", "refused"), ("b", "refused")])  # type: ignore[arg-type]
+    with pytest.raises(DataError):
+        write_apart(database, [("a", "refused")])  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
