@@ -23,7 +23,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -463,37 +463,43 @@ def write_batch(session: Session, rows: Sequence[Row], *, portable: bool = False
     return new
 
 
-def write_apart(session: Session, rows: Sequence[Row]) -> tuple[int, list[tuple[Row, Exception]]]:
+def write_apart(
+    session: Session, rows: Sequence[Row], *, written: Callable[[int], None] | None = None
+) -> list[tuple[Row, Exception]]:
     """:func:`write_batch`; if the database refuses a value in it (a data error), the rows again
     in halves, each half its own transaction, down to the rows it refuses alone. Returns the
-    new predictions and the refused rows, each with the database's reason.
+    refused rows, each with the database's reason; ``written`` is called with the new
+    predictions of each part as it commits (so a failure after some parts counts them too).
 
     :func:`parse_fields` checks all that it can at a row's cost; what it lets through (text
     that PostgreSQL's ``json`` type does not read, say) would otherwise fail its batch on
     every retry, and hold back every answer spooled after it. A halved batch commits part by
     part: resent after a crash, its rows are keyed by their uuids, as any batch is.
 
-    :raise Exception: any other error; or the data error itself when no row was taken, so
-        that a database refusing every row (a schema it does not match) is retried, not
-        emptied row by row.
+    :raise Exception: any other error; or the data error itself when a batch of several rows
+        has every one refused, which is the database's doing (a schema it does not match),
+        so that it is retried rather than emptied row by row. A row refused alone cannot be
+        told from that, and is set aside like a damaged line, so that it cannot hold back a
+        segment (the tail of one that is full, or left by a stopped process) for ever.
     """
-    new, refused = _write_halves(session, list(rows))
-    if refused and len(refused) == len(rows):
+    refused = _write_halves(session, list(rows), written or (lambda new: None))
+    if len(refused) > 1 and len(refused) == len(rows):
         raise refused[0][1]
-    return new, refused
+    return refused
 
 
-def _write_halves(session: Session, rows: list[Row]) -> tuple[int, list[tuple[Row, Exception]]]:
+def _write_halves(session: Session, rows: list[Row], written: Callable[[int], None]) -> list[tuple[Row, Exception]]:
     try:
-        return write_batch(session, rows), []
+        new = write_batch(session, rows)
     except DataError as exc:
         session.rollback()
         if len(rows) == 1:
-            return 0, [(rows[0], exc)]
+            return [(rows[0], exc)]
+    else:
+        written(new)
+        return []
     half = len(rows) // 2
-    first, first_refused = _write_halves(session, rows[:half])
-    second, second_refused = _write_halves(session, rows[half:])
-    return first + second, first_refused + second_refused
+    return _write_halves(session, rows[:half], written) + _write_halves(session, rows[half:], written)
 
 
 def _write_sqlite(connection: Connection, checked: list[Row]) -> int:
@@ -762,13 +768,13 @@ class Recorder:
         return the rows handled. Called with the delivery lock held."""
         assert self.app is not None
         with self.app.app_context():
-            try:
-                new, refused = write_apart(db.session(), records)  # the scoped session's own Session
+            try:  # the scoped session's own Session
+                refused = write_apart(db.session(), records, written=self._written)
             except Exception:
                 db.session.rollback()
                 raise
         handled = len(records) + len(damaged)
-        # A row the database refused goes aside as a line of its own, as it was spooled.
+        # A row the database refused goes aside as a line of its own (timed now: its line's time is not kept).
         damaged = [*damaged, *((spool.encode([row], spooled_at=time.time()), why) for row, why in refused)]
         for line, problem in damaged:
             # A damaged line must not hold back every answer after it: keep it aside.
@@ -779,15 +785,18 @@ class Recorder:
             first_line = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
             log.error("recorder: spool line set aside in %s: %s", bad, first_line[:300])
         self.spool.delivered(segment, end)
-        self.rows_written += new
-        if self.metrics is not None:
-            self.metrics.rows_written.inc(new)
         self.publish_backlog()
         if self.database == "degraded":
             log.info("recorder: database writes succeed again")
         self.database = "ok"
         self.last_error = None
         return handled
+
+    def _written(self, new: int) -> None:
+        """Count predictions newly in the database, as each transaction commits."""
+        self.rows_written += new
+        if self.metrics is not None:
+            self.metrics.rows_written.inc(new)
 
     def publish_backlog(self) -> None:
         """Set the backlog gauge of GET /metrics to this process's rows waiting now, and bring

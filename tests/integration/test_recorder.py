@@ -19,7 +19,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event, make_url, select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 
 from tests.conftest import (
     FORM_VALUES,
@@ -505,6 +505,64 @@ def test_a_row_the_database_refuses_is_set_aside_and_the_rest_delivered(
         assert bad_files == [] and recorder.lines_quarantined == 0
 
 
+def test_a_refused_row_alone_at_the_end_of_a_segment_does_not_hold_back_the_next(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A segment that is full (or was left by a stopped process) ends in a row the database
+    refuses: its batch is that row alone, which is set aside, and the next segment follows."""
+    recorder = recorder_of(app)
+    monkeypatch.setattr(recorder, "start", lambda: None)
+    bad = make_record(passenger_id=99)
+    bad[7] = '{"Age":}'
+    good = [make_record(passenger_id=i) for i in range(3)]
+    with recorder.stage() as staged:
+        staged.add([bad])
+        staged.commit()
+    active = recorder.spool.active
+    assert active is not None
+    active.sealed, recorder.spool.active = True, None  # as when it reaches its size
+    for fields in good:
+        with recorder.stage() as staged:
+            staged.add([fields])
+            staged.commit()
+    assert recorder.flush(10), recorder.status()
+    postgres = make_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() == "postgresql"
+    assert_stored_once(app, [str(uuid.UUID(fields[0])) for fields in (good if postgres else [bad, *good])])
+    assert recorder.lines_quarantined == (1 if postgres else 0)
+
+
+def test_rows_committed_before_a_failure_are_counted_once(app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A halved batch commits part by part: when the database fails after some parts, the rows
+    they stored count as written, and are not counted again when the batch is sent again."""
+    recorder = recorder_of(app)
+    monkeypatch.setattr(recorder, "start", lambda: None)
+    rows = [make_record(passenger_id=i) for i in range(3)]
+    bad = make_record(passenger_id=99)
+    bad[7] = '{"Age":}'
+    for fields in (*rows, bad):
+        with recorder.stage() as staged:
+            staged.add([fields])
+            staged.commit()
+    real, calls = recorder_module.write_batch, []
+
+    def failing_third(session: Any, batch: Any, **options: Any) -> int:
+        calls.append(len(batch))
+        if len(calls) == 3:
+            raise OperationalError("INSERT ...", {}, Exception("connection lost"))
+        return real(session, batch, **options)
+
+    postgres = make_url(app.config["SQLALCHEMY_DATABASE_URI"]).get_backend_name() == "postgresql"
+    monkeypatch.setattr(recorder_module, "write_batch", failing_third)
+    if postgres:  # the whole (refused), its first half (stored), its second half (fails)
+        with pytest.raises(OperationalError):
+            recorder.deliver_once()
+        assert calls == [4, 2, 2] and recorder.rows_written == 2
+        monkeypatch.setattr(recorder_module, "write_batch", real)
+    assert recorder.flush(10), recorder.status()
+    assert_stored_once(app, [str(uuid.UUID(fields[0])) for fields in (rows if postgres else [*rows, bad])])
+    assert recorder.rows_written == (3 if postgres else 4)
+
+
 class _Refusing:
     """A session whose database refuses the rows marked refused (a DataError), whatever else
     they are with; it counts the transactions it was asked for."""
@@ -528,30 +586,33 @@ def test_write_apart_halves_a_refused_batch_down_to_the_rows_refused(monkeypatch
     database = _Refusing()
     monkeypatch.setattr(recorder_module, "write_batch", database.write)
     rows = [(f"id{i}", "refused" if i in (2, 5) else "") for i in range(8)]
-    new, refused = write_apart(database, rows)  # type: ignore[arg-type]
-    assert new == 6
+    written: list[int] = []
+    refused = write_apart(database, rows, written=written.append)  # type: ignore[arg-type]
+    assert sum(written) == 6
     assert [row[0] for row, _ in refused] == ["id2", "id5"]
     assert all(isinstance(why, DataError) for _, why in refused)
     failed = [batch for batch in database.batches if {"id2", "id5"} & set(batch)]
-    written = sorted(i for batch in database.batches if batch not in failed for i in batch)
-    assert written == sorted(f"id{i}" for i in (0, 1, 3, 4, 6, 7))  # each good row once
+    stored_ids = sorted(i for batch in database.batches if batch not in failed for i in batch)
+    assert stored_ids == sorted(f"id{i}" for i in (0, 1, 3, 4, 6, 7))  # each good row once
     assert database.rollbacks == len(failed) == 7  # 8 rows, 4 + 4, 2 + 2 ..., down to the two refused
     assert len(database.batches) == 11  # halving: a few transactions, not one a row
     clean = _Refusing()
     monkeypatch.setattr(recorder_module, "write_batch", clean.write)
-    assert write_apart(clean, rows[:2]) == (2, [])  # type: ignore[arg-type]
-    assert clean.batches == [["id0", "id1"]]
+    written.clear()
+    assert write_apart(clean, rows[:2], written=written.append) == []  # type: ignore[arg-type]
+    assert clean.batches == [["id0", "id1"]] and written == [2]
 
 
 def test_write_apart_retries_a_batch_whose_every_row_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every row refused is the database's doing (a schema that does not match), not the rows':
-    the error goes up, the writer retries, and nothing is set aside."""
+    """Several rows, every one refused, is the database's doing (a schema that does not match),
+    not the rows': the error goes up, the writer retries, and nothing is set aside. One row
+    refused alone cannot be told from a bad row, and is set aside."""
     database = _Refusing()
     monkeypatch.setattr(recorder_module, "write_batch", database.write)
     with pytest.raises(DataError):
         write_apart(database, [("a", "refused"), ("b", "refused")])  # type: ignore[arg-type]
-    with pytest.raises(DataError):
-        write_apart(database, [("a", "refused")])  # type: ignore[arg-type]
+    ((row, why),) = write_apart(database, [("a", "refused")])  # type: ignore[arg-type]
+    assert row == ("a", "refused") and isinstance(why, DataError)
 
 
 @pytest.mark.parametrize(
