@@ -782,8 +782,9 @@ class Recorder:
             self.lines_quarantined += 1
             if self.metrics is not None:
                 self.metrics.rows_quarantined.inc(spool.line_rows(line))
-            first_line = str(problem).splitlines()[0] if str(problem) else type(problem).__name__
-            log.error("recorder: spool line set aside in %s: %s", bad, first_line[:300])
+            log.error(
+                "recorder: spool line set aside in %s: %s", bad, (_first_line(problem) or type(problem).__name__)[:300]
+            )
         self.spool.delivered(segment, end)
         self.publish_backlog()
         if self.database == "degraded":
@@ -815,7 +816,7 @@ class Recorder:
         self.batches_failed += 1
         if self.metrics is not None:
             self.metrics.write_failures.inc()
-        message = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        message = f"{type(exc).__name__}: {_first_line(exc)}"[:300]
         if self.database != "degraded" or message != self.last_error:
             log.warning("recorder: cannot write to the database, keeping predictions spooled: %s", message)
         self.database = "degraded"
@@ -882,6 +883,12 @@ class Recorder:
             "last_error": self.last_error,
             "writer_running": bool(self._thread and self._thread.is_alive() and self._pid == os.getpid()),
         }
+
+
+def _first_line(exc: Exception) -> str:
+    """The first line of an error's message ('' if it has none): drivers add lines of context."""
+    text = str(exc)
+    return text.splitlines()[0] if text else ""
 
 
 def _refused(exc: spool.SpoolError) -> RecorderError:
