@@ -8,7 +8,8 @@ from typing import Any
 
 
 class FullDisk:
-    """Stands in for the os module inside titanic_web.spool: writes fail with ENOSPC.
+    """Stands in for the os module inside titanic_web.spool: writes fail with ENOSPC, and so
+    does giving a new segment its blocks ahead (``posix_fallocate``).
 
     With short_first, the first write stores half its bytes (the last free blocks)
     before the disk is full, as Linux does.
@@ -23,9 +24,20 @@ class FullDisk:
         return getattr(os, name)
 
     def write(self, fd: int, data: bytes) -> int:
+        return self.pwrite(fd, data, None)
+
+    def pwrite(self, fd: int, data: bytes, offset: int | None) -> int:
+        def store(part: bytes) -> int:
+            return os.write(fd, part) if offset is None else os.pwrite(fd, part, offset)
+
         if not self.full:
-            return os.write(fd, data)
+            return store(data)
         self.calls += 1
         if self.short_first and self.calls == 1:
-            return os.write(fd, data[: len(data) // 2])
+            return store(data[: len(data) // 2])
         raise OSError(errno.ENOSPC, "No space left on device")
+
+    def posix_fallocate(self, fd: int, offset: int, length: int) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        os.posix_fallocate(fd, offset, length)

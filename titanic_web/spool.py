@@ -12,6 +12,12 @@ A line is one request's rows (or a chunk of them), tab-separated fields of text:
 row by row (:func:`encode`), or column by column (:func:`encode_columns`).
 Nothing here knows Flask or SQL, or what the fields mean.
 
+A new segment is given its full size on disk at once (``posix_fallocate``) and its
+lines are written in place, from the start: a request's write then neither grows
+the file nor allocates blocks, which cost it more than the rest of the append.
+The bytes past the last line are zeros until lines fill them; readers take whole
+lines only, so they never see them (:func:`whole_lines`).
+
 A request of many rows writes its lines into a staged file of its own, hidden
 and locked in the same folder (:class:`StagedFile`), and publishes it whole by
 renaming it into a segment: no line is copied, and a staged file whose process
@@ -440,7 +446,7 @@ class Spool:
             try:
                 segment = self._active_segment()
                 assert segment.write_fd is not None
-                _write_all(segment.write_fd, line)
+                _write_all(segment.write_fd, line, segment.size)
                 if self.fsync:
                     os.fsync(segment.write_fd)
             except OSError as exc:
@@ -524,16 +530,19 @@ class Spool:
         # Create under a hidden name, lock, then rename: no other process can ever
         # see this segment unlocked and take it for an orphan.
         tmp = self.directory / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        # Written at offsets (pwrite), not appended: O_APPEND would write past the preallocation.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         path = self.directory / f"{name}{SUFFIX}"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _preallocate(fd, self.segment_bytes)
             os.rename(tmp, path)
         except OSError:
             os.close(fd)
             raise
         # Reads go through pread on a separate descriptor of the same file.
         segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
+        segment.size = 0  # the lines written so far; the rest of the file is zeros
         self.active = segment
         self.segments.append(segment)
         return segment
@@ -703,7 +712,7 @@ class StagedFile:
         self.path = spool.directory / f".{self.name}{STAGED_SUFFIX}"
         try:
             spool.directory.mkdir(parents=True, exist_ok=True)
-            self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+            self.fd: int | None = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
             raise _refused(exc, spool.directory) from exc
         try:
@@ -723,7 +732,7 @@ class StagedFile:
         if self.fd is None:
             raise SpoolError(f"the staged file {self.path.name} is already published or discarded")
         try:
-            _write_all(self.fd, line)
+            _write_all(self.fd, line, self.size)
         except OSError as exc:
             raise _refused(exc, self.spool.directory) from exc
         self.size += len(line)
@@ -761,10 +770,30 @@ def _new_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{time.time_ns()}-{uuid.uuid4().hex[:8]}"
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    written = os.write(fd, data)
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    written = os.pwrite(fd, data, offset)
     while written < len(data):  # rare short write: finish it
-        written += os.write(fd, data[written:])
+        written += os.pwrite(fd, data[written:], offset + written)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    """Give a new segment its blocks and its size now, so that appends write in place.
+
+    Where the file system cannot (or the disk has not the room for a whole segment),
+    lines are written past the end as they come, as into any file: the disk is then
+    asked for room by each line, which fails that line's request if there is none.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        log.debug("spool: segment not preallocated (%s); lines grow the file instead", exc.strerror)
+        os.ftruncate(fd, 0)  # nothing half-allocated left behind: readers expect lines or nothing
+
+
+def whole_lines(data: bytes) -> bytes:
+    """A segment file's bytes up to the end of its last whole line: the zeros of a
+    preallocated segment not yet written, or a line cut short by a crash, left out."""
+    return data[: data.rfind(b"\n") + 1]
 
 
 def _refused(exc: OSError, directory: Path) -> SpoolError:
@@ -816,6 +845,8 @@ def _index_entries(segment: Segment) -> None:
 
 
 def _iter_lines(fd: int, start: int) -> Iterator[bytes]:
+    """The whole lines of a segment file from start: up to the zeros of a preallocated
+    segment, or to a last line cut short."""
     position = start
     buffer = b""
     while True:
@@ -827,6 +858,8 @@ def _iter_lines(fd: int, start: int) -> Iterator[bytes]:
         *complete, buffer = buffer.split(b"\n")
         for line in complete:
             yield line + b"\n"
+        if buffer and not buffer.strip(b"\0"):
+            return  # the unwritten rest of a preallocated segment: no line follows zeros
 
 
 def scan(directory: Path) -> dict[str, Any]:

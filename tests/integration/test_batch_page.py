@@ -27,7 +27,7 @@ from tests.integration.helpers import csv_with_cell, kaggle_rows
 from titanic_web.extensions import db
 from titanic_web.models import PredictionRow
 from titanic_web.predictor import Predictor
-from titanic_web.spool import SUFFIX
+from titanic_web.spool import SUFFIX, whole_lines
 
 EVENTS = "application/x-ndjson"
 EXPIRED_TEXT = "Your form had expired"
@@ -145,7 +145,7 @@ def error_rows(html: str) -> list[list[str]]:
 def spooled_bytes(app: Flask) -> int:
     """Bytes in the app's spool segments (before the writer delivers them)."""
     folder = Path(app.config["SPOOL_DIR"])
-    return sum(p.stat().st_size for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else 0
+    return sum(len(whole_lines(p.read_bytes())) for p in folder.glob(f"*{SUFFIX}")) if folder.is_dir() else 0
 
 
 def kept_files(folder: Path) -> list[str]:

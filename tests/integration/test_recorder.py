@@ -198,7 +198,7 @@ def spooled_ids(directory: Path) -> list[str]:
     """Every record id in the spool files, delivered or not."""
     ids: list[str] = []
     for path in sorted(directory.glob(f"*{spool.SUFFIX}")):
-        for line in path.read_bytes().splitlines(keepends=True):
+        for line in spool.whole_lines(path.read_bytes()).splitlines(keepends=True):
             ids += [str(uuid.UUID(fields[0])) for fields in spool.decode(line)[1]]
     return ids
 
@@ -427,7 +427,7 @@ def test_rows_delivered_from_memory_are_the_lines_on_disk(app: Flask, monkeypatc
     on_disk = [
         parse_fields(fields)
         for path in sorted(Path(app.config["SPOOL_DIR"]).glob(f"*{spool.SUFFIX}"))
-        for line in path.read_bytes().splitlines(keepends=True)
+        for line in spool.whole_lines(path.read_bytes()).splitlines(keepends=True)
         for fields in spool.decode(line)[1]
     ]
     assert [row[0] for row in on_disk] == ids and all(row[10] for row in on_disk)  # latencies filled in

@@ -348,7 +348,9 @@ def test_spool_lines_of_the_previous_format_are_still_delivered(app: Flask) -> N
         staged.add([[old_ids[0], *now_row[1:]], [old_ids[1], *now_row[1:]]])
         staged.commit()
     lines = [
-        line for path in recorder.spool.directory.glob(f"*{spool.SUFFIX}") for line in path.read_bytes().splitlines()
+        line
+        for path in recorder.spool.directory.glob(f"*{spool.SUFFIX}")
+        for line in spool.whole_lines(path.read_bytes()).splitlines()
     ]
     assert [len(fields) for line in lines for fields in spool.decode(line)[1]] == [9, 9]
 

@@ -582,7 +582,11 @@ def recorder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Record
 
 def spooled_lines(directory: Path) -> list[bytes]:
     """Every line in a spool folder, in order."""
-    return [line for path in sorted(directory.glob(f"*{spool.SUFFIX}")) for line in path.read_bytes().splitlines(True)]
+    return [
+        line
+        for path in sorted(directory.glob(f"*{spool.SUFFIX}"))
+        for line in spool.whole_lines(path.read_bytes()).splitlines(True)
+    ]
 
 
 def spooled(directory: Path) -> list[list[str]]:

@@ -390,7 +390,7 @@ def test_torn_last_line_is_never_delivered(make_spool: MakeSpool, tmp_path: Path
     put(first, ["b"])
     assert first.active is not None and first.active.write_fd is not None
     # A write cut short by a crash: no newline.
-    os.write(first.active.write_fd, b"1\t1.0\ttorn")
+    os.pwrite(first.active.write_fd, b"1\t1.0\ttorn", first.active.size)
     first.close()
 
     assert scan(tmp_path / "spool")["rows"] == 2
@@ -432,7 +432,7 @@ s = spool.Spool(sys.argv[2])
 for i in range(int(sys.argv[3])):
     now = time.time()
     s.append(spool.encode([[f"child-{i}"]], spooled_at=now), rows=1, spooled_at=now)
-os.write(s.active.write_fd, b"1\t1.0\ttorn")  # killed mid-write
+os.pwrite(s.active.write_fd, b"1\t1.0\ttorn", s.active.size)  # killed mid-write
 print("ready", flush=True)
 time.sleep(60)
 """
@@ -511,6 +511,70 @@ def test_every_append_rotates_when_segment_bytes_is_tiny(make_spool: MakeSpool, 
     assert spool.active is None
     assert drain(spool) == ["y0", "y1", "y2"]
     assert files(directory) == []
+
+
+# -- preallocated segments ----------------------------------------------------
+
+
+def test_a_new_segment_has_its_full_size_at_once_and_lines_written_from_its_start(
+    make_spool: MakeSpool, tmp_path: Path
+) -> None:
+    spool = make_spool(segment_bytes=64 << 10)
+    lines = [put(spool, [f"p{i}"]) for i in range(3)]
+    (path,) = segment_files(tmp_path / "spool")
+    data = path.read_bytes()
+    assert len(data) == 64 << 10  # preallocated: a line writes in place, the file does not grow
+    assert data.startswith(b"".join(lines))
+    assert data[len(b"".join(lines)) :] == bytes(len(data) - len(b"".join(lines)))
+    assert spool_module.whole_lines(data) == b"".join(lines)
+    assert drain(spool) == ["p0", "p1", "p2"]
+
+
+def test_the_zeros_of_a_preallocated_segment_are_no_lines_to_an_adopter_or_a_scan(
+    make_spool: MakeSpool, tmp_path: Path
+) -> None:
+    first = make_spool(segment_bytes=4 << 20)  # more than one read of the file: its zeros are not read to the end
+    for i in range(3):
+        put(first, [f"q{i}"])
+    first.close()  # undelivered: the segment stays, with its unwritten zeros
+    (path,) = segment_files(tmp_path / "spool")
+    assert path.stat().st_size == 4 << 20
+
+    assert scan(tmp_path / "spool")["rows"] == 3
+    second = make_spool()
+    assert second.adopt_orphans() == 1
+    assert second.backlog()[0] == 3
+    assert drain(second) == ["q0", "q1", "q2"]
+    assert files(tmp_path / "spool") == []  # delivered to its last line: the zeros do not keep it
+
+
+def test_a_file_system_that_cannot_preallocate_gets_lines_that_grow_the_file(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unsupported(fd: int, offset: int, length: int) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(spool_module.os, "posix_fallocate", unsupported)
+    spool = make_spool(segment_bytes=64 << 10)
+    lines = [put(spool, [f"r{i}"]) for i in range(2)]
+    (path,) = segment_files(tmp_path / "spool")
+    assert path.read_bytes() == b"".join(lines)
+    assert drain(spool) == ["r0", "r1"]
+
+
+@pytest.mark.parametrize(
+    ("data", "whole"),
+    [
+        (b"", b""),
+        (b"a\tb\n", b"a\tb\n"),
+        (b"a\n" + bytes(10), b"a\n"),
+        (b"a\nb\ncut sh", b"a\nb\n"),
+        (b"a\ncut" + bytes(5), b"a\n"),
+        (bytes(8), b""),
+    ],
+)
+def test_whole_lines_stop_at_the_end_of_the_last_line(data: bytes, whole: bytes) -> None:
+    assert spool_module.whole_lines(data) == whole
 
 
 # -- what is waiting ----------------------------------------------------------
@@ -664,8 +728,8 @@ def test_a_line_appended_while_the_writer_reads_is_delivered_once_and_leaves_no_
         def __getattr__(self, name: str) -> Any:
             return getattr(os, name)
 
-        def write(self, fd: int, data: bytes) -> int:
-            written = os.write(fd, data)
+        def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+            written = os.pwrite(fd, data, offset)
             # The writer thread runs here, between the kernel write and the bookkeeping.
             segment = spool.segments[0]
             lines, end, _ = segment.read_lines(max_rows=100)

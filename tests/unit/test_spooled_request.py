@@ -115,7 +115,7 @@ def chunk(count: int, request_id: str | None) -> list[tuple[str, ...]]:
 def spooled(directory: Path) -> list[list[str]]:
     rows: list[list[str]] = []
     for path in sorted(directory.glob(f"*{spool.SUFFIX}")):
-        for line in path.read_bytes().splitlines(keepends=True):
+        for line in spool.whole_lines(path.read_bytes()).splitlines(keepends=True):
             rows += spool.decode(line)[1]
     return rows
 
