@@ -473,13 +473,7 @@ def _predict_chunk(
     passenger_ids = checked.columns["PassengerId"]
     ids = new_ids(len(p))
     if staged is not None:
-        shared: dict[str, Any] = {
-            "model_version": predictor.version,
-            "source": source,
-            "created_at": datetime.now(UTC),
-            "request_id": request_id,
-            "latency_ms": PENDING_LATENCY,
-        }
+        created_at = datetime.now(UTC)
         if len(p) >= COLUMN_LINE_ROWS:
             now = time.time()
             line = spool_columns(
@@ -487,17 +481,30 @@ def _predict_chunk(
                 passenger_ids,
                 survived,
                 probabilities,
+                model_version=predictor.version,
+                source=source,
+                created_at=created_at,
                 features=engineered,
                 raw_parts=checked.parts,
+                request_id=request_id,
+                latency_ms=PENDING_LATENCY,
                 spooled_at=now,
-                **shared,
             )
             staged.add_line(line, rows=len(p), spooled_at=now)
         else:
-            features_json = features.features_json(engineered)
             staged.add(
                 spool_rows(
-                    ids, passenger_ids, survived, p, features_json=features_json, raw_json=checked.texts, **shared
+                    ids,
+                    passenger_ids,
+                    survived,
+                    p,
+                    model_version=predictor.version,
+                    source=source,
+                    created_at=created_at,
+                    features_json=features.features_json(engineered),
+                    raw_json=checked.texts,
+                    request_id=request_id,
+                    latency_ms=PENDING_LATENCY,
                 )
             )
     explanations = None

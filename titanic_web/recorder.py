@@ -917,7 +917,10 @@ class Staged:
         self.recorder = recorder
         self.arrived = arrived  # time.perf_counter() when the request arrived: its latency is measured from it
         self.rows = 0
-        #: (line, rows, time, the rows' fields for a line by row) while few: one for one passenger
+        #: The first chunk's records while nothing else is staged: a request of one chunk (one
+        #: passenger, say) is encoded once, at commit, with its latency already filled in.
+        self._held: Sequence[Sequence[str]] | None = None
+        #: (line, rows, time, the rows' fields for a line by row) while few
         self._lines: list[tuple[bytes, int, float, Sequence[Sequence[str]] | None]] = []
         self._size = 0
         self._file: spool.StagedFile | None = None
@@ -927,9 +930,23 @@ class Staged:
 
         :raise RecorderError: the spool folder refused the staged file.
         """
-        if rows:
+        if not rows:
+            return
+        if self._held is None and not self._lines and self._file is None:
+            self._held = rows
+            self.rows += len(rows)
+            return
+        self._stage_held()
+        now = time.time()
+        self.add_line(spool.encode(rows, spooled_at=now), rows=len(rows), spooled_at=now, fields=rows)
+
+    def _stage_held(self) -> None:
+        """Encode the held first chunk as a staged line (another chunk follows it)."""
+        held, self._held = self._held, None
+        if held is not None:
+            self.rows -= len(held)
             now = time.time()
-            self.add_line(spool.encode(rows, spooled_at=now), rows=len(rows), spooled_at=now, fields=rows)
+            self.add_line(spool.encode(held, spooled_at=now), rows=len(held), spooled_at=now, fields=held)
 
     def add_line(
         self, line: bytes, *, rows: int, spooled_at: float, fields: Sequence[Sequence[str]] | None = None
@@ -939,6 +956,7 @@ class Staged:
 
         :raise RecorderError: the spool folder refused the staged file.
         """
+        self._stage_held()
         self.rows += rows
         self._size += len(line)
         if self._file is None and self._size <= self.IN_MEMORY_BYTES:
@@ -965,6 +983,13 @@ class Staged:
             stay spooled (they are stored, though the request fails).
         """
         latency = "" if self.arrived is None else _latency_text((time.perf_counter() - self.arrived) * 1000)
+        held, self._held = self._held, None
+        if held is not None:  # the only chunk: its one line, encoded now
+            filled = [(*f[:-1], latency) if f[-1] == PENDING_LATENCY else f for f in held]
+            now = time.time()
+            self.recorder._append(spool.encode(filled, spooled_at=now), len(filled), now, filled)
+            self.discard()
+            return
         if self._file is not None:
             try:
                 self._file.publish(latency)
@@ -983,6 +1008,7 @@ class Staged:
 
     def discard(self) -> None:
         """Drop the staged records (not those committed)."""
+        self._held = None
         self._lines = []
         if self._file is not None:
             self._file.discard()

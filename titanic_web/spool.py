@@ -182,6 +182,11 @@ def encode(rows: Sequence[Sequence[str]], *, spooled_at: float) -> bytes:
 
     :raise ValueError: rows of different widths, or a field with a tab or newline.
     """
+    if len(rows) == 1 and rows[0]:  # one row, the usual request: no list of parts to build
+        (row,) = rows
+        if "\t" in "".join(row) or "\n" in (text := "\t".join(row)):
+            raise ValueError("a spooled field holds a tab or a newline")
+        return f"1\t{time_text(spooled_at)}\t{text}\n".encode()
     width = len(rows[0]) if rows else 0
     parts = [str(len(rows)), time_text(spooled_at)]
     for row in rows:

@@ -119,6 +119,24 @@ def test_line_rows_reads_the_count_without_the_records() -> None:
     assert line_rows(b"garbage\n") == 1  # unreadable count: counted as one row, not a crash
 
 
+@pytest.mark.parametrize(
+    "row",
+    [["a"], ["a", "", "{}"], ["", ""], ["id", '{"Name":"two\\nlines"}', "1.5", "\x01"]],
+)
+def test_a_line_of_one_row_is_a_line_of_many_with_one(row: list[str]) -> None:
+    """One row takes a short way through encode: the same line as the general one."""
+    line = encode([row], spooled_at=7.25)
+    assert line == ("\t".join(["1", "7.250", *row]) + "\n").encode()
+    assert decode(line) == (7.25, [row])
+    assert encode([row, row], spooled_at=7.25) == ("\t".join(["2", "7.250", *row, *row]) + "\n").encode()
+
+
+@pytest.mark.parametrize("bad", ["tab\there", "new\nline"])
+def test_a_row_alone_with_a_tab_or_newline_is_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="tab or a newline"):
+        encode([["ok", bad]], spooled_at=1.0)
+
+
 # -- lines by column --------------------------------------------------------
 
 COLUMN_ROWS = [

@@ -139,6 +139,71 @@ def test_every_row_of_a_staged_request_gets_one_latency_measured_at_commit(recor
     assert latency is not None and before - 0.001 <= latency <= after + 0.001
 
 
+def kept_and_lines(recorder: Recorder) -> tuple[list[list[str]], list[list[str]]]:
+    """The rows the writer would take from memory, and the same rows read back from the lines."""
+    kept = recorder.spool.next_kept(max_rows=1000)
+    batch = recorder.spool.next_batch(max_rows=1000)
+    assert kept is not None and batch is not None
+    return [list(fields) for fields in kept[1]], [fields for line in batch[1] for fields in spool.decode(line)[1]]
+
+
+def test_a_request_of_one_chunk_is_one_line_written_once_with_its_latency(recorder: Recorder, tmp_path: Path) -> None:
+    """The first chunk is held as rows until commit, then encoded once with the latency in it."""
+    arrived = time.perf_counter() - 0.05
+    staged = recorder.stage(arrived=arrived)
+    staged.add(chunk(2, "req-2"))
+    assert staged.rows == 2
+    assert spooled(tmp_path / "spool") == []  # nothing on disk before commit
+    staged.commit()
+
+    kept, read_back = kept_and_lines(recorder)
+    assert kept == read_back and len(read_back) == 2
+    assert len(spool.whole_lines(next((tmp_path / "spool").glob(f"*{spool.SUFFIX}")).read_bytes()).splitlines()) == 1
+    latencies = {checked(fields)[10] for fields in read_back}
+    assert len(latencies) == 1 and 50 <= latencies.pop() < 10_000
+    assert PENDING_LATENCY not in "".join(kept[0])
+
+
+def test_a_held_first_chunk_goes_before_the_chunks_after_it(recorder: Recorder, tmp_path: Path) -> None:
+    first, second, third = chunk(1, "r"), chunk(3, "r"), chunk(2, "r")
+    with recorder.stage(arrived=time.perf_counter()) as staged:
+        staged.add(first)
+        staged.add(second)
+        now = time.time()
+        staged.add_line(spool.encode(third, spooled_at=now), rows=2, spooled_at=now, fields=third)
+        assert staged.rows == 6
+        staged.commit()
+    kept, read_back = kept_and_lines(recorder)
+    assert [fields[0] for fields in read_back] == [row[0] for row in first + second + third]
+    assert kept == read_back
+    assert len({fields[10] for fields in read_back}) == 1
+
+
+def test_a_held_first_chunk_goes_first_into_a_staged_file(
+    recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from titanic_web.recorder import Staged
+
+    monkeypatch.setattr(Staged, "IN_MEMORY_BYTES", 1)  # every line to the staged file
+    first, second = chunk(2, "r"), chunk(1, "r")
+    with recorder.stage(arrived=time.perf_counter()) as staged:
+        staged.add(first)
+        staged.add(second)
+        staged.commit()
+    (segment,) = (tmp_path / "spool").glob(f"*{spool.SUFFIX}")
+    rows = spooled(tmp_path / "spool")
+    assert [fields[0] for fields in rows] == [row[0] for row in first + second]
+    # A published staged file's rows keep the pending field; its name says what it stands for.
+    assert {fields[10] for fields in rows} == {PENDING_LATENCY}
+    assert float(spool.pending_value(segment.name) or "nan") >= 0.0
+
+
+def test_a_held_chunk_discarded_leaves_nothing(recorder: Recorder, tmp_path: Path) -> None:
+    with recorder.stage(arrived=time.perf_counter()) as staged:
+        staged.add(chunk(1, None))
+    assert spooled(tmp_path / "spool") == [] and recorder.spool.backlog_rows == 0
+
+
 def test_staged_rows_without_an_arrival_time_store_no_latency(recorder: Recorder, tmp_path: Path) -> None:
     with recorder.stage() as staged:
         staged.add(chunk(2, None))
