@@ -12,11 +12,14 @@ A line is one request's rows (or a chunk of them), tab-separated fields of text:
 row by row (:func:`encode`), or column by column (:func:`encode_columns`).
 Nothing here knows Flask or SQL, or what the fields mean.
 
-A new segment is given its full size on disk at once (``posix_fallocate``) and its
-lines are written in place, from the start: a request's write then neither grows
-the file nor allocates blocks, which cost it more than the rest of the append.
-The bytes past the last line are zeros until lines fill them; readers take whole
-lines only, so they never see them (:func:`whole_lines`).
+A new segment is given its full size on disk at once (``posix_fallocate``) and
+mapped into memory; a line is copied into the mapping, from the start: a request
+then makes no system call, and its write neither grows the file nor allocates
+blocks. The mapped pages are the file's pages in the kernel's page cache, so a line
+copied there survives the death of the process as a written one does. The bytes
+past the last line are zeros until lines fill them; readers take whole lines only,
+so they never see them (:func:`whole_lines`). With fsync, or where the file system
+cannot preallocate, lines are written with ``pwrite`` instead.
 
 A request of many rows writes its lines into a staged file of its own, hidden
 and locked in the same folder (:class:`StagedFile`), and publishes it whole by
@@ -31,6 +34,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import mmap
 import os
 import re
 import socket
@@ -87,6 +91,17 @@ class Segment:
         self.entries: deque[Entry] = deque()  # undelivered lines, oldest first
         self.sealed = False  # no more appends: delete once delivered
         self.pending = pending_value(path.name)  # a published staged segment's (see StagedFile)
+        self.map: mmap.mmap | None = None  # an own preallocated segment's pages, where lines are copied
+
+    def seal(self) -> None:
+        """No more appends: the segment is delivered, then deleted."""
+        self.sealed = True
+        self.unmap()
+
+    def unmap(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            self.map = None
 
     @property
     def done_path(self) -> Path:
@@ -159,6 +174,7 @@ class Segment:
 
     def release(self) -> None:
         """Close the descriptors, which releases the lock; the file stays."""
+        self.unmap()
         for fd in (self.fd, self.write_fd):
             if fd is not None:
                 os.close(fd)
@@ -451,7 +467,11 @@ class Spool:
             try:
                 segment = self._active_segment()
                 assert segment.write_fd is not None
-                _write_all(segment.write_fd, line, segment.size)
+                end = segment.size + len(line)
+                if segment.map is not None and end <= len(segment.map):
+                    segment.map[segment.size : end] = line
+                else:  # not mapped, or past the mapping: the segment's last line
+                    _write_all(segment.write_fd, line, segment.size)
                 if self.fsync:
                     os.fsync(segment.write_fd)
             except OSError as exc:
@@ -465,7 +485,7 @@ class Spool:
             segment.entries.append(Entry(segment.size, spooled_at, rows, fields))
             self.backlog_rows += rows
             if segment.size >= self.segment_bytes:
-                segment.sealed = True
+                segment.seal()
                 self.active = None
 
     def _discard_partial_line(self) -> None:
@@ -481,7 +501,7 @@ class Spool:
         try:
             os.ftruncate(segment.write_fd, segment.size)
         except OSError:
-            segment.sealed = True
+            segment.seal()
             self.active = None
 
     def stage(self) -> StagedFile:
@@ -535,12 +555,13 @@ class Spool:
         # Create under a hidden name, lock, then rename: no other process can ever
         # see this segment unlocked and take it for an orphan.
         tmp = self.directory / f".{name}.tmp"
-        # Written at offsets (pwrite), not appended: O_APPEND would write past the preallocation.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written at offsets, not appended (O_APPEND would write past the preallocation);
+        # open for reading too, which a shared writable mapping needs.
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         path = self.directory / f"{name}{SUFFIX}"
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _preallocate(fd, self.segment_bytes)
+            preallocated = _preallocate(fd, self.segment_bytes)
             os.rename(tmp, path)
         except OSError:
             os.close(fd)
@@ -548,6 +569,8 @@ class Spool:
         # Reads go through pread on a separate descriptor of the same file.
         segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
         segment.size = 0  # the lines written so far; the rest of the file is zeros
+        if preallocated and not self.fsync:  # with fsync, each line is written and flushed instead
+            segment.map = _map(fd, self.segment_bytes)
         self.active = segment
         self.segments.append(segment)
         return segment
@@ -781,8 +804,9 @@ def _write_all(fd: int, data: bytes, offset: int) -> None:
         written += os.pwrite(fd, data[written:], offset + written)
 
 
-def _preallocate(fd: int, size: int) -> None:
-    """Give a new segment its blocks and its size now, so that appends write in place.
+def _preallocate(fd: int, size: int) -> bool:
+    """Give a new segment its blocks and its size now, so that appends write in place;
+    True if done.
 
     Where the file system cannot (or the disk has not the room for a whole segment),
     lines are written past the end as they come, as into any file: the disk is then
@@ -793,6 +817,22 @@ def _preallocate(fd: int, size: int) -> None:
     except OSError as exc:
         log.debug("spool: segment not preallocated (%s); lines grow the file instead", exc.strerror)
         os.ftruncate(fd, 0)  # nothing half-allocated left behind: readers expect lines or nothing
+        return False
+    return True
+
+
+def _map(fd: int, size: int) -> mmap.mmap | None:
+    """A preallocated segment's pages, shared with the file, for lines to be copied into.
+
+    Only a preallocated file is mapped: its blocks are on disk already, so a copy never
+    needs room the disk may not have (which would kill the process with SIGBUS rather
+    than fail its request). None if it cannot be mapped: lines are then written.
+    """
+    try:
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError) as exc:
+        log.debug("spool: segment not mapped (%s); lines are written instead", exc)
+        return None
 
 
 def whole_lines(data: bytes) -> bytes:

@@ -450,6 +450,7 @@ s = spool.Spool(sys.argv[2])
 for i in range(int(sys.argv[3])):
     now = time.time()
     s.append(spool.encode([[f"child-{i}"]], spooled_at=now), rows=1, spooled_at=now)
+assert s.active.map is not None  # the lines above were copied into the mapped file, not written
 os.pwrite(s.active.write_fd, b"1\t1.0\ttorn", s.active.size)  # killed mid-write
 print("ready", flush=True)
 time.sleep(60)
@@ -578,6 +579,74 @@ def test_a_file_system_that_cannot_preallocate_gets_lines_that_grow_the_file(
     (path,) = segment_files(tmp_path / "spool")
     assert path.read_bytes() == b"".join(lines)
     assert drain(spool) == ["r0", "r1"]
+
+
+def written_lines(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Lines the spool writes with a system call from now on (not those copied into a mapping)."""
+    calls: list[bytes] = []
+    real = spool_module._write_all
+
+    def record(fd: int, data: bytes, offset: int) -> None:
+        calls.append(data)
+        real(fd, data, offset)
+
+    monkeypatch.setattr(spool_module, "_write_all", record)
+    return calls
+
+
+def test_lines_are_copied_into_the_mapped_segment_without_a_system_call(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = written_lines(monkeypatch)
+    spool = make_spool(segment_bytes=64 << 10)
+    lines = [put(spool, [f"m{i}"]) for i in range(3)]
+    assert spool.active is not None and spool.active.map is not None
+    assert written == []
+    (path,) = segment_files(tmp_path / "spool")
+    assert spool_module.whole_lines(path.read_bytes()) == b"".join(lines)  # in the file, read as any reader does
+    assert drain(spool) == ["m0", "m1", "m2"]
+
+
+def test_a_line_past_the_mapping_is_written_and_seals_the_segment(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = written_lines(monkeypatch)
+    line_size = len(encode([["x0"]], spooled_at=1.0))
+    spool = make_spool(segment_bytes=2 * line_size + line_size // 2)  # room for two lines and a half
+    lines = [put(spool, [f"x{i}"], at=1.0) for i in range(4)]
+    assert written == [lines[2]]  # the third overruns the mapping: written, past it
+    first, second = segment_files(tmp_path / "spool")
+    assert first.read_bytes() == b"".join(lines[:3])  # grown by the last line: no zeros left in it
+    assert spool_module.whole_lines(second.read_bytes()) == lines[3]
+    assert drain(spool) == ["x0", "x1", "x2", "x3"]
+
+
+def test_with_fsync_lines_are_written_and_flushed_not_mapped(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = written_lines(monkeypatch)
+    flushed: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_module.os, "fsync", lambda fd: flushed.append(fd) or real_fsync(fd))
+    spool = make_spool(fsync=True)
+    line = put(spool, ["f0"])
+    assert spool.active is not None and spool.active.map is None
+    assert written == [line] and flushed == [spool.active.write_fd]
+    assert drain(spool) == ["f0"]
+
+
+def test_a_segment_that_cannot_be_mapped_gets_its_lines_written(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    monkeypatch.setattr(spool_module.mmap, "mmap", refuse)
+    written = written_lines(monkeypatch)
+    spool = make_spool()
+    line = put(spool, ["w0"])
+    assert written == [line]
+    assert drain(spool) == ["w0"]
 
 
 @pytest.mark.parametrize(
@@ -756,6 +825,8 @@ def test_a_line_appended_while_the_writer_reads_is_delivered_once_and_leaves_no_
             return written
 
     monkeypatch.setattr(spool_module, "os", Racing())
+    monkeypatch.setattr(spool_module, "_map", lambda fd, size: None)  # written, so that the race can be staged
+    spool.active = None  # a new segment, not mapped
     put(spool, ["second"])
     monkeypatch.undo()
 
