@@ -200,33 +200,36 @@ class Baseline:
 # -- the server side ----------------------------------------------------------------------------
 
 
-def undelivered_bytes(spool_dir: Path) -> int:
-    """Bytes spooled and not yet delivered, from the segments' sizes and their .done offsets.
+def undelivered(spool_dir: Path) -> bool:
+    """Anything spooled and not yet delivered? A segment's lines run from its start without a
+    gap, and the rest of a preallocated segment is zeros, so one byte at its .done offset
+    says: a line there, or nothing (zero, or the end of the file).
 
-    Reads no spool line, so it can be polled while the writer works.
+    Reads no whole line, so it can be polled while the writer works.
     """
     from titanic_web import spool
 
-    waiting = 0
     for path in spool_dir.glob(f"*{spool.SUFFIX}"):
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            continue  # delivered and removed meanwhile
         done_path = path.with_name(path.name + spool.DONE_SUFFIX)
         try:
             done = int(done_path.read_text().strip() or 0)
         except (FileNotFoundError, ValueError):
             done = 0
-        waiting += max(0, size - done)
-    return waiting
+        try:
+            with path.open("rb") as segment:
+                segment.seek(done)
+                if segment.read(1) not in (b"", b"\0"):
+                    return True
+        except FileNotFoundError:
+            continue  # delivered and removed meanwhile
+    return False
 
 
 def wait_delivered(spool_dir: Path, timeout: float) -> float | None:
     """Seconds until the spool holds nothing undelivered (None: still not after timeout)."""
     began = time.perf_counter()
     while time.perf_counter() - began < timeout:
-        if undelivered_bytes(spool_dir) == 0:
+        if not undelivered(spool_dir):
             return time.perf_counter() - began
         time.sleep(0.05)
     return None
