@@ -18,8 +18,10 @@ then makes no system call, and its write neither grows the file nor allocates
 blocks. The mapped pages are the file's pages in the kernel's page cache, so a line
 copied there survives the death of the process as a written one does. The bytes
 past the last line are zeros until lines fill them; readers take whole lines only,
-so they never see them (:func:`whole_lines`). With fsync, or where the file system
-cannot preallocate, lines are written with ``pwrite`` instead.
+so they never see them (:func:`whole_lines`). A line that does not fit in what is left
+of a mapping starts a new segment: a mapped file is never written to. With fsync, where
+the file system cannot preallocate, or on one that may not keep a preallocated file's
+blocks for it (:data:`_MAPPABLE`), lines are written with ``pwrite`` instead.
 
 A request of many rows writes its lines into a staged file of its own, hidden
 and locked in the same folder (:class:`StagedFile`), and publishes it whole by
@@ -446,6 +448,7 @@ class Spool:
         self.active: Segment | None = None
         self.backlog_rows = 0  # rows waiting, kept as a counter: read on every request
         self.kept_rows = 0  # rows waiting whose fields are kept in memory too (at most KEPT_ROWS)
+        self._file_system: str | None = None  # the spool folder's, once a segment is made
 
     #: Rows whose fields are kept in memory beside their lines, at most: a bound on memory
     #: (about a kilobyte a row) while the database is slow or down and the backlog grows.
@@ -466,11 +469,19 @@ class Spool:
         with self.lock:
             try:
                 segment = self._active_segment()
+                if segment.map is not None and segment.size + len(line) > len(segment.map):
+                    # A mapped segment is never written to: past its mapping are blocks the disk
+                    # may not have. The line starts a new segment; this one is full.
+                    if segment.size:
+                        segment.seal()
+                        self.active = None
+                        segment = self._active_segment()
+                    if segment.map is not None and len(line) > len(segment.map):
+                        segment.unmap()  # longer than a whole segment: written, alone in its segment
                 assert segment.write_fd is not None
-                end = segment.size + len(line)
-                if segment.map is not None and end <= len(segment.map):
-                    segment.map[segment.size : end] = line
-                else:  # not mapped, or past the mapping: the segment's last line
+                if segment.map is not None:
+                    _copy(segment.map, segment.size, line)
+                else:
                     _write_all(segment.write_fd, line, segment.size)
                 if self.fsync:
                     os.fsync(segment.write_fd)
@@ -497,6 +508,10 @@ class Spool:
         """
         segment = self.active
         if segment is None or segment.write_fd is None:
+            return
+        if segment.map is not None:  # cut under its mapping, lines copied past the cut would be lost
+            segment.seal()
+            self.active = None
             return
         try:
             os.ftruncate(segment.write_fd, segment.size)
@@ -546,6 +561,12 @@ class Spool:
             self.pid = os.getpid()
             self.segments, self.active, self.backlog_rows, self.kept_rows = [], None, 0, 0
 
+    def _mappable(self) -> bool:
+        """Whether this folder's file system keeps a preallocated file's blocks for it (see _MAPPABLE)."""
+        if self._file_system is None:
+            self._file_system = file_system(self.directory) or "unknown"
+        return self._file_system in _MAPPABLE
+
     def _active_segment(self) -> Segment:
         if self.active is not None and self.pid == os.getpid():
             return self.active
@@ -569,7 +590,7 @@ class Spool:
         # Reads go through pread on a separate descriptor of the same file.
         segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
         segment.size = 0  # the lines written so far; the rest of the file is zeros
-        if preallocated and not self.fsync:  # with fsync, each line is written and flushed instead
+        if preallocated and not self.fsync and self._mappable():  # with fsync, each line is written and flushed
             segment.map = _map(fd, self.segment_bytes)
         self.active = segment
         self.segments.append(segment)
@@ -812,13 +833,54 @@ def _preallocate(fd: int, size: int) -> bool:
     lines are written past the end as they come, as into any file: the disk is then
     asked for room by each line, which fails that line's request if there is none.
     """
+    allocate = getattr(os, "posix_fallocate", None)  # not on every system (macOS)
+    if allocate is None:
+        return False
     try:
-        os.posix_fallocate(fd, 0, size)
+        allocate(fd, 0, size)
     except OSError as exc:
         log.debug("spool: segment not preallocated (%s); lines grow the file instead", exc.strerror)
         os.ftruncate(fd, 0)  # nothing half-allocated left behind: readers expect lines or nothing
         return False
     return True
+
+
+#: File systems on which the blocks that ``posix_fallocate`` gives a file stay its own, so that
+#: a store into the file's mapping never needs room the disk may not have. Copy-on-write ones
+#: (btrfs, ZFS) allocate anew on every write, where a full disk would end the process (SIGBUS)
+#: instead of failing its request; there, and on any file system not named here, lines are written.
+_MAPPABLE = frozenset({"ext4", "xfs", "tmpfs"})
+
+
+def file_system(path: Path, mountinfo: str | None = None) -> str | None:
+    """The type of the file system that holds path, from ``/proc/self/mountinfo`` (or the
+    text given); None where that cannot be read (not Linux)."""
+    if mountinfo is None:
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    found, kind = "", None
+    for line in mountinfo.splitlines():
+        # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext4 /dev/root rw": optional
+        # fields end at "-", then the type; a mount point escapes spaces and the like in octal.
+        fields = line.split(" ")
+        if "-" not in fields[6:] or len(fields) < 5:
+            continue
+        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(found):  # the deepest; of equal ones the last mounted
+            found, kind = mount, fields[fields.index("-", 6) + 1]
+    return kind
+
+
+def _copy(mapped: mmap.mmap, offset: int, line: bytes) -> None:
+    """Copy a line into a mapped segment, its newline last: a process killed during the copy
+    leaves a line without its newline, which no reader takes."""
+    end = offset + len(line) - 1
+    mapped[offset:end] = memoryview(line)[:-1]
+    mapped[end] = line[-1]
 
 
 def _map(fd: int, size: int) -> mmap.mmap | None:

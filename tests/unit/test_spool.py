@@ -21,6 +21,15 @@ from titanic_web import spool as spool_module
 from titanic_web.spool import SUFFIX, Spool, SpoolError, decode, encode, line_rows, line_time, scan
 
 MakeSpool = Callable[..., Spool]
+#: The real one: a fixture below makes every folder ext4 for the other tests.
+FILE_SYSTEM = spool_module.file_system
+
+
+@pytest.fixture(autouse=True)
+def mappable_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spool folders count as ext4, where segments are mapped, whatever file system the
+    machine's temporary folder is on; a test that needs another says so."""
+    monkeypatch.setattr(spool_module, "file_system", lambda path: "ext4")
 
 
 @pytest.fixture
@@ -446,6 +455,7 @@ spec = importlib.util.spec_from_file_location("spool_under_test", sys.argv[1])
 spool = importlib.util.module_from_spec(spec)
 sys.modules[spec.name] = spool
 spec.loader.exec_module(spool)
+spool.file_system = lambda path: "ext4"  # mapped, whatever the machine's temporary folder is on
 s = spool.Spool(sys.argv[2])
 for i in range(int(sys.argv[3])):
     now = time.time()
@@ -607,18 +617,129 @@ def test_lines_are_copied_into_the_mapped_segment_without_a_system_call(
     assert drain(spool) == ["m0", "m1", "m2"]
 
 
-def test_a_line_past_the_mapping_is_written_and_seals_the_segment(
+def test_a_line_past_the_mapping_starts_a_new_segment_and_nothing_is_written(
     make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Past a mapping are blocks the disk may not have: a line that does not fit goes to a new
+    segment, and the full one is sealed with its zeros."""
     written = written_lines(monkeypatch)
     line_size = len(encode([["x0"]], spooled_at=1.0))
     spool = make_spool(segment_bytes=2 * line_size + line_size // 2)  # room for two lines and a half
     lines = [put(spool, [f"x{i}"], at=1.0) for i in range(4)]
-    assert written == [lines[2]]  # the third overruns the mapping: written, past it
+    assert written == []
     first, second = segment_files(tmp_path / "spool")
-    assert first.read_bytes() == b"".join(lines[:3])  # grown by the last line: no zeros left in it
-    assert spool_module.whole_lines(second.read_bytes()) == lines[3]
+    assert spool_module.whole_lines(first.read_bytes()) == b"".join(lines[:2])
+    assert spool_module.whole_lines(second.read_bytes()) == b"".join(lines[2:])
     assert drain(spool) == ["x0", "x1", "x2", "x3"]
+    assert segment_files(tmp_path / "spool") == [second]  # the sealed one is delivered and gone
+
+
+def test_a_line_longer_than_a_segment_is_written_alone(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written = written_lines(monkeypatch)
+    spool = make_spool(segment_bytes=4096)
+    small = put(spool, ["s0"])
+    big = put(spool, [f"b{i:04d}" for i in range(1000)])  # about 6 kB
+    after = put(spool, ["s1"])
+    assert written == [big]
+    files_now = segment_files(tmp_path / "spool")
+    assert [spool_module.whole_lines(f.read_bytes()) for f in files_now] == [small, big, after]
+    assert files_now[1].read_bytes() == big  # grown by its one line, no zeros
+    assert drain(spool) == ["s0", *(f"b{i:04d}" for i in range(1000)), "s1"]
+
+
+def test_a_disk_that_fills_after_a_segment_was_mapped_fails_requests_and_loses_no_answer(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mapping is never written past, and never cut under: while the disk is full every
+    line that needs new blocks is refused, and every line accepted is in the files."""
+    disk = FullDisk()
+    disk.full = False
+    monkeypatch.setattr(spool_module, "os", disk)
+    spool = make_spool(segment_bytes=16 << 10)
+    answered = [f"a{i}" for i in range(3)]
+    for i in answered:
+        put(spool, [i])
+    assert spool.active is not None and spool.active.map is not None
+
+    disk.full = True
+    with pytest.raises(SpoolError):
+        put(spool, [f"big{i:05d}" for i in range(3000)])  # past the mapping: a new segment, refused
+    with pytest.raises(SpoolError):
+        put(spool, ["refused"])  # the new segment has no blocks: refused too, not copied anywhere
+    disk.full = False
+    put(spool, ["a3"])
+    answered.append("a3")
+    spool.close()
+
+    on_disk = [
+        row[0]
+        for path in segment_files(tmp_path / "spool")
+        for line in spool_module.whole_lines(path.read_bytes()).splitlines(keepends=True)
+        for row in decode(line)[1]
+    ]
+    assert sorted(on_disk) == sorted(answered)
+    adopter = make_spool()
+    adopter.adopt_orphans()
+    assert sorted(drain(adopter)) == sorted(answered)
+
+
+def test_a_segment_on_a_file_system_not_known_to_keep_its_blocks_is_written(
+    make_spool: MakeSpool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "file_system", lambda path: "btrfs")
+    written = written_lines(monkeypatch)
+    spool = make_spool()
+    line = put(spool, ["c0"])
+    assert spool.active is not None and spool.active.map is None
+    assert written == [line]
+    assert drain(spool) == ["c0"]
+
+
+MOUNTINFO = (
+    "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    "23 22 0:21 / /proc rw,nosuid shared:2 - proc proc rw\n"
+    "24 22 0:22 / /srv/spool rw shared:3 master:1 - btrfs /dev/vdb rw\n"
+    "25 22 0:23 / /srv/my\\040spool rw - xfs /dev/vdc rw\n"
+    "26 24 0:24 / /srv/spool/fast rw - tmpfs tmpfs rw\n"
+    "27 22 0:25 / /srv/spool rw - ext4 /dev/vdd rw\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/", "ext4"),
+        ("/work/main", "ext4"),
+        ("/proc/self", "proc"),
+        ("/srv/spoolish", "ext4"),  # not inside /srv/spool
+        ("/srv/spool/x", "ext4"),  # mounted over the btrfs one: the last mount wins
+        ("/srv/spool/fast/x", "tmpfs"),
+        ("/srv/my spool/x", "xfs"),  # a space in a mount point, written \040
+    ],
+)
+def test_the_file_system_of_a_path_is_its_deepest_mount(path: str, kind: str) -> None:
+    assert FILE_SYSTEM(Path(path), MOUNTINFO) == kind
+
+
+def test_the_zeros_of_a_preallocated_segment_are_not_read_to_its_end(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = make_spool(segment_bytes=8 << 20)
+    put(first, ["z0"])
+    first.close()
+    read: list[int] = []
+    real_pread = os.pread
+
+    def pread(fd: int, size: int, offset: int) -> bytes:
+        data = real_pread(fd, size, offset)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(spool_module.os, "pread", pread)
+    assert scan(tmp_path / "spool")["rows"] == 1
+    assert 0 < sum(read) <= 1 << 20  # one read: the zeros after the line end the file's lines
 
 
 def test_with_fsync_lines_are_written_and_flushed_not_mapped(

@@ -179,6 +179,20 @@ def test_a_held_first_chunk_goes_before_the_chunks_after_it(recorder: Recorder, 
     assert len({fields[10] for fields in read_back}) == 1
 
 
+def test_a_held_first_chunk_goes_before_a_line_staged_after_it(recorder: Recorder, tmp_path: Path) -> None:
+    """A chunk held as rows, then a chunk already encoded (a line by column): both kept, in order."""
+    first, second = chunk(1, "r"), chunk(3, "r")
+    with recorder.stage(arrived=time.perf_counter()) as staged:
+        staged.add(first)
+        now = time.time()
+        staged.add_line(spool.encode(second, spooled_at=now), rows=3, spooled_at=now)
+        assert staged.rows == 4
+        staged.commit()
+    rows = [checked(fields) for fields in spooled(tmp_path / "spool")]
+    assert [str(r[0]).replace("-", "") for r in rows] == [row[0] for row in first + second]
+    assert len({r[10] for r in rows}) == 1 and rows[0][10] is not None
+
+
 def test_a_held_first_chunk_goes_first_into_a_staged_file(
     recorder: Recorder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
