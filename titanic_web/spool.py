@@ -572,6 +572,7 @@ class Spool:
             return self.active
         self._forget_if_forked()
         self.directory.mkdir(parents=True, exist_ok=True)
+        mappable = self._mappable()
         name = _new_name()
         # Create under a hidden name, lock, then rename: no other process can ever
         # see this segment unlocked and take it for an orphan.
@@ -584,13 +585,13 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             preallocated = _preallocate(fd, self.segment_bytes)
             os.rename(tmp, path)
+            read_fd = os.open(path, os.O_RDONLY)  # reads go through pread on a descriptor of their own
         except OSError:
-            os.close(fd)
+            os.close(fd)  # a file renamed already holds no line: an adopter deletes it
             raise
-        # Reads go through pread on a separate descriptor of the same file.
-        segment = Segment(path, os.open(path, os.O_RDONLY), write_fd=fd)
+        segment = Segment(path, read_fd, write_fd=fd)
         segment.size = 0  # the lines written so far; the rest of the file is zeros
-        if preallocated and not self.fsync and self._mappable():  # with fsync, each line is written and flushed
+        if preallocated and not self.fsync and mappable:  # with fsync, each line is written and flushed
             segment.map = _map(fd, self.segment_bytes)
         self.active = segment
         self.segments.append(segment)
@@ -852,26 +853,29 @@ def _preallocate(fd: int, size: int) -> bool:
 _MAPPABLE = frozenset({"ext4", "xfs", "tmpfs"})
 
 
-def file_system(path: Path, mountinfo: str | None = None) -> str | None:
-    """The type of the file system that holds path, from ``/proc/self/mountinfo`` (or the
-    text given); None where that cannot be read (not Linux)."""
-    if mountinfo is None:
-        try:
-            mountinfo = Path("/proc/self/mountinfo").read_text()
-        except OSError:
-            return None
-    target = os.path.realpath(path)
-    found, kind = "", None
+def file_system(path: Path) -> str | None:
+    """The type of the file system that holds path (which exists), as ``/proc/self/mountinfo``
+    names it; None where that cannot be told (not Linux, or no mount of path's device there)."""
+    try:
+        device = os.stat(path).st_dev
+        mountinfo = os.fsdecode(Path("/proc/self/mountinfo").read_bytes())
+    except OSError:
+        return None
+    return mount_type(mountinfo, f"{os.major(device)}:{os.minor(device)}")
+
+
+def mount_type(mountinfo: str, device: str) -> str | None:
+    """The type of the last mount of device (``major:minor``) in the text of a mountinfo file.
+
+    A line reads ``36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext4 /dev/root rw``:
+    the device third, then optional fields up to ``-``, then the type. Matching the device, not
+    the mount point, sees through mounts made over others and bind mounts alike.
+    """
+    kind = None
     for line in mountinfo.splitlines():
-        # "36 35 98:0 /mnt1 /mnt/parent rw,noatime master:1 - ext4 /dev/root rw": optional
-        # fields end at "-", then the type; a mount point escapes spaces and the like in octal.
         fields = line.split(" ")
-        if "-" not in fields[6:] or len(fields) < 5:
-            continue
-        mount = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
-        inside = target == mount or target.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(found):  # the deepest; of equal ones the last mounted
-            found, kind = mount, fields[fields.index("-", 6) + 1]
+        if len(fields) > 7 and fields[2] == device and "-" in fields[6:-1]:
+            kind = fields[fields.index("-", 6) + 1] or None
     return kind
 
 

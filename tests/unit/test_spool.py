@@ -700,27 +700,49 @@ def test_a_segment_on_a_file_system_not_known_to_keep_its_blocks_is_written(
 MOUNTINFO = (
     "22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
     "23 22 0:21 / /proc rw,nosuid shared:2 - proc proc rw\n"
-    "24 22 0:22 / /srv/spool rw shared:3 master:1 - btrfs /dev/vdb rw\n"
-    "25 22 0:23 / /srv/my\\040spool rw - xfs /dev/vdc rw\n"
-    "26 24 0:24 / /srv/spool/fast rw - tmpfs tmpfs rw\n"
-    "27 22 0:25 / /srv/spool rw - ext4 /dev/vdd rw\n"
+    "24 22 0:40 / /srv/x rw shared:3 master:1 - ext4 /dev/vdb rw\n"
+    "25 24 0:41 / /srv/x/spool rw - tmpfs tmpfs rw\n"
+    "26 22 0:42 / /srv/x rw - btrfs /dev/vdc rw\n"
+    "27 22 0:43 / /srv/my\\040spool rw - xfs /dev/vdd rw\n"
+    "28 22 254:0 /data /mnt/data rw - ext4 /dev/vda rw\n"
+    "29 22 0:44 / /odd rw - \n"
+    "garbage\n"
 )
 
 
 @pytest.mark.parametrize(
-    ("path", "kind"),
+    ("device", "kind"),
     [
-        ("/", "ext4"),
-        ("/work/main", "ext4"),
-        ("/proc/self", "proc"),
-        ("/srv/spoolish", "ext4"),  # not inside /srv/spool
-        ("/srv/spool/x", "ext4"),  # mounted over the btrfs one: the last mount wins
-        ("/srv/spool/fast/x", "tmpfs"),
-        ("/srv/my spool/x", "xfs"),  # a space in a mount point, written \040
+        ("254:0", "ext4"),  # mounted twice (a bind mount): one type
+        ("0:21", "proc"),
+        ("0:41", "tmpfs"),  # what a file on it reports, mounted over or not: its own device
+        ("0:42", "btrfs"),
+        ("0:43", "xfs"),
+        ("0:44", None),  # no type after the separator
+        ("9:9", None),  # not mounted here (a btrfs subvolume's own device, say): not known
     ],
 )
-def test_the_file_system_of_a_path_is_its_deepest_mount(path: str, kind: str) -> None:
-    assert FILE_SYSTEM(Path(path), MOUNTINFO) == kind
+def test_a_device_has_the_type_of_its_last_mount(device: str, kind: str | None) -> None:
+    assert spool_module.mount_type(MOUNTINFO, device) == kind
+
+
+def test_the_file_system_of_a_folder_is_read_from_this_process_mounts(tmp_path: Path) -> None:
+    device = os.stat(tmp_path).st_dev
+    expected = spool_module.mount_type(
+        Path("/proc/self/mountinfo").read_text(errors="surrogateescape"), f"{os.major(device)}:{os.minor(device)}"
+    )
+    assert FILE_SYSTEM(tmp_path) == expected
+    assert FILE_SYSTEM(tmp_path / "missing") is None
+
+
+def test_a_segment_is_made_whole_when_the_file_system_cannot_be_told(
+    make_spool: MakeSpool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "file_system", lambda path: None)
+    spool = make_spool()
+    put(spool, ["u0"])
+    assert spool.active is not None and spool.active.map is None
+    assert drain(spool) == ["u0"]
 
 
 def test_the_zeros_of_a_preallocated_segment_are_not_read_to_its_end(
