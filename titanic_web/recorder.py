@@ -896,6 +896,11 @@ def _refused(exc: spool.SpoolError) -> RecorderError:
     return RecorderError(str(exc))
 
 
+def _with_latency(rows: Sequence[Sequence[str]], latency: str) -> list[Sequence[str]]:
+    """Staged rows with their pending latency field filled in."""
+    return [(*f[:-1], latency) if f[-1] == PENDING_LATENCY else f for f in rows]
+
+
 class Staged:
     """A big request's records, on local disk but not yet in the spool.
 
@@ -985,7 +990,7 @@ class Staged:
         latency = "" if self.arrived is None else _latency_text((time.perf_counter() - self.arrived) * 1000)
         held, self._held = self._held, None
         if held is not None:  # the only chunk: its one line, encoded now
-            filled = [(*f[:-1], latency) if f[-1] == PENDING_LATENCY else f for f in held]
+            filled = _with_latency(held, latency)
             now = time.time()
             self.recorder._append(spool.encode(filled, spooled_at=now), len(filled), now, filled)
             self.discard()
@@ -1002,7 +1007,7 @@ class Staged:
         pending = latency.encode()
         for line, rows, _, fields in self._lines:
             if fields is not None:  # the same as the line: the pending field filled in
-                fields = [(*f[:-1], latency) if f[-1] == PENDING_LATENCY else f for f in fields]
+                fields = _with_latency(fields, latency)
             self.recorder._append(line.replace(_PENDING_BYTES, pending), rows, time.time(), fields)
         self.discard()
 

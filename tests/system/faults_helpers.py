@@ -273,7 +273,7 @@ def undelivered_rows(segment: Path) -> int:
         data = segment.read_bytes()[done:]
     except FileNotFoundError:
         return 0
-    complete = data[: data.rfind(b"\n") + 1]
+    complete = spool.whole_lines(data)
     return sum(spool.line_rows(line + b"\n") for line in complete.split(b"\n") if line)
 
 
