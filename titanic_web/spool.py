@@ -719,17 +719,20 @@ class Spool:
         segment.remove()
 
     def backlog(self) -> tuple[int, float | None]:
-        """(rows waiting, time the oldest was spooled) across this process's segments."""
-        with self.lock:
-            segments = list(self.segments)
-        rows = 0
+        """(rows waiting, time the oldest was spooled) across this process's segments.
+
+        The rows are the counter kept as lines come and go, and the oldest time is each
+        segment's first line's: a status read costs the same with a minute's backlog or a day's.
+        """
         oldest: float | None = None
-        for segment in segments:
-            entries = list(segment.entries)
-            rows += sum(e.rows for e in entries)
-            if entries and (oldest is None or entries[0].spooled_at < oldest):
-                oldest = entries[0].spooled_at
-        return rows, oldest
+        with self.lock:
+            for segment in self.segments:
+                try:  # the writer drops delivered entries without this lock
+                    first = segment.entries[0].spooled_at
+                except IndexError:
+                    continue
+                oldest = first if oldest is None else min(oldest, first)
+            return self.backlog_rows, oldest
 
     def close(self) -> None:
         """Release this process's segments (their undelivered lines stay on disk)."""
