@@ -186,14 +186,42 @@ def init_db_command() -> None:
     from flask_migrate import stamp, upgrade
     from sqlalchemy import inspect
 
-    tables = set(inspect(db.engine).get_table_names())
+    inspector = inspect(db.engine)
+    tables = set(inspector.get_table_names())
     if {"predictions", "feature_store"} <= tables and "alembic_version" not in tables:
-        # Made by create_all before migrations existed: same schema, so record it as current.
-        stamp()
-        click.echo("existing tables adopted as the latest schema")
-    else:
-        upgrade()
+        # Made by create_all, before migrations existed: recorded at the revision whose schema
+        # they have, then upgraded from there like any other database.
+        columns = {column["name"] for column in inspector.get_columns("predictions")}
+        revision = _adopted_revision(columns, tables)
+        stamp(revision=revision)
+        click.echo(f"existing tables adopted at revision {revision}")
+    upgrade()
     click.echo(f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}")
+
+
+#: The revisions whose schema `db.create_all` could have made, and the tables and columns of
+#: predictions that only the second has: databases made before migrations existed have the first.
+_FIRST_REVISION = "f623dc86193f"
+_SECOND_REVISION = "1b7d3e5a9c20"
+_SECOND_ONLY = ({"request_id", "latency_ms"}, {"outcomes"})
+
+
+def _adopted_revision(columns: set[str], tables: set[str]) -> str:
+    """The migration revision that tables made by create_all stand at.
+
+    :raise click.ClickException: they match neither schema that create_all made.
+    """
+    second_columns, second_tables = _SECOND_ONLY
+    if second_columns <= columns and second_tables <= tables:
+        return _SECOND_REVISION
+    if not second_columns & columns and not second_tables & tables:
+        return _FIRST_REVISION
+    raise click.ClickException(
+        "the tables predictions and feature_store have no migration history (no alembic_version "
+        "table) and match no schema of this project's migrations: compare them with "
+        "migrations/versions/, then record the right revision with `flask --app titanic_web db "
+        "stamp REVISION` and run init-db again"
+    )
 
 
 @click.group("recorder")

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import csv
+import uuid
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from flask import Flask
+from flask_migrate import upgrade
 
 from tests.conftest import PASSENGER, TEST_CSV, count_rows
 from tests.integration.helpers import csv_with_cell, kaggle_rows
 from titanic_web.extensions import db
+from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
 
 
@@ -128,12 +132,83 @@ def test_init_db_twice_keeps_rows(make_app: Any) -> None:
     assert count_rows(app) == (1, 1)
 
 
-def test_init_db_adopts_a_database_made_by_create_all(app: Flask, client: Any) -> None:
-    """A database set up before migrations existed (db.create_all, as the shared `app` fixture does)."""
-    assert client.post("/api/predict", json=PASSENGER).status_code == 200
+def migration_head(app: Flask) -> str:
+    """The newest revision in migrations/."""
+    with app.app_context():
+        config = app.extensions["migrate"].migrate.get_config()
+        return str(ScriptDirectory.from_config(config).get_current_head())
+
+
+def stored_revision(app: Flask) -> str:
+    with app.app_context():
+        return str(db.session.scalar(sa.text("SELECT version_num FROM alembic_version")))
+
+
+def test_init_db_adopts_tables_made_by_create_all(make_app: Any, database_url: str) -> None:
+    """A database whose tables db.create_all made from today's models, with no migration history."""
+    app = make_app(tables=False, database_url=database_url)
+    with app.app_context():
+        db.create_all()
+    assert app.test_client().post("/api/predict", json=PASSENGER).status_code == 200
+    assert count_rows(app) == (1, 1)
 
     result = invoke(app, "init-db")
 
-    assert result.exit_code == 0, repr(result.exception)
-    assert count_rows(app) == (1, 1)
-    assert client.post("/api/predict", json=PASSENGER).status_code == 200
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "adopted at revision" in result.output
+    assert stored_revision(app) == migration_head(app)
+    assert app.test_client().post("/api/predict", json=PASSENGER).status_code == 200
+    assert count_rows(app) == (2, 2)
+
+
+def test_init_db_upgrades_tables_made_before_migrations(make_app: Any, database_url: str) -> None:
+    """Tables that create_all made before migrations existed have the first migration's schema:
+    init-db records them at that revision and upgrades them, keeping their rows."""
+    app = make_app(tables=False, database_url=database_url)
+    first = "f623dc86193f"
+    old_id = uuid.uuid4()
+    with app.app_context():
+        upgrade(revision=first)
+        db.session.execute(sa.text("DROP TABLE alembic_version"))
+        db.session.execute(
+            sa.insert(PredictionRow).values(
+                id=old_id, passenger_id=1, survived=0, probability=0.25, model_version="old", source="api"
+            )
+        )
+        db.session.execute(
+            sa.insert(FeatureRow).values(
+                prediction_id=old_id, features={"Pclass": 3}, raw_input={"Pclass": 3}, model_version="old"
+            )
+        )
+        db.session.commit()
+        assert "request_id" not in {c["name"] for c in sa.inspect(db.engine).get_columns("predictions")}
+
+    result = invoke(app, "init-db")
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f"adopted at revision {first}" in result.output
+    assert stored_revision(app) == migration_head(app)
+    with app.app_context():
+        inspector = sa.inspect(db.engine)
+        assert {"request_id", "latency_ms"} <= {c["name"] for c in inspector.get_columns("predictions")}
+        assert "outcomes" in inspector.get_table_names()
+    # The request id and latency columns take the recorder's rows now; the old row is kept.
+    assert app.test_client().post("/api/predict", json=PASSENGER).status_code == 200
+    assert count_rows(app) == (2, 2)
+    with app.app_context():
+        assert db.session.get(PredictionRow, old_id) is not None
+
+
+def test_init_db_refuses_tables_of_no_known_schema(make_app: Any) -> None:
+    """Half of the second migration's changes, and no history: nothing is stamped or changed."""
+    app = make_app(tables=False)
+    with app.app_context():
+        db.create_all()
+        db.session.execute(sa.text("DROP TABLE outcomes"))
+        db.session.commit()
+
+    result = invoke(app, "init-db")
+
+    assert result.exit_code == 1
+    assert "no migration history" in result.output and "db stamp" in result.output
+    assert "alembic_version" not in table_names(app)
