@@ -119,8 +119,8 @@ def _configure_sqlite(app: Flask) -> None:
         # A page cache of 16 MB (2 MB by default) keeps the uuid indexes' inner pages, and
         # checkpoints every 10,000 WAL pages (1,000 by default) copy a page rewritten by several
         # batches once. With random (version 4) ids, which land anywhere in the indexes, they took
-        # the writer from 59 to 32 us a row on a 100,000-row table; with the time-ordered ids
-        # (titanic_web/ids.py) it spends 8 (bench/bench_writer.py).
+        # the writer from 32.8 to 18.4 us a row on a 100,000-row table; with the time-ordered ids
+        # (titanic_web/ids.py) it spends 4.5 (bench/bench_writer.py, bench/README.md).
         cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")
