@@ -10,12 +10,13 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 export HOST PORT
 
-.PHONY: run test install model db browser clean help
+.PHONY: run test install model db browser screenshots clean help
 
 help:
 	@echo "make run    set up, train if needed, create the database, serve on http://$(HOST):$(PORT)"
 	@echo "make test   set up, run make lint, then the whole test suite (installs Debian's chromium for tests/browser/)"
 	@echo "make browser  install Debian's chromium when /usr/bin/chromium is missing (make test does it)"
+	@echo "make screenshots  retake the README's pictures in docs/screenshots/ (the browser tests that take them)"
 	@echo "make model  train a new model version and make it active (also: $(FLASK) train; versions: $(FLASK) model list)"
 	@echo "make bench  benchmarks: predictor, HTTP, 100,000-row CSV, writer (installs wrk; figures in bench/README.md)"
 	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
@@ -65,6 +66,12 @@ lint: $(STAMP)
 browser:
 	@test -x /usr/bin/chromium || DEBIAN_FRONTEND=noninteractive apt-get install -y chromium \
 		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The README's pictures: the browser tests that take screenshots, writing them into
+# docs/screenshots/ (make test writes them into temporary folders, and changes no file).
+screenshots: $(STAMP) $(MODEL) browser
+	UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/browser \
+		-k "test_screenshots_of_form_and_result or test_screenshot_of_a_finished_batch or test_dashboard_draws_every_chart_and_flags_the_drift"
 
 # Benchmarks (bench/README.md): the predictor in-process, /api/predict over HTTP, a
 # 100,000-passenger CSV upload and the recorder's writer on SQLite; installs wrk from Debian

@@ -8,6 +8,7 @@ tests; it never skips them.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 import uuid
@@ -117,6 +118,20 @@ def running_site(model_dir: Path, folder: Path, **settings: str) -> Iterator[Sit
     assert db_path.exists(), "flask init-db did not create the SQLite file"
     with GunicornServer(PROJECT_ROOT, env, folder / "gunicorn.log", workers=1) as server:
         yield Site(server, db_path)
+
+
+#: The README's pictures. The tests write their screenshots here only with UPDATE_SCREENSHOTS=1
+#: (`make screenshots`); otherwise into their own temporary folder, so that `make test` leaves
+#: the checkout as it found it (a new Chromium or new fonts change a picture's bytes).
+DOCS_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
+
+
+@pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """Where this test writes its screenshots (see DOCS_SCREENSHOTS)."""
+    folder = DOCS_SCREENSHOTS if os.environ.get("UPDATE_SCREENSHOTS") == "1" else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -21,12 +21,10 @@ from playwright.sync_api import Browser, Page, expect
 from tests.browser.conftest import ROW_WAIT, VIEWPORT, Site
 from tests.conftest import TEST_CSV
 from tests.integration.helpers import csv_with_cell, kaggle_rows
-from titanic_web.config import PROJECT_ROOT
 from titanic_web.predictor import Predictor
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 UPLOAD = "Upload and predict"  # the button's text
 BIG_ROWS = 20_123  # 41 progress events at the batch site's BATCH_CHUNK_ROWS=500, the last one short
 
@@ -209,19 +207,18 @@ def test_without_javascript_the_form_posts_and_answers(batch_site: Site, browser
 # -- a screenshot for the documentation ----------------------------------------------------------
 
 
-def test_screenshot_of_a_finished_batch(batch_site: Site, page: Page) -> None:
+def test_screenshot_of_a_finished_batch(batch_site: Site, page: Page, screenshots: Path) -> None:
     upload(page, batch_site, TEST_CSV)
     page.locator("#batch-summary").wait_for()
     expect(page.locator("#batch-progress .status")).to_have_text("Done.")
     expect(page.locator("#batch-summary .verdict")).to_have_text("418 passengers predicted")
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # The time taken changes on every run: masked (a --line grey bar), the picture is the same
     # each run, so running the tests does not leave a changed file in the checkout.
     time_figure = page.locator("#batch-summary dl.figures > div", has_text="Time").locator("dd")
     expect(time_figure).to_have_count(1)
-    page.screenshot(path=SCREENSHOTS / "batch.png", full_page=True, mask=[time_figure], mask_color="#d5dae3")
+    page.screenshot(path=screenshots / "batch.png", full_page=True, mask=[time_figure], mask_color="#d5dae3")
 
-    data = (SCREENSHOTS / "batch.png").read_bytes()
+    data = (screenshots / "batch.png").read_bytes()
     assert data.startswith(b"\x89PNG")
     assert len(data) < 500_000, f"batch.png is {len(data)} bytes"

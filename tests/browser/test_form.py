@@ -18,11 +18,9 @@ import requests
 from playwright.sync_api import Page, Response
 
 from tests.browser.conftest import Site, running_site, stored_key
-from titanic_web.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 SUBMIT = "Predict survival"  # the button's text
 EXPIRED_TEXT = "Your form had expired"
 FIX_NOTICE = "Some values need fixing"
@@ -233,19 +231,18 @@ def test_expired_form_is_shown_again_with_its_values_then_submits(short_lived_to
 # -- (d) screenshots for the documentation -------------------------------------------------------
 
 
-def test_screenshots_of_form_and_result(site: Site, page: Page) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+def test_screenshots_of_form_and_result(site: Site, page: Page, screenshots: Path) -> None:
     page.goto(site.url)
-    page.screenshot(path=SCREENSHOTS / "form.png")
+    page.screenshot(path=screenshots / "form.png")
 
     fill_passenger(page, PASSENGER)
     assert submit(page).status == 200
     page.locator(".result").wait_for()
     # The prediction's uuid is new on every run: masked (a --line grey bar), the picture is the
     # same each run, so running the tests does not leave a changed file in the checkout.
-    page.screenshot(path=SCREENSHOTS / "result.png", mask=[page.locator(".result .meta code")], mask_color="#d5dae3")
+    page.screenshot(path=screenshots / "result.png", mask=[page.locator(".result .meta code")], mask_color="#d5dae3")
 
     for name in ("form.png", "result.png"):
-        data = (SCREENSHOTS / name).read_bytes()
+        data = (screenshots / name).read_bytes()
         assert data.startswith(b"\x89PNG"), name
         assert len(data) < 500_000, f"{name} is {len(data)} bytes"

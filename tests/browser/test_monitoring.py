@@ -19,14 +19,12 @@ from playwright.sync_api import ConsoleMessage, Page, Response
 from tests.browser.conftest import Site, running_site
 from tests.conftest import build_app, close_app
 from tests.integration.seed import Stored, passengers, store
-from titanic_web.config import PROJECT_ROOT
 from titanic_web.features import FEATURES
 from titanic_web.models import now_utc
 from titanic_web.predictor import Predictor
 
 pytestmark = pytest.mark.browser
 
-SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 OLDER_VERSION = "3f2a9c1e7b04"  # a model version served before the current one
 #: A change in traffic during the last four hours: elderly third-class men travelling alone.
 SHIFTED = {
@@ -138,7 +136,7 @@ def stored_count(site: Site) -> int:
 
 
 def test_dashboard_draws_every_chart_and_flags_the_drift(
-    monitored: Site, page: Page, console_errors: list[str]
+    monitored: Site, page: Page, console_errors: list[str], screenshots: Path
 ) -> None:
     response = page.goto(f"{monitored.server.base_url}/dashboard")
 
@@ -169,11 +167,10 @@ def test_dashboard_draws_every_chart_and_flags_the_drift(
     assert page.locator("#chart-drift-Age").is_visible()
     page.get_by_text("Training and served distributions, feature by feature").click()
 
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     # The hours on the time axis and the window's dates change with the clock: masked, the
     # picture is the same on every run, so the tests leave no changed file in the checkout.
     page.screenshot(
-        path=SCREENSHOTS / "dashboard.png",
+        path=screenshots / "dashboard.png",
         full_page=True,
         mask=[
             page.locator(".lead"),
@@ -182,7 +179,7 @@ def test_dashboard_draws_every_chart_and_flags_the_drift(
         ],
         mask_color="#d5dae3",
     )
-    data = (SCREENSHOTS / "dashboard.png").read_bytes()
+    data = (screenshots / "dashboard.png").read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) < 800_000, len(data)
 
 
