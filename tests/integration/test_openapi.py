@@ -109,8 +109,11 @@ def spec() -> dict[str, Any]:
 def test_key_answers_are_documented(make_app: MakeApp, spec: dict[str, Any]) -> None:
     client = make_app(MAX_ROWS=3, API_KEYS=(KEY,), ADMIN_API_KEYS=(ADMIN_KEY,)).test_client()
     for path in ("/api/predict", "/api/outcomes", "/api/model/activate"):
-        check_answer(spec, "POST", path, client.post(path, json={}))  # no key: 401
-        check_answer(spec, "POST", path, client.post(path, json={}, headers={"X-API-Key": "x" * 20}))  # unknown: 401
+        for headers in ({}, {"X-API-Key": "x" * 20}):  # no key, an unknown key
+            answer = client.post(path, json={}, headers=headers)
+            assert answer.status_code == 401, (path, headers, answer.status_code, answer.data[:300])
+            assert (answer.json or {}).get("code") == 401, (path, headers, answer.json)
+            check_answer(spec, "POST", path, answer)
     check_answer(spec, "GET", "/api/model", client.get("/api/model"))
     answer = client.post("/api/model/activate", json={"version": "x"}, headers={"Authorization": f"Bearer {KEY}"})
     check_answer(spec, "POST", "/api/model/activate", answer)

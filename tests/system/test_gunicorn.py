@@ -28,6 +28,7 @@ import requests
 
 from tests.conftest import PASSENGER, TEST_CSV, csrf_token
 from tests.system.server import GunicornServer, init_db, server_env
+from titanic_web import spool
 from titanic_web.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.system
@@ -159,6 +160,27 @@ def wait_for_rows(db_path: Path, done: Callable[[Snapshot], bool]) -> Snapshot:
     return snap
 
 
+def new_rows_after_marker(server: GunicornServer, db_path: Path, before: Snapshot) -> tuple[str, set[str], set[str]]:
+    """(marker, new prediction ids, new feature_store ids) since `before`, once whatever was
+    answered before this call has been delivered: the answer to check needs no timing.
+
+    A valid request is the marker: once its rows are in, the worker that answered it has
+    delivered everything it spooled before (each writer delivers its spool in order). The
+    other worker may have answered the request under test, so wait as well for the shared
+    spool folder to hold no undelivered row: a line is marked delivered only once committed.
+    """
+    marker = stored_id(predict_json(server.base_url, PASSENGER)["predictions"][0]["id"])
+    snap = wait_for_rows(db_path, lambda snap: marker in snap.predictions and marker in snap.features)
+    assert marker in snap.predictions and marker in snap.features, "the marker request was not stored"
+    spool_dir = Path(server.env["SPOOL_DIR"])
+    deadline = time.monotonic() + ROW_WAIT
+    while (waiting := spool.scan(spool_dir))["rows"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert waiting["rows"] == 0, f"spooled rows not delivered: {waiting}"
+    new_predictions, new_features = snapshot(db_path).new_since(before)
+    return marker, new_predictions, new_features
+
+
 def stored_id(api_id: str) -> str:
     """How SQLAlchemy's Uuid column stores an id in SQLite: 32 hex digits, no dashes."""
     return uuid.UUID(api_id).hex
@@ -273,7 +295,8 @@ def test_form_without_csrf_token_is_refused(server: GunicornServer, db_path: Pat
     assert response.status_code == 400, response.text[:1000]
     assert response.headers["Content-Type"].startswith("text/html")
     assert not PROBABILITY.search(response.text), "predicted without a CSRF token"
-    assert settled_snapshot(db_path).new_since(before) == (set(), set())
+    marker, new_predictions, new_features = new_rows_after_marker(server, db_path, before)
+    assert (new_predictions, new_features) == ({marker}, {marker}), "the refused form stored rows"
 
 
 # -- (2) the JSON and CSV API -------------------------------------------------------------------
@@ -418,11 +441,8 @@ def test_invalid_request_answers_422_json_and_stores_nothing(
         headers={"Content-Type": content_type, "Accept": "application/json"},
         timeout=TIMEOUT,
     )
-    # A valid request afterwards is the marker: once its row is in, the refused one had its chance to write.
-    marker = stored_id(predict_json(server.base_url, PASSENGER)["predictions"][0]["id"])
-    wait_for_rows(db_path, lambda snap: marker in snap.predictions and marker in snap.features)
-    time.sleep(0.3)
-    new_predictions, new_features = snapshot(db_path).new_since(before)
+    # A valid request afterwards is the marker: once it is in, the refused one had its chance to write.
+    marker, new_predictions, new_features = new_rows_after_marker(server, db_path, before)
     stored = (
         f"rows stored by the refused request: {len(new_predictions - {marker})} predictions, "
         f"{len(new_features - {marker})} feature_store"

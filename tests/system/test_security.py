@@ -101,6 +101,9 @@ def test_production_refuses_to_start_without_secret_key(model_dir: Path, tmp_pat
     )
     env.pop("SECRET_KEY", None)
     server = GunicornServer(PROJECT_ROOT, env, tmp_path / "gunicorn.log", workers=1)
-    with pytest.raises(AssertionError, match="gunicorn exited with") as refused:
-        server.start()
+    try:
+        with pytest.raises(AssertionError, match="gunicorn exited with") as refused:
+            server.start()
+    finally:
+        server.stop()  # a regression that lets it start must not leave it running
     assert "APP_ENV=production refuses to start: SECRET_KEY is not set in the environment" in str(refused.value)

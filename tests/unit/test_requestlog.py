@@ -6,6 +6,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -203,12 +204,16 @@ def test_a_tally_adds_and_merges_answers() -> None:
     assert one.probability_sum == pytest.approx(0.05 + 0.95 + 0.5 + 0.31 * 20)
 
 
-def test_begin_end_and_refused_fields(no_request: None) -> None:
+def test_begin_end_and_refused_fields(no_request: None, monkeypatch: pytest.MonkeyPatch) -> None:
     requestlog.note_invalid(["Age"], source="api")  # no request: nothing to note it on, no error
     assert requestlog.current() is None
 
+    clock = [100.0]  # the module's clock, only in the module: pytest keeps the real one
+    monkeypatch.setattr(requestlog, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     info = requestlog.begin("abc")
-    assert requestlog.current() is info and info.id == "abc" and info.rows == 0 and info.elapsed_ms() >= 0
+    assert requestlog.current() is info and info.id == "abc" and info.rows == 0
+    clock[0] = 100.25
+    assert info.elapsed_ms() == 250.0  # milliseconds since begin(), from the clock begin() read
     requestlog.note_invalid(["Age", None], source="api")
     requestlog.note_invalid(["Sex"], source="form")
     assert info.invalid == [("Age", "api"), (None, "api"), ("Sex", "form")]
