@@ -24,6 +24,9 @@ from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.training import train
 
+#: A test that skips itself fails (tests/noskip.py).
+pytest_plugins = ["tests.noskip", "pytester"]
+
 #: An administrative connection to the PostgreSQL that the machine and CI run.
 POSTGRES_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
