@@ -105,6 +105,10 @@ class GunicornServer:
         self.log_path = log_path
         self.workers = workers
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Once stopped: the master's exit status (0 for a graceful exit after SIGTERM; -9 if SIGKILLed),
+        #: and whether stop() had to SIGKILL the process group because SIGTERM did not end it.
+        self.returncode: int | None = None
+        self.killed_by_stop = False
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -174,14 +178,17 @@ class GunicornServer:
             return
         self.proc = None
         if proc.poll() is not None:
+            self.returncode = proc.returncode
             return
         proc.send_signal(signal.SIGTERM)  # gunicorn stops its workers, then exits
         try:
             proc.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            self.killed_by_stop = True
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the group we started: pgid == the master's pid
             proc.wait(timeout=STOP_TIMEOUT)
+        self.returncode = proc.returncode
 
     # -- inspection -----------------------------------------------------------------------
 
