@@ -376,7 +376,8 @@ def filters_from_args(args: Mapping[str, str]) -> Filters:
 
     ``to`` includes its whole day. Empty values mean "any".
 
-    :raise FilterError: a value that is not one of the choices or not a date, naming the parameter.
+    :raise FilterError: a value that is not one of the choices, not printable or not a usable date,
+        naming the parameter.
     """
     source = args.get("source") or None
     if source is not None and source not in SOURCES:
@@ -387,11 +388,17 @@ def filters_from_args(args: Mapping[str, str]) -> Filters:
     model_version = args.get("model") or None
     if model_version is not None and len(model_version) > 64:
         raise FilterError("model must be a model version of at most 64 characters")
+    if model_version is not None and not model_version.isprintable():
+        # No model version has an unprintable character, and PostgreSQL's text cannot hold a NUL.
+        raise FilterError(f"model must be printable text, got {model_version!r}")
     since = until = None
     if args.get("from"):
         since = datetime.combine(_day(args["from"], "from"), time(), UTC)
     if args.get("to"):
-        until = datetime.combine(_day(args["to"], "to") + timedelta(days=1), time(), UTC)
+        last = _day(args["to"], "to")
+        if last == date.max:  # its whole day would end after the last date there is
+            raise FilterError(f"to must be a date before {date.max.isoformat()}, got {args['to']!r}")
+        until = datetime.combine(last + timedelta(days=1), time(), UTC)
     if since is not None and until is not None and until <= since:
         raise FilterError(f"from ({args['from']}) must not be after to ({args['to']})")
     return Filters(source, model_version, None if verdict is None else VERDICTS[verdict], since, until)

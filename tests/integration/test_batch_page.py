@@ -443,7 +443,6 @@ def test_expired_results_are_removed_when_a_new_batch_is_kept(
     stale_partial = batch_dir / ".0123456789abcdef0123456789abcdef.tmp"
     stale_partial.write_text("PassengerId,Survived\n")
     os.utime(stale_partial, (now - keep - 60, now - keep - 60))
-    assert status_of(batch_client, old) == 200  # expired, but nothing has removed it yet
 
     new = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
 
@@ -452,3 +451,25 @@ def test_expired_results_are_removed_when_a_new_batch_is_kept(
     assert status_of(batch_client, recent) == 200
     assert status_of(batch_client, new) == 200
     assert len(kept_files(batch_dir)) == 2
+
+
+def test_expired_result_is_404_and_removed_when_downloaded(
+    batch_client: FlaskClient, app: Flask, batch_dir: Path
+) -> None:
+    old = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
+    recent = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
+    keep = app.config["BATCH_KEEP_HOURS"] * 3600
+    [old_file] = [p for p in batch_dir.iterdir() if p.stem in old]
+    [recent_file] = [p for p in batch_dir.iterdir() if p.stem in recent]
+    now = time.time()
+    os.utime(old_file, (now - keep - 60, now - keep - 60))
+    os.utime(recent_file, (now - keep + 60, now - keep + 60))
+
+    with batch_client.get(old) as response:  # no batch uploaded since it expired
+        assert response.status_code == 404
+        text = response.get_data(as_text=True)
+        assert "PassengerId,Survived" not in text
+        assert f"results are kept for {app.config['BATCH_KEEP_HOURS']:g} hours" in text
+    assert not old_file.exists()
+    assert status_of(batch_client, recent) == 200
+    assert recent_file.exists()

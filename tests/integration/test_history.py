@@ -8,14 +8,17 @@ import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 
-from tests.conftest import PASSENGER, flush
+from tests.conftest import PASSENGER, build_app, close_app, flush, postgres_schema
 from tests.integration.seed import Page, Stored, passengers, store, traffic
-from titanic_web.models import SOURCES
+from titanic_web.extensions import db
+from titanic_web.models import SOURCES, OutcomeRow
 from titanic_web.predictor import Predictor
 
 PAGE_ROWS = 50  # HISTORY_PAGE_ROWS' default
@@ -24,6 +27,8 @@ BASE = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
 ROW_ID = re.compile(r'<tr data-id="([0-9a-f-]{36})">')
 OLDER = re.compile(r'<a href="([^"]+)" rel="next" id="page-older">')
 NEWER = re.compile(r'<a href="([^"]+)" rel="prev" id="page-newer">')
+NEWEST = re.compile(r'<a href="([^"]+)" rel="first">')
+ADMIN_KEY = "history-admin-key-0123456789"
 
 
 def get(client: FlaskClient, url: str, status: int = 200) -> str:
@@ -151,6 +156,18 @@ def test_filters(client: FlaskClient, spread: list[Stored], query: str, keep: Ca
         assert "No stored prediction matches." in first
 
 
+def test_every_page_link_keeps_the_filters(client: FlaskClient, spread: list[Stored]) -> None:
+    query = "model=v1&to=2026-03-10"
+    first = get(client, f"/history?{query}")
+    second = get(client, link(OLDER, first) or "")
+
+    for url in (link(NEWEST, second), link(NEWER, second), link(OLDER, first)):
+        assert url is not None and url.startswith("/history?")
+        assert query in url
+    assert link(NEWEST, second) == f"/history?{query}"
+    assert ids_on(get(client, link(NEWEST, second) or "")) == ids_on(first)
+
+
 def test_the_form_keeps_the_chosen_filters(client: FlaskClient, spread: list[Stored]) -> None:
     page = get(client, "/history?source=batch&model=v2&verdict=died&from=2026-03-01&to=2026-03-09")
 
@@ -174,6 +191,10 @@ def test_the_form_keeps_the_chosen_filters(client: FlaskClient, spread: list[Sto
         ("from=March", "from must be a date as YYYY-MM-DD, got 'March'"),
         ("to=2026-02-30", "to must be a date as YYYY-MM-DD, got '2026-02-30'"),
         ("from=2026-03-09&to=2026-03-01", "from (2026-03-09) must not be after to (2026-03-01)"),
+        ("to=9999-12-31", "to must be a date before 9999-12-31, got '9999-12-31'"),  # its day never ends
+        ("model=" + "v" * 65, "model must be a model version of at most 64 characters"),
+        ("model=v1%00", "model must be printable text, got 'v1\\x00'"),  # PostgreSQL text cannot hold NUL
+        ("model=v1%0A", "model must be printable text, got 'v1\\n'"),
     ],
 )
 def test_bad_filters_are_named(client: FlaskClient, query: str, message: str) -> None:
@@ -181,6 +202,21 @@ def test_bad_filters_are_named(client: FlaskClient, query: str, message: str) ->
 
     assert Page(page).text("history-error") == message
     assert ids_on(page) == []
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("to=9999-12-31", "to must be a date before 9999-12-31"),
+        ("model=%00", "model must be printable text"),
+    ],
+)
+def test_bad_filters_on_the_download_are_named(app: Flask, query: str, message: str) -> None:
+    app.config["ADMIN_API_KEYS"] = (ADMIN_KEY,)
+
+    with app.test_client().get(f"/history/export.csv?{query}", headers={"X-API-Key": ADMIN_KEY}) as response:
+        assert response.status_code == 400  # before anything is streamed
+        assert message in response.get_data(as_text=True)
 
 
 # -- details and escaping ------------------------------------------------------------------------
@@ -208,6 +244,28 @@ def test_each_row_links_to_its_stored_features_and_input(client: FlaskClient, ap
     assert page.text("outcome").startswith("survived (recorded ")
     facts = page.text("prediction-facts")
     assert f"Source {row.source}" in facts and "Latency 12.50 ms" in facts
+
+
+def test_the_detail_page_gives_its_times_in_utc_whatever_the_server_zone(
+    postgres: Engine, model_dir: Path, tmp_path: Path, predictor: Predictor
+) -> None:
+    """PostgreSQL returns times in the session's zone (here New York's): both shown times must be UTC."""
+    [row] = traffic(predictor, 1, now=BASE)
+    row.created_at, row.outcome = BASE, None  # the outcome is stored below, with its time
+    recorded_at = BASE + timedelta(hours=3, minutes=4)
+    with postgres_schema(postgres) as url:
+        app = build_app(model_dir, tmp_path / "zoned.db", database_url=f"{url}%20-ctimezone%3DAmerica/New_York")
+        try:
+            store(app, [row])
+            with app.app_context():
+                db.session.add(OutcomeRow(prediction_id=row.id, survived=1, recorded_at=recorded_at))
+                db.session.commit()
+            page = Page(get(app.test_client(), f"/history/{row.id}"))
+        finally:
+            close_app(app)
+
+    assert "Made 2026-03-10 12:00:00 UTC" in page.text("prediction-facts")
+    assert page.text("outcome") == "survived (recorded 2026-03-10 15:04 UTC)"
 
 
 def test_an_unknown_prediction_is_404(client: FlaskClient) -> None:

@@ -80,7 +80,9 @@ def batch_page() -> Any:
 def batch_download(token: str) -> Any:
     """A finished batch's submission (PassengerId,Survived), while it is kept."""
     directory = Path(current_app.config["BATCH_DIR"])
-    if not _TOKEN.match(token) or not (directory / f"{token}.csv").is_file():
+    path = directory / f"{token}.csv"
+    # Expired files go when a new batch is kept, or here: one nobody replaced is still not served.
+    if not _TOKEN.match(token) or not path.is_file() or _remove_if_expired(path, _cutoff()):
         abort(
             404,
             description=(
@@ -132,7 +134,7 @@ def _keep(answers: batch.Answers) -> str:
     """Move the finished submission into BATCH_DIR under a new token; drop expired ones."""
     directory = Path(current_app.config["BATCH_DIR"])
     directory.mkdir(parents=True, exist_ok=True)
-    _remove_expired(directory, current_app.config["BATCH_KEEP_HOURS"] * 3600)
+    _remove_expired(directory, _cutoff())
     token = uuid.uuid4().hex
     file, _ = answers.finish()
     partial = directory / f".{token}.tmp"
@@ -143,14 +145,25 @@ def _keep(answers: batch.Answers) -> str:
     return token
 
 
-def _remove_expired(directory: Path, keep_seconds: float) -> None:
-    cutoff = time.time() - keep_seconds
+def _cutoff() -> float:
+    """When (seconds since the epoch) a kept file must have been written to be still kept: BATCH_KEEP_HOURS ago."""
+    return time.time() - current_app.config["BATCH_KEEP_HOURS"] * 3600
+
+
+def _remove_expired(directory: Path, cutoff: float) -> None:
     for path in [*directory.glob("*.csv"), *directory.glob(".*.tmp")]:
-        try:
-            if path.stat().st_mtime < cutoff:
-                path.unlink()
-        except FileNotFoundError:
-            continue
+        _remove_if_expired(path, cutoff)
+
+
+def _remove_if_expired(path: Path, cutoff: float) -> bool:
+    """Delete the file if it was last written before cutoff; whether it is gone (expired or already missing)."""
+    try:
+        if path.stat().st_mtime >= cutoff:
+            return False
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return True
 
 
 def _events(steps: Generator[batch.Progress, None, Outcome], stream: IO[bytes]) -> Iterator[str]:

@@ -75,6 +75,7 @@ def prediction_detail(prediction_id: uuid.UUID) -> Any:
         detail=detail,
         p=detail.prediction,
         created_at=monitoring.as_utc(detail.prediction.created_at),
+        recorded_at=None if detail.outcome is None else monitoring.as_utc(detail.outcome.recorded_at),
         feature_rows=feature_rows,
         raw_rows=raw_rows,
         categorical=CATEGORICAL_FEATURES,
