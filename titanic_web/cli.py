@@ -130,10 +130,16 @@ def _activate(root: Path, version: str) -> None:
         raise click.ClickException(str(exc)) from None
     was = "" if previous in (None, version) else f" (was {previous})"
     seconds = current_app.config.get("MODEL_CHECK_SECONDS", 1.0)
-    click.echo(
-        f"version {version} is active{was}: running servers switch to it within about "
-        f"{seconds:g} second{'s' if seconds != 1 else ''}"
-    )
+    if seconds > 0:
+        click.echo(
+            f"version {version} is active{was}: running servers switch to it within about "
+            f"{seconds:g} second{'s' if seconds != 1 else ''}"
+        )
+    else:  # no watcher: a server reads ACTIVE only when it starts
+        click.echo(
+            f"version {version} is active{was}: running servers serve it only once restarted "
+            "(MODEL_CHECK_SECONDS is 0: they do not watch the registry)"
+        )
 
 
 @click.command("predict")

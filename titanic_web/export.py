@@ -15,10 +15,11 @@ import csv
 import io
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import click
 from flask import current_app
@@ -203,16 +204,18 @@ def write(
 ) -> int:
     """Write the rows to ``path`` (CSV, or Parquet for a .parquet name); return how many.
 
-    The file appears whole or not at all: it is written beside and renamed at the end.
+    The file appears whole or not at all: it is written beside, under a name of its
+    own (two exports to one path never share it), and renamed at the end.
 
-    :raise ExportError: another suffix, or Parquet without pyarrow.
+    :raise ExportError: another suffix, Parquet without pyarrow, or a path that cannot be written.
     """
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise ExportError(f"the output file must end in .csv or .parquet, got {path.name!r}")
     if suffix == ".parquet":
         require_pyarrow()
-    partial = path.with_name(f".{path.name}.part")
+    # Created exclusively ("x") with the usual permissions (mkstemp's would be 0600).
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
     written = 0
 
     def counted() -> Iterator[Sequence[tuple[Any, ...]]]:
@@ -225,23 +228,37 @@ def write(
 
     try:
         if suffix == ".parquet":
-            _write_parquet(partial, counted())
+            with partial.open("xb") as binary:
+                _write_parquet(binary, counted())
         else:
-            with partial.open("w", newline="", encoding="utf-8") as fh:
+            with partial.open("x", newline="", encoding="utf-8") as fh:
                 for text in csv_text(counted()):
                     fh.write(text)
         os.replace(partial, path)
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {_why_not(path, exc)}; nothing was written") from None
     finally:
         partial.unlink(missing_ok=True)
     return written
 
 
-def _write_parquet(path: Path, parts: Iterable[Sequence[tuple[Any, ...]]]) -> None:
+def _why_not(path: Path, exc: OSError) -> str:
+    """Why a file could not be written there, and what to do."""
+    if isinstance(exc, IsADirectoryError) or path.is_dir():
+        return "it is a folder: name a file in it instead"
+    if not path.parent.is_dir():
+        return f"the folder {path.parent} does not exist: create it, or choose another --output"
+    if isinstance(exc, PermissionError):
+        return f"permission denied in {path.parent}: choose a folder you may write to"
+    return f"{exc.strerror or exc}: check the disk and the folder {path.parent}"
+
+
+def _write_parquet(where: BinaryIO, parts: Iterable[Sequence[tuple[Any, ...]]]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _arrow_schema()
-    with pq.ParquetWriter(path, schema) as writer:
+    with pq.ParquetWriter(where, schema) as writer:
         for part in parts:
             if part:
                 columns = list(zip(*part, strict=True))
@@ -257,15 +274,19 @@ def _write_parquet(path: Path, parts: Iterable[Sequence[tuple[Any, ...]]]) -> No
 
 
 def parse_moment(text: str, *, end: bool = False) -> datetime:
-    """A date (YYYY-MM-DD) or ISO time as UTC; as an end, a bare date includes its whole day.
+    """A date (YYYY-MM-DD, or any ISO form of a date alone such as YYYYMMDD) or ISO time as UTC;
+    as an end, a date includes its whole day, while a time is a moment.
 
     :raise ValueError: neither a date nor an ISO time.
     """
     text = text.strip()
     try:
-        if len(text) == 10:
-            day = date.fromisoformat(text)
-            return datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
+        day = date.fromisoformat(text)  # a date alone, however ISO spells it
+    except ValueError:
+        pass  # a time, or nothing
+    else:
+        return datetime.combine(day + timedelta(days=1) if end else day, time(), UTC)
+    try:
         return as_utc(datetime.fromisoformat(text))
     except ValueError:
         raise ValueError(

@@ -31,6 +31,14 @@ class Prediction:
     features: dict[str, Any]
 
 
+def _libraries(card: Mapping[str, Any]) -> str:
+    """The libraries a card says its artifact was written with, as "numpy 2.1.0, scikit-learn 1.5.2"."""
+    libraries = card.get("libraries")
+    if not isinstance(libraries, Mapping) or not libraries:
+        return "libraries its card does not name"
+    return ", ".join(f"{name} {version}" for name, version in libraries.items())
+
+
 class Predictor:
     """A fitted pipeline together with the model card that vouches for it."""
 
@@ -47,7 +55,8 @@ class Predictor:
     def from_dir(cls, directory: Path) -> Predictor:
         """Load the artifact and card in a model directory.
 
-        :raise ModelError: missing files, a sha256 mismatch or another scikit-learn.
+        :raise ModelError: missing files, a sha256 mismatch, another scikit-learn, or an
+            artifact that fails to unpickle here (a missing module, another numpy...).
         """
         card_path = directory / CARD_NAME
         artifact_path = directory / ARTIFACT_NAME
@@ -73,7 +82,14 @@ class Predictor:
                 "retrain it with `flask --app titanic_web train`"
             )
         # Safe to unpickle only now: the bytes are the ones the card vouches for.
-        pipeline = joblib.load(artifact_path)
+        try:
+            pipeline = joblib.load(artifact_path)
+        except Exception as exc:  # a missing module or class, another numpy's layout, a damaged pickle...
+            raise ModelError(
+                f"model artifact {artifact_path} cannot be loaded here ({type(exc).__name__}: {exc}); "
+                f"it was written with {_libraries(card)}: install those versions, or retrain it with "
+                "`flask --app titanic_web train`"
+            ) from exc
         return cls(pipeline, card)
 
     @overload

@@ -167,9 +167,12 @@ def register(root: Path, trained_dir: Path) -> tuple[VersionInfo, bool]:
     """Move a freshly trained folder (artifact + card) into the registry under its version.
 
     Training is deterministic, so a version already registered has the same bytes:
-    it is kept and the new folder removed. Returns the version and whether it is new.
+    it is kept and the new folder removed, also when another training of the same data
+    registered it a moment before this one's rename. Returns the version and whether it is new.
 
-    :raise RegistryError: the folder holds no card, or a different artifact under a registered version.
+    :raise RegistryError: the folder holds no card; a different artifact under a registered
+        version; a folder of that version without its card (half copied); or the registry
+        cannot be written.
     """
     if is_single_model(root):
         raise RegistryError(
@@ -184,14 +187,37 @@ def register(root: Path, trained_dir: Path) -> tuple[VersionInfo, bool]:
     _check_name(version)
     target = root / version
     if (target / CARD_NAME).is_file():
-        existing = json.loads((target / CARD_NAME).read_text())
-        if existing.get("artifact_sha256") != card.get("artifact_sha256"):
-            raise RegistryError(f"{target} holds another artifact under version {version}: not replacing it")
-        shutil.rmtree(trained_dir)
-        return VersionInfo(version, target, existing), False
-    root.mkdir(parents=True, exist_ok=True)
-    os.replace(trained_dir, target)  # one rename: the version appears complete or not at all
+        return _keep_registered(target, card, trained_dir), False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        os.replace(trained_dir, target)  # one rename: the version appears complete or not at all
+    except OSError as exc:
+        if (target / CARD_NAME).is_file():  # another training of the same data renamed first
+            return _keep_registered(target, card, trained_dir), False
+        if target.exists():
+            raise RegistryError(
+                f"{target} exists without its model card ({CARD_NAME}): a version half copied or damaged; "
+                f"remove it (`rm -r {target}`) and train again"
+            ) from None
+        raise RegistryError(f"cannot add version {version} to {root}: {exc.strerror or exc}") from None
     return VersionInfo(version, target, card), True
+
+
+def _keep_registered(target: Path, card: dict[str, Any], trained_dir: Path) -> VersionInfo:
+    """The version already in ``target``, when it holds the artifact ``card`` describes; removes ``trained_dir``.
+
+    :raise RegistryError: another artifact, or an unreadable card, under that version.
+    """
+    try:
+        existing = json.loads((target / CARD_NAME).read_text())
+    except (OSError, ValueError) as exc:
+        raise RegistryError(
+            f"{target / CARD_NAME} is unreadable ({exc}): remove the version (`rm -r {target}`) and train again"
+        ) from None
+    if not isinstance(existing, dict) or existing.get("artifact_sha256") != card.get("artifact_sha256"):
+        raise RegistryError(f"{target} holds another artifact under version {target.name}: not replacing it")
+    shutil.rmtree(trained_dir)
+    return VersionInfo(target.name, target, existing)
 
 
 def staging_dir(root: Path) -> Path:

@@ -131,7 +131,9 @@ class ModelWatcher:
             except registry.RegistryError:
                 previous = None  # a damaged pointer is being replaced
             predictor = registry.activate(self.model_dir, version, load=self._load)
-            self._seen = self._signature()  # this write is acted on here and now
+            # The pointer's signature is not recorded as seen: another process may have written
+            # it again since this write. The next check reads the name, and loads only if it is
+            # not the version adopted here, so every worker ends on what ACTIVE names.
             self.adopt(predictor)
             return previous, predictor
 

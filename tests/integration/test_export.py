@@ -88,10 +88,13 @@ def test_export_since_a_day_writes_those_rows_with_every_column(
     assert f"wrote {out}: {len(expected)} rows" in result.stderr
 
 
-def test_until_includes_its_whole_day(app: Flask, ten_days: list[Stored], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("since", "until"), [("2026-02-03", "2026-02-04"), ("20260203", "20260204")])
+def test_until_includes_its_whole_day(
+    app: Flask, ten_days: list[Stored], tmp_path: Path, since: str, until: str
+) -> None:
     out = tmp_path / "span.csv"
 
-    result = invoke(app, "--since", "2026-02-03", "--until", "2026-02-04", "-o", str(out))
+    result = invoke(app, "--since", since, "--until", until, "-o", str(out))
 
     assert result.exit_code == 0, result.output
     got = [line["prediction_id"] for line in read_csv(out.read_text())]
@@ -224,6 +227,17 @@ def test_bad_arguments_are_named_and_write_nothing(
     assert result.exit_code != 0
     assert message in result.output
     assert list(folder.iterdir()) == []
+
+
+def test_an_output_that_cannot_be_written_is_named_with_the_reason(app: Flask, tmp_path: Path) -> None:
+    out = tmp_path / "no-such-folder" / "x.csv"
+
+    result = invoke(app, "--since", "2026-01-01", "-o", str(out))
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a clear error, no traceback
+    assert f"Error: cannot write {out}: the folder {out.parent} does not exist: create it" in result.output
+    assert list(tmp_path.glob("**/*.csv*")) == []
 
 
 # -- the history page's download ----------------------------------------------------------------

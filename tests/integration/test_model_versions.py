@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 
 from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV, flush
 from tests.integration.conftest import ADMIN, ADMIN_KEY
-from tests.unit.test_registry import tamper
+from tests.unit.test_registry import make_unloadable, tamper
 from titanic_web import get_model_watcher, get_service, registry
 from titanic_web.extensions import db
 from titanic_web.models import PredictionRow
@@ -97,6 +97,24 @@ def test_training_the_same_data_again_gives_the_same_registered_version(
     assert result.exit_code == 0, result.output
     assert "already registered" in result.output
     assert len(registry.versions(model_registry)) == 3
+
+
+def test_train_over_a_version_folder_without_its_card_says_what_to_do(
+    registry_app: Flask, model_registry: Path, tmp_path: Path, cheap_training: None
+) -> None:
+    data = subset(tmp_path, 300)
+    before = {v.version for v in registry.versions(model_registry)}
+    assert invoke(registry_app, "train", "--data", str(data), "--no-activate").exit_code == 0
+    (new,) = {v.version for v in registry.versions(model_registry)} - before
+    (model_registry / new / "model.json").unlink()  # as a copy of the version stopped before its card
+
+    result = invoke(registry_app, "train", "--data", str(data), "--no-activate")
+
+    assert result.exit_code == 1
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a clear error, no traceback
+    assert f"{model_registry / new} exists without its model card (model.json)" in result.output
+    assert f"remove it (`rm -r {model_registry / new}`) and train again" in result.output
+    assert not [p for p in model_registry.iterdir() if p.name.startswith(".")], "no staging folder left"
 
 
 def test_train_into_a_single_model_folder_is_refused(registry_app: Flask, model_dir: Path) -> None:
@@ -201,6 +219,36 @@ def test_activate_a_tampered_version_is_refused(registry_app: Flask, model_regis
     assert registry.read_active(model_registry) == active
 
 
+def test_activate_a_version_that_fails_to_unpickle_is_refused(registry_app: Flask, model_registry: Path) -> None:
+    active, other = versions(model_registry)
+    make_unloadable(model_registry / other)
+
+    result = invoke(registry_app, "model", "activate", other)
+
+    assert result.exit_code != 0
+    assert f"model version {other} cannot be activated" in result.output
+    assert "cannot be loaded here (ModuleNotFoundError" in result.output and "retrain" in result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)  # a clear error, no traceback
+    assert registry.read_active(model_registry) == active
+
+
+def test_an_active_version_that_fails_to_unpickle_starts_the_app_without_a_model(
+    make_app: Any, model_registry: Path
+) -> None:
+    active, _ = versions(model_registry)
+    make_unloadable(model_registry / active)
+
+    client = make_app(MODEL_DIR=model_registry).test_client()  # no exception: the workers start
+
+    predicted = client.post("/api/predict", json=PASSENGER)
+    assert predicted.status_code == 503
+    assert "cannot be loaded here" in predicted.get_json()["message"]
+    ready = client.get("/api/ready")
+    assert ready.status_code == 503
+    assert ready.get_json()["model"]["loaded"] is False
+    assert "cannot be loaded here (ModuleNotFoundError" in ready.get_json()["model"]["error"]
+
+
 def test_a_tampered_version_written_to_the_pointer_is_refused_and_the_old_one_serves(
     registry_app: Flask, model_registry: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -296,6 +344,46 @@ def test_activation_api_refuses_a_tampered_version(registry_app: Flask, model_re
     assert "does not match its card" in response.get_json()["message"]
     assert registry.read_active(model_registry) == active
     assert get_service(registry_app).require_predictor().version == active
+
+
+def test_activation_api_refuses_a_version_that_fails_to_unpickle(registry_app: Flask, model_registry: Path) -> None:
+    active, other = versions(model_registry)
+    make_unloadable(model_registry / other)
+
+    response = registry_app.test_client().post("/api/model/activate", headers=ADMIN, json={"version": other})
+
+    assert response.status_code == 422, response.get_json()
+    assert "cannot be loaded here (ModuleNotFoundError" in response.get_json()["message"]
+    assert registry.read_active(model_registry) == active
+    assert get_service(registry_app).require_predictor().version == active
+
+
+@pytest.mark.parametrize(
+    ("seconds", "api_says", "cli_says"),
+    [
+        (1.0, "every worker serves it within about 1 s", "running servers switch to it within about 1 second"),
+        (
+            0,
+            "this worker serves it now; the other workers serve it only once restarted "
+            "(MODEL_CHECK_SECONDS is 0: they do not watch the registry)",
+            "running servers serve it only once restarted (MODEL_CHECK_SECONDS is 0: they do not watch the registry)",
+        ),
+    ],
+    ids=["watching", "not-watching"],
+)
+def test_activation_says_when_the_other_workers_switch(
+    make_app: Any, model_registry: Path, seconds: float, api_says: str, cli_says: str
+) -> None:
+    first, second = versions(model_registry)
+    app = make_app(MODEL_DIR=model_registry, MODEL_CHECK_SECONDS=seconds, ADMIN_API_KEYS=(ADMIN_KEY,))
+
+    response = app.test_client().post("/api/model/activate", headers=ADMIN, json={"version": second})
+    result = invoke(app, "model", "activate", first)
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["message"] == f"version {second} is active; {api_says}"
+    assert result.exit_code == 0, result.output
+    assert f"version {first} is active (was {second}): {cli_says}" in result.output
 
 
 def test_activation_api_on_a_read_only_registry_changes_nothing(

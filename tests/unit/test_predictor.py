@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PASSENGER, TEST_CSV
+from tests.unit.test_registry import MISSING_CLASS, MISSING_MODULE, make_unloadable
 from titanic_web import csvio, features
 from titanic_web.predictor import ModelError, Prediction, Predictor
 from titanic_web.training import ARTIFACT_NAME, CARD_NAME
@@ -129,6 +130,26 @@ def test_an_artifact_from_another_scikit_learn_is_refused(model_copy: Path, no_u
     with pytest.raises(ModelError, match="retrain") as info:
         Predictor.from_dir(model_copy)
     assert "scikit-learn 0.0.1" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("blob", "error"),
+    [
+        (MISSING_MODULE, "ModuleNotFoundError: No module named 'no_such_module_for_titanic'"),
+        (MISSING_CLASS, "AttributeError: module 'titanic_web.features' has no attribute 'NoSuchTransformer'"),
+        (b"not a pickle", "KeyError"),
+        (b"", "EOFError"),
+    ],
+    ids=["missing-module", "missing-class", "not-a-pickle", "empty"],
+)
+def test_an_artifact_that_fails_to_unpickle_is_refused(model_copy: Path, blob: bytes, error: str) -> None:
+    make_unloadable(model_copy, blob)  # its card vouches for it: the sha256 matches
+    with pytest.raises(ModelError, match="cannot be loaded here") as info:
+        Predictor.from_dir(model_copy)
+    message = str(info.value)
+    assert error in message
+    assert f"numpy {json.loads((model_copy / CARD_NAME).read_text())['libraries']['numpy']}" in message
+    assert "install those versions, or retrain it with `flask --app titanic_web train`" in message
 
 
 @pytest.mark.parametrize("missing", [None, ARTIFACT_NAME, CARD_NAME])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -24,6 +26,20 @@ def tamper(folder: Path) -> None:
     blob = bytearray(artifact.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     artifact.write_bytes(bytes(blob))
+
+
+#: Pickles that load nowhere: a module that is not installed, a class its module no longer has.
+MISSING_MODULE = b"cno_such_module_for_titanic\nPipeline\n(tR."
+MISSING_CLASS = b"ctitanic_web.features\nNoSuchTransformer\n(tR."
+
+
+def make_unloadable(folder: Path, blob: bytes = MISSING_MODULE) -> None:
+    """Replace the artifact with one its card vouches for (sha256 updated) that fails to unpickle,
+    as an artifact written with another numpy or a module since removed would."""
+    (folder / ARTIFACT_NAME).write_bytes(blob)
+    card = json.loads((folder / CARD_NAME).read_text())
+    card["artifact_sha256"] = hashlib.sha256(blob).hexdigest()
+    (folder / CARD_NAME).write_text(json.dumps(card))
 
 
 def test_register_moves_a_trained_folder_under_its_version(tmp_path: Path, model_dir: Path) -> None:
@@ -51,6 +67,49 @@ def test_registering_a_version_again_keeps_the_first(tmp_path: Path, model_dir: 
     assert new is False
     assert not (tmp_path / "b").exists()
     assert [v.version for v in registry.versions(root)] == [info.version]
+
+
+def test_a_training_that_loses_the_race_to_register_its_version_ends_cleanly(
+    tmp_path: Path, model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `flask train` of the same data: the other one renames its folder into place first."""
+    root = tmp_path / "registry"
+    shutil.copytree(model_dir, tmp_path / "a")
+    shutil.copytree(model_dir, tmp_path / "b")
+    real_replace = os.replace
+
+    def other_training_first(src: Path, dst: Path) -> None:
+        monkeypatch.setattr(registry.os, "replace", real_replace)
+        registry.register(root, tmp_path / "a")  # between this one's look for the version and its rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(registry.os, "replace", other_training_first)
+
+    info, new = registry.register(root, tmp_path / "b")
+
+    assert new is False
+    assert info.version == version_of(model_dir)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert [v.version for v in registry.versions(root)] == [info.version]
+
+
+def test_register_over_a_version_folder_without_its_card_says_to_remove_it(tmp_path: Path, model_dir: Path) -> None:
+    root = tmp_path / "registry"
+    half = root / version_of(model_dir)
+    half.mkdir(parents=True)
+    shutil.copy(model_dir / ARTIFACT_NAME, half)  # a copy stopped before the card
+    trained = Path(shutil.copytree(model_dir, tmp_path / "trained"))
+
+    with pytest.raises(registry.RegistryError) as raised:
+        registry.register(root, trained)
+
+    assert str(raised.value) == (
+        f"{half} exists without its model card (model.json): a version half copied or damaged; "
+        f"remove it (`rm -r {half}`) and train again"
+    )
+    assert [p.name for p in half.iterdir()] == [ARTIFACT_NAME], "the folder is left as it was"
+    shutil.rmtree(half)
+    assert registry.register(root, trained) == (registry.versions(root)[0], True), "what the message says works"
 
 
 def test_register_refuses_a_single_model_folder_as_registry(tmp_path: Path, model_dir: Path) -> None:
@@ -101,6 +160,19 @@ def test_activate_refuses_a_tampered_version_and_keeps_the_pointer(
     tamper(model_registry / second)
 
     with pytest.raises(registry.RegistryError, match="does not match its card"):
+        registry.activate(model_registry, second)
+
+    assert registry.read_active(model_registry) == before
+
+
+def test_activate_refuses_a_version_that_fails_to_unpickle_and_keeps_the_pointer(
+    model_registry: Path, second_model_dir: Path
+) -> None:
+    second = version_of(second_model_dir)
+    before = registry.read_active(model_registry)
+    make_unloadable(model_registry / second)
+
+    with pytest.raises(registry.RegistryError, match="cannot be activated.*cannot be loaded here"):
         registry.activate(model_registry, second)
 
     assert registry.read_active(model_registry) == before

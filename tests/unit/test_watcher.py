@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import copy_into_registry
-from tests.unit.test_registry import tamper
+from tests.unit.test_registry import make_unloadable, tamper
 from titanic_web import registry
 from titanic_web.predictor import Predictor
 from titanic_web.recorder import Recorder
@@ -89,6 +89,27 @@ def test_a_tampered_version_is_refused_with_a_log_line_and_not_retried(
     assert f"still serving {first}" in line
 
 
+def test_a_version_that_fails_to_unpickle_is_refused_with_a_log_line_and_not_retried(
+    model_registry: Path, service: PredictionService, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = versions(model_registry)
+    make_unloadable(model_registry / second)
+    loader = CountingLoader()
+    watcher = ModelWatcher(service, model_registry, load=loader)
+    registry.write_active(model_registry, second)
+
+    with caplog.at_level(logging.ERROR, logger="titanic_web.watcher"):
+        assert watcher.check() is False
+        assert watcher.check() is False
+
+    assert service.require_predictor().version == first
+    assert loader.loaded == [second], "a refused version is tried once per pointer write"
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert f"model version {second} refused" in line
+    assert "cannot be loaded here (ModuleNotFoundError" in line
+    assert f"still serving {first}" in line
+
+
 def test_a_pointer_to_a_missing_version_keeps_the_current_model(
     model_registry: Path, service: PredictionService, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -141,6 +162,28 @@ def test_activate_switches_this_process_at_once(model_registry: Path, service: P
     assert registry.read_active(model_registry) == second
     assert watcher.check() is False, "the pointer this process wrote is not loaded twice"
     assert loader.loaded == [second]
+
+
+def test_an_activation_by_another_process_right_after_this_ones_is_followed(
+    model_registry: Path, service: PredictionService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = versions(model_registry)
+    watcher = ModelWatcher(service, model_registry)
+    assert watcher.check() is False
+    real_write = registry.write_active
+
+    def then_another_process(root: Path, version: str) -> None:
+        real_write(root, version)  # this worker's activation
+        real_write(root, first)  # the CLI or another worker activates first, before this one looks again
+
+    monkeypatch.setattr(registry, "write_active", then_another_process)
+    watcher.activate(second)
+    monkeypatch.setattr(registry, "write_active", real_write)
+    assert registry.read_active(model_registry) == first
+    assert service.require_predictor().version == second
+
+    assert watcher.check() is True
+    assert service.require_predictor().version == first, "this worker serves what ACTIVE names"
 
 
 def test_the_thread_follows_the_pointer_within_its_interval(model_registry: Path, service: PredictionService) -> None:

@@ -117,11 +117,18 @@ def activate_model() -> Any:
     except registry.RegistryError as exc:
         raise ApiError(422, str(exc)) from None
     seconds = current_app.config["MODEL_CHECK_SECONDS"]
+    if seconds > 0:
+        others = f"every worker serves it within about {seconds:g} s"
+    else:  # no watcher: the other workers read ACTIVE only when they start
+        others = (
+            "this worker serves it now; the other workers serve it only once restarted "
+            "(MODEL_CHECK_SECONDS is 0: they do not watch the registry)"
+        )
     return jsonify(
         {
             "active": predictor.version,
             "previous": previous,
-            "message": f"version {predictor.version} is active; every worker serves it within about {seconds:g} s",
+            "message": f"version {predictor.version} is active; {others}",
         }
     )
 

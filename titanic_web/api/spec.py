@@ -750,7 +750,8 @@ def _paths(max_rows: int) -> dict[str, Any]:
                 "operationId": "activate_model",
                 "summary": "Serve another registered version (admin)",
                 "description": "An admin action: it always needs a key from ADMIN_API_KEYS. The worker that "
-                "answers serves the version at once, the others within MODEL_CHECK_SECONDS.",
+                "answers serves the version at once, the others within MODEL_CHECK_SECONDS (with 0, once "
+                "restarted).",
                 "security": ADMIN_KEY,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": ref("Activation")}}},
                 "responses": {
