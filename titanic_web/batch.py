@@ -133,6 +133,10 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
         # The json module reads whole numbers with int(), which refuses more digits than this.
         return BodyError(f"malformed JSON: a whole number of more than {sys.get_int_max_str_digits()} digits")
 
+    def too_deep() -> BodyError:
+        # The json module reads arrays and objects by recursion, as deep as the interpreter allows.
+        return BodyError("malformed JSON: arrays or objects nested too deeply")
+
     position = skip_space(0)
     if position >= len(buffer):
         raise BodyError("malformed JSON: the body is empty")
@@ -145,6 +149,8 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
             raise malformed(exc.msg, exc.pos) from None
         except ValueError:
             raise too_long() from None
+        except RecursionError:
+            raise too_deep() from None
         if skip_space(end) < len(buffer):
             raise malformed("Extra data", skip_space(end))
         if not isinstance(value, dict):
@@ -167,6 +173,8 @@ def json_items(stream: IO[bytes]) -> Iterator[Any]:
                 raise malformed(exc.msg, exc.pos) from None
             except ValueError:
                 raise too_long() from None
+            except RecursionError:
+                raise too_deep() from None
             if at_end or (end < len(buffer) and not (buffer[end] in ".eE" and value.__class__ in (int, float))):
                 break
             # A number at the very end of a read may go on, and one cut at its '.' or
@@ -201,8 +209,10 @@ def csv_rows(
     :raise BodyError: not UTF-8, no header, or a line the csv module cannot read.
     :raise InputError: the header's problems, on line 1.
     """
+    begin = stream.tell() if stream.seekable() else None  # where to read again from, for a byte not UTF-8
     text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
-    reader = csv.reader(text)
+    # Strict: a quote left open is an error, not a cell that takes in every line after it.
+    reader = csv.reader(text, strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -210,16 +220,19 @@ def csv_rows(
             "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
         ) from None
     except UnicodeDecodeError as exc:
-        raise BodyError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
+        raise _not_utf8(stream, begin, exc, lines_read=reader.line_num) from None
     except csv.Error as exc:
-        raise BodyError(f"line 1: {exc}") from None
+        raise BodyError(csvio.reader_error(exc, start=1, end=reader.line_num)) from None
     csvio.check_header(header)
 
     def blocks() -> Iterator[tuple[Sequence[int], list[list[str]]]]:
+        first = reader.line_num
+        block: list[list[str]] = []
         try:
             while True:
                 first = reader.line_num
-                block = list(itertools.islice(reader, block_rows))
+                block = []
+                block.extend(itertools.islice(reader, block_rows))  # on an error, keeps the rows before it
                 if not block:
                     return
                 # Reading the line number after every row costs a tenth of the reading: when the
@@ -235,12 +248,45 @@ def csv_rows(
                     block = [block[position] for position in kept]
                 if block:
                     yield lines, block
-        except UnicodeDecodeError:
-            raise BodyError(f"the CSV file must be UTF-8 text (line {reader.line_num + 1})") from None
-        except csv.Error as exc:
-            raise BodyError(f"line {reader.line_num}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise _not_utf8(stream, begin, exc, lines_read=reader.line_num) from None
+        except csv.Error as exc:  # the failing row begins after the last row read
+            start = (_end_lines(first, block)[-1] if block else first) + 1
+            raise BodyError(csvio.reader_error(exc, start=start, end=reader.line_num)) from None
 
     return header, blocks()
+
+
+def _not_utf8(stream: IO[bytes], begin: int | None, exc: UnicodeDecodeError, *, lines_read: int) -> BodyError:
+    """The error for a byte of the body that is not UTF-8, naming its line and offset.
+
+    The text decoder reads a chunk (8 KB) ahead of the csv reader, so the line the reader is
+    on is not the byte's. The decoder failed in the data it was given last (that chunk, after
+    any bytes of a character the chunk before cut), which ends where the stream now is: the
+    body is read again up to the byte, its line breaks counted as the reader counts lines.
+    Without a seekable stream, only what the reader knows: the byte is on a later line.
+    """
+    if begin is not None:
+        try:
+            offset = stream.tell() - len(exc.object) + exc.start - begin
+            stream.seek(begin)
+            line = 1 + _line_breaks(stream, offset)
+        except (OSError, ValueError):
+            pass
+        else:
+            return BodyError(f"the CSV file must be UTF-8 text (line {line}: the byte at offset {offset} is not)")
+    return BodyError(f"the CSV file must be UTF-8 text (a byte on line {lines_read + 1} or after is not)")
+
+
+def _line_breaks(stream: IO[bytes], size: int) -> int:
+    """Line breaks in the next ``size`` bytes of a stream: \r\n, \r or \n, each one break."""
+    breaks = 0
+    cr_before = False  # the block before ended with \r: a \n starting this one is the same break
+    while size > 0 and (data := stream.read(min(size, READ_BYTES))):
+        size -= len(data)
+        breaks += data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n") - (cr_before and data[:1] == b"\n")
+        cr_before = data[-1:] == b"\r"
+    return breaks
 
 
 def _end_lines(before: int, rows: list[list[str]]) -> list[int]:
@@ -369,6 +415,7 @@ def process(
     summary = Summary(model_version=predictor.version)
     errors: list[FieldError] = []
     error_count = 0
+    errors_by_field: dict[str | None, int] = {}  # every error, listed or not: the metrics count them all
     rows = 0
     arrived = started if request is None else request.started
     staged = recorder.stage(arrived=arrived) if recorder is not None else None
@@ -382,6 +429,8 @@ def process(
                 raise BodyError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
             for position, row_errors in checked.errors:
                 error_count += len(row_errors)
+                for e in row_errors:
+                    errors_by_field[e.field] = errors_by_field.get(e.field, 0) + 1
                 room = max_errors - len(errors)
                 if room > 0:
                     line = None if lines is None else lines[position]
@@ -399,8 +448,10 @@ def process(
             )
         if staged is not None:
             staged.commit()  # the only step that makes anything permanent
-    except InputError as exc:
-        requestlog.note_invalid([e.field for e in exc.errors], source=source)
+    except InputError as exc:  # a BatchInputError lists up to max_errors; the header's problems, all
+        requestlog.note_invalid(
+            errors_by_field if isinstance(exc, BatchInputError) else [e.field for e in exc.errors], source=source
+        )
         raise
     finally:
         if staged is not None:

@@ -30,8 +30,17 @@ def decode(data: bytes) -> str:
         raise CsvError(f"the CSV file must be UTF-8 text (bad byte at offset {exc.start})") from None
 
 
+def reader_error(exc: csv.Error, *, start: int, end: int) -> str:
+    """A csv reader's error as a message naming its lines: ``start`` the line the failing row
+    began on, ``end`` the line the reader had reached (after a quote left open, a later one)."""
+    if str(exc) == "unexpected end of data":  # strict: the file ended in a quoted cell
+        return f"line {start}: a quoted cell is not closed (the file ends inside it, on line {end})"
+    return f"line {end}: {exc}" + (f" (in the row that begins on line {start})" if start < end else "")
+
+
 def check_header(header: list[str]) -> None:
-    """A header names only known columns (or ignored ones, such as Survived) and every required one.
+    """A header names only known columns (or ignored ones, such as Survived), each once, and
+    every required one.
 
     :raise InputError: the problems, each on line 1.
     """
@@ -39,6 +48,12 @@ def check_header(header: list[str]) -> None:
         FieldError(None, name, schema.unknown_field_message(name), line=1)
         for name in header
         if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
+    ]
+    known = [name for name in header if name in schema.FIELDS_BY_NAME or name in schema.IGNORED_CSV_COLUMNS]
+    errors += [  # a column twice: which of its cells would count?
+        FieldError(None, name, f"the header has the column '{name}' {known.count(name)} times; give it once", line=1)
+        for name in dict.fromkeys(known)
+        if known.count(name) > 1
     ]
     errors += [
         FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)
@@ -54,10 +69,11 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
 
     Errors name the CSV line (the header is line 1).
 
-    :raise CsvError: no header, or more than max_rows passengers.
-    :raise InputError: unknown or missing columns, or invalid cells.
+    :raise CsvError: no header, a line the csv module cannot read, or more than max_rows passengers.
+    :raise InputError: unknown, repeated or missing columns, or invalid cells.
     """
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # Strict: a quote left open is an error, not a cell that takes in every line after it.
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
@@ -65,19 +81,20 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
             "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
         ) from None
     except csv.Error as exc:
-        raise CsvError(f"line 1: {exc}") from None
+        raise CsvError(reader_error(exc, start=1, end=reader.line_num)) from None
     check_header(header)
 
     passengers: list[dict[str, Any]] = []
     errors: list[FieldError] = []
     index = 0
+    line = reader.line_num  # the line the last row read ends on
     try:
         for cells in reader:
+            line = reader.line_num
             if not any(c.strip() for c in cells):
                 continue  # blank line
             if index >= max_rows:
                 raise CsvError(f"more than {max_rows} passengers in one request (MAX_ROWS)", too_large=True)
-            line = reader.line_num
             if len(cells) != len(header):
                 errors.append(
                     FieldError(index, None, f"has {len(cells)} cells, the header has {len(header)}", line=line)
@@ -91,7 +108,7 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
             passengers.append(clean)
             index += 1
     except csv.Error as exc:
-        raise CsvError(f"line {reader.line_num}: {exc}") from None
+        raise CsvError(reader_error(exc, start=line + 1, end=reader.line_num)) from None
     if errors:
         raise InputError(errors)
     if not passengers:

@@ -205,10 +205,14 @@ class Metrics:
             self._classes[0].inc(rows - survived)
         add_counts(self.probability, counts, total)
 
-    def count_validation_failures(self, fields: Iterable[tuple[str | None, str]]) -> None:
-        """Count field errors of a refused request: (field, source) pairs."""
-        for field, source in fields:
-            self.validation_failures.labels(field=field_label(field), source=source).inc()
+    def count_validation_failures(self, fields: Iterable[tuple[str | None, str, int]]) -> None:
+        """Count field errors of a refused request: (field, source, how many errors)."""
+        by_label: dict[tuple[str, str], int] = {}  # many unknown fields share one label: one inc() for them
+        for field, source, count in fields:
+            key = (field_label(field), source)
+            by_label[key] = by_label.get(key, 0) + count
+        for (label, source), count in by_label.items():
+            self.validation_failures.labels(field=label, source=source).inc(count)
 
     def set_model_version(self, version: str | None) -> None:
         """Mark version as the model answering (and the previous one as no longer answering)."""

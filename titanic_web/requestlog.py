@@ -13,7 +13,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring_ascii
@@ -77,7 +78,7 @@ class RequestInfo:
     started: float  # time.perf_counter() at arrival
     status: int = 500  # until the answer is known
     answered: Tally | None = None  # None until something is answered
-    invalid: list[tuple[str | None, str]] | None = None  # (field, source) of each error of a refused request
+    invalid: list[tuple[str | None, str, int]] | None = None  # (field, source, errors) of a refused request
     method: str = ""
     route: str | None = None  # the matched URL rule, None when nothing matched
     endpoint: str | None = None
@@ -123,11 +124,13 @@ def end() -> None:
     _current.set(None)
 
 
-def note_invalid(fields: Sequence[str | None], *, source: str) -> None:
-    """Record the fields of a refused request's errors (one entry per error) for the metrics."""
+def note_invalid(fields: Iterable[str | None] | Mapping[str | None, int], *, source: str) -> None:
+    """Record a refused request's errors for the metrics: the field of each error, or a mapping
+    of fields to how many errors each had (a batch counts more errors than it lists)."""
     info = _current.get()
     if info is not None:
-        info.invalid = [*(info.invalid or ()), *((name, source) for name in fields)]
+        counts = fields if isinstance(fields, Mapping) else Counter(fields)
+        info.invalid = [*(info.invalid or ()), *((name, source, count) for name, count in counts.items())]
 
 
 def log_line(

@@ -52,8 +52,23 @@ class Field:
         return noun
 
 
+#: Whole numbers longer than this are not written out in messages, only said to be out of range.
+SHOWN_DIGITS = 20
+
+
 def _num(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else str(value)
+    """A number as a message shows it. A whole number is never turned into a float, which
+    fails above 1e308 (JSON reads whole numbers of up to 4,300 digits), nor written out
+    when it is very long."""
+    if isinstance(value, int):
+        if -(10**SHOWN_DIGITS) < value < 10**SHOWN_DIGITS:
+            return str(value)
+        sign = "a negative" if value < 0 else "a"
+        try:
+            return f"{sign} whole number out of range ({len(str(abs(value)))} digits)"
+        except ValueError:  # more digits than str() writes (sys.get_int_max_str_digits())
+            return f"{sign} whole number out of range"
+    return str(int(value)) if value.is_integer() else str(value)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -232,13 +247,16 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
                 return None, f"must be {field.describe()}, got {value}"
             value = int(value)
     else:
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # a whole number beyond any float
+            return None, f"must be {field.describe()}, got {_num(value)}"
         if not math.isfinite(value):
             return None, f"must be {field.describe()}, got {value}"
     if field.choices:
         allowed = [c for c, _ in field.choices]
         if value not in allowed:
-            return None, f"must be {field.describe()}, got {value!r}"
+            return None, f"must be {field.describe()}, got {_num(value) if field.kind is int else repr(value)}"
         return value, None
     if field.minimum is not None and value < field.minimum:
         return None, f"must be {field.describe()}, got {_num(value) if not isinstance(value, str) else value}"

@@ -260,6 +260,25 @@ def test_csv_unknown_header_column_is_named(client: FlaskClient, app: Flask, hea
     assert count_rows(app) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("text", "repeated"),
+    [
+        ("Pclass,Sex,Sex\n1,female,male\n", [("Sex", 2)]),
+        ("Age,Pclass,Sex, Age ,Survived,Age,Survived\n5,1,male,6,1,7,0\n", [("Age", 3), ("Survived", 2)]),
+    ],
+    ids=["Sex-twice", "Age-thrice-Survived-twice"],
+)
+def test_csv_repeated_header_column_is_named(
+    client: FlaskClient, app: Flask, text: str, repeated: list[tuple[str, int]]
+) -> None:
+    body = assert_json_error(post_csv(client, text), 422)
+
+    assert [(e["index"], e["field"], e["line"]) for e in body["errors"]] == [(None, name, 1) for name, _ in repeated]
+    for error, (name, times) in zip(body["errors"], repeated, strict=True):
+        assert error["message"] == f"the header has the column '{name}' {times} times; give it once"
+    assert count_rows(app) == (0, 0)
+
+
 def test_csv_without_required_column_is_rejected(client: FlaskClient, app: Flask) -> None:
     body = assert_json_error(post_csv(client, "PassengerId,Pclass,Age\n1,3,22\n"), 422)
 
@@ -277,13 +296,39 @@ def test_unreadable_csv_is_400(client: FlaskClient, app: Flask, data: bytes) -> 
     assert count_rows(app) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        # The next quote, on line 7, closes it: what follows that quote is where the reader stops.
+        (6, "line 7: ',' expected after '\"' (in the row that begins on line 6)"),
+        (419, "line 419: a quoted cell is not closed (the file ends inside it, on line 419)"),  # the last row
+    ],
+)
+def test_csv_with_a_quote_left_open_is_400_naming_its_line(
+    client: FlaskClient, app: Flask, line: int, message: str
+) -> None:
+    lines = TEST_CSV.read_text().splitlines()
+    lines[line - 1] = "".join(lines[line - 1].rsplit('"', 1))  # its name's quote is not closed
+    body = assert_json_error(post_csv(client, "\n".join(lines) + "\n"), 400)
+
+    assert body["message"] == message
+    assert count_rows(app) == (0, 0)
+
+
 # -- bad requests -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     "data",
-    [b'{"Pclass": 3, "Sex": "male"', b"{'Pclass': 3}", b"", b'{"Name": "\xff"}'],
-    ids=["truncated", "single-quotes", "empty", "not-utf8"],
+    [
+        b'{"Pclass": 3, "Sex": "male"',
+        b"{'Pclass': 3}",
+        b"",
+        b'{"Name": "\xff"}',
+        b'{"Pclass": 3, "Sex": "male", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'[{"Pclass": 3, "Sex": "male", "a": ' + b"[" * 100_000 + b"]" * 100_000 + b"}]",
+    ],
+    ids=["truncated", "single-quotes", "empty", "not-utf8", "nested-too-deeply", "nested-too-deeply-in-array"],
 )
 def test_malformed_json_is_400(client: FlaskClient, app: Flask, data: bytes) -> None:
     body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 400)
@@ -307,6 +352,19 @@ HUGE = "1" * 5000
 def test_json_whole_number_too_long_to_read_is_400(client: FlaskClient, app: Flask, data: str) -> None:
     body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 400)
     assert "malformed JSON: a whole number of more than 4300 digits" in body["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize("field", ["PassengerId", "Pclass", "SibSp", "Parch", "Age", "Fare"])
+@pytest.mark.parametrize("sign", ["", "-"])
+def test_json_whole_number_beyond_any_float_is_422_naming_its_field(
+    client: FlaskClient, app: Flask, field: str, sign: str
+) -> None:
+    number = sign + "1" + "0" * 400  # read by int() (at most 4,300 digits), too large for float()
+    data = '[{"Pclass": 3, "Sex": "male"}, {"Pclass": 3, "Sex": "male", ' + f'"{field}": {number}' + "}]"
+    body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 422)
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [(1, field)]
+    assert "whole number out of range (401 digits)" in body["errors"][0]["message"]
     assert count_rows(app) == (0, 0)
 
 

@@ -161,6 +161,35 @@ def test_metrics_count_what_was_answered_refused_and_stored(make_app: MakeApp, l
     assert by_id[sent[-1].headers["X-Request-ID"]]["route"] is None  # a 404 matched no route
 
 
+def test_validation_failures_count_every_error_not_only_those_listed(make_app: MakeApp, tmp_path: Path) -> None:
+    app = make_app(BATCH_DIR=tmp_path / "batches")
+    client = app.test_client()
+    response = client.post("/api/predict", json=[{**PASSENGER, "Pclass": 9}] * 1500 + [{**PASSENGER, "Age": -1}])
+    assert response.status_code == 422
+    assert (len(response.get_json()["errors"]), response.get_json()["error_count"]) == (1000, 1501)
+    lines = csv_rows(3).splitlines()
+    text = "\n".join([lines[0], *[lines[1].replace(",male,", ",unknown,")] * 1200]) + "\n"
+    token = csrf_token(client.get("/batch").get_data(as_text=True))
+    client.post(
+        "/batch",
+        data={"csrf_token": token, "file": (io.BytesIO(text.encode()), "test.csv")},
+        content_type="multipart/form-data",
+    )
+    client.post("/api/predict", data=text.replace("Sex", "Sex,Sex", 1), content_type="text/csv")  # the header
+    client.post("/api/predict", data=text.replace("Sex", "Sexx", 1), content_type="text/csv")
+
+    failures = {
+        labels: value for (name, labels), value in scrape(client).items() if name == "titanic_validation_failures_total"
+    }
+    assert failures == {
+        (("field", "Pclass"), ("source", "api")): 1500,
+        (("field", "Age"), ("source", "api")): 1,
+        (("field", "Sex"), ("source", "batch")): 1200,
+        (("field", "Sex"), ("source", "api")): 2,  # repeated; then missing, beside the unknown Sexx
+        (("field", "unknown"), ("source", "api")): 1,
+    }
+
+
 def test_a_batch_upload_is_logged_once_its_stream_ends(
     make_app: MakeApp, tmp_path: Path, log_lines: list[dict[str, Any]]
 ) -> None:

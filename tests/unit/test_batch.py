@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import re
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PASSENGER, TEST_CSV, TRAIN_CSV
-from titanic_web import batch, csvio, features, schema, spool
+from titanic_web import batch, csvio, features, requestlog, schema, spool
 from titanic_web import recorder as recorder_module
 from titanic_web.batch import Answers, BatchInputError, BodyError, Progress
 from titanic_web.predictor import Predictor
@@ -315,6 +316,8 @@ HOSTILE_VALUES: list[Any] = [
     2**31 - 1,
     2**31,
     10**30,
+    10**400,  # beyond any float: float() overflows
+    -(10**400),
     0.0,
     -0.0,
     0.0,
@@ -568,6 +571,22 @@ def test_json_items_says_what_is_wrong() -> None:
         items_of(b'[{"Pclass": 3},]')
 
 
+#: A field holding arrays nested deeper than the json module's recursion reaches.
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"Pclass": 3, "a": ' + DEEP + b"}", b'[{"Pclass": 3}, {"a": ' + DEEP + b"}]", DEEP],
+    ids=["object", "array-item", "array"],
+)
+def test_json_items_refuses_values_nested_too_deeply(body: bytes) -> None:
+    with pytest.raises(BodyError, match="^malformed JSON: arrays or objects nested too deeply$") as caught:
+        items_of(body)
+
+    assert caught.value.too_large is False
+
+
 # -- process / run ----------------------------------------------------------------------------
 
 
@@ -780,6 +799,115 @@ def test_csv_rows_number_lines_as_the_csv_module_does(seed: int, block_rows: int
     assert any(line != position + 2 for position, (line, _) in enumerate(numbered))  # the case is there
 
 
+def csv_with_a_bad_byte(seed: int, bad_line: int, *, bom: bool = False) -> bytes:
+    """A CSV body of 3000 rows, lines ended every way, with a Latin-1 é on line ``bad_line``."""
+    generator = random.Random(seed)
+    lines = ["PassengerId,Pclass,Name,Sex"] + [
+        f"{n},3,Kelly Mr. J{'x' * generator.randrange(30)},male" for n in range(3000)
+    ]
+    body = b"\xef\xbb\xbf" if bom else b""
+    for number, line in enumerate(lines, start=1):
+        data = line.encode()
+        if number == bad_line:
+            data = data.replace(b"Kelly", b"K\xe9lly").replace(b"Name", b"N\xe4me")
+        body += data + generator.choice([b"\r\n", b"\n", b"\r"])
+    return body
+
+
+def where_it_is_not_utf8(body: bytes) -> tuple[int, int]:
+    """(the line the csv module reads the first byte that is not UTF-8 on, that byte's offset)."""
+    with pytest.raises(UnicodeDecodeError) as caught:
+        body.decode()
+    reader = csv.reader(io.StringIO(body.decode(errors="surrogateescape"), newline=""))
+    line = next(reader.line_num for cells in reader if any("\udc80" <= c <= "\udcff" for c in "".join(cells)))
+    return line, caught.value.start
+
+
+class Unseekable(io.BytesIO):
+    def seekable(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("bom", [False, True])
+@pytest.mark.parametrize("bad_line", [1, 2, 250, 2999, 3001])
+def test_csv_rows_name_the_line_and_offset_of_a_byte_not_utf8(bad_line: int, bom: bool) -> None:
+    """The text decoder reads 8 KB ahead of the csv reader: the line the reader is on is not the byte's."""
+    body = csv_with_a_bad_byte(bad_line, bad_line, bom=bom)
+    line, offset = where_it_is_not_utf8(body)
+    assert line == bad_line
+
+    with pytest.raises(BodyError) as caught:
+        header, blocks = batch.csv_rows(io.BytesIO(body), block_rows=500)
+        for _ in blocks:
+            pass
+    assert str(caught.value) == f"the CSV file must be UTF-8 text (line {line}: the byte at offset {offset} is not)"
+
+    with pytest.raises(BodyError) as unseekable:  # not read again: only a line it is on or after
+        header, blocks = batch.csv_rows(Unseekable(body), block_rows=500)
+        for _ in blocks:
+            pass
+    said = re.fullmatch(
+        r"the CSV file must be UTF-8 text \(a byte on line (\d+) or after is not\)", str(unseekable.value)
+    )
+    assert said is not None and 1 <= int(said[1]) <= line
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "offset"),
+    [
+        # A chunk (8192 bytes) ends just after a \r: the line break is the decoder's until the next one.
+        (b"Pclass,Sex,Name\r" + b"3,male,x\r" * 906 + b"3,male," + b"y" * 14 + b"\r3,male,\xe9\r", 909, 8199),
+        (b"Pclass,Sex,Name\n3,male,x\r\n3,male,\xe2\x82", 3, 33),  # cut short at the end
+        (b"Pclass,Sex,\xffName\n3,male,x\n", 1, 11),  # in the header
+    ],
+    ids=["chunk-after-cr", "at-the-end", "header"],
+)
+def test_csv_rows_name_the_line_of_a_byte_not_utf8_wherever_it_is(body: bytes, line: int, offset: int) -> None:
+    assert where_it_is_not_utf8(body) == (line, offset)
+    with pytest.raises(BodyError) as caught:
+        header, blocks = batch.csv_rows(io.BytesIO(body), block_rows=500)
+        for _ in blocks:
+            pass
+    assert str(caught.value) == f"the CSV file must be UTF-8 text (line {line}: the byte at offset {offset} is not)"
+
+
+#: Lines 1 to 8: a header, a row over two lines, an empty line, a row, then a quote never closed.
+UNCLOSED = (
+    'PassengerId,Pclass,Name,Sex\n1,3,"Kelly,\r\nMr. J",male\n\n2,3,x,male\n'
+    '3,3,"Open, Mr. Q,male\n4,3,y,male\n5,3,z,male\n'
+)
+
+
+@pytest.mark.parametrize("block_rows", [1, 2, 4, 2000])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (UNCLOSED, "line 6: a quoted cell is not closed (the file ends inside it, on line 8)"),
+        (UNCLOSED.rstrip("\n"), "line 6: a quoted cell is not closed (the file ends inside it, on line 8)"),
+        ('Pclass,Sex,Name\n3,male,"Open\n', "line 2: a quoted cell is not closed (the file ends inside it, on line 2)"),
+        ('Pclass,Sex,"Name\n3,male,x\n', "line 1: a quoted cell is not closed (the file ends inside it, on line 2)"),
+        ('Pclass,Sex,Name\n3,male,x\n3,male,"Kelly" Mr. J\n', "line 3: ',' expected after '\"'"),
+        (
+            'Pclass,Sex,Name\n3,male,x\n\n3,male,"Open\n3,male,"Kelly"\n',
+            "line 5: ',' expected after '\"' (in the row that begins on line 4)",  # the next quote closes it
+        ),
+    ],
+    ids=["late-row", "no-last-line-break", "first-row", "header", "text-after-a-quote", "closed-later"],
+)
+def test_csv_rows_refuse_a_quote_left_open_naming_its_line(block_rows: int, text: str, message: str) -> None:
+    """The csv module without strict=True reads an open quote to the end of the file as one cell."""
+    with pytest.raises(BodyError) as caught:
+        header, blocks = batch.csv_rows(io.BytesIO(text.encode()), block_rows=block_rows)
+        for _ in blocks:
+            pass
+    assert str(caught.value) == message
+    assert caught.value.too_large is False
+
+    with pytest.raises(csvio.CsvError) as also:  # the CLI's reader
+        csvio.read_passengers(text, max_rows=100)
+    assert str(also.value) == message
+
+
 def late_bad_csv(test_csv: str, *, bad_line: int, blank_after: int) -> str:
     """test.csv with a blank line after line blank_after and an Age of -3 on line bad_line (blank included)."""
     lines = test_csv.splitlines()
@@ -830,10 +958,15 @@ def test_run_caps_the_errors_listed_but_counts_them_all(
         cells[header.index("Sex")] = "unknown"
         cells[header.index("Pclass")] = "0"
 
-    with pytest.raises(BatchInputError) as caught:
-        run(csv_text(header, rows), kind="csv", predictor=predictor, recorder=recorder, chunk_rows=10, max_errors=7)
+    request = requestlog.begin(None)
+    try:
+        with pytest.raises(BatchInputError) as caught:
+            run(csv_text(header, rows), kind="csv", predictor=predictor, recorder=recorder, chunk_rows=10, max_errors=7)
+    finally:
+        requestlog.end()
 
     assert caught.value.total == 60
+    assert sorted(request.invalid or ()) == [("Pclass", "api", 30), ("Sex", "api", 30)]  # for the metrics: all
     assert [(e.line, e.field) for e in caught.value.errors] == [
         (102, "Pclass"),
         (102, "Sex"),

@@ -88,7 +88,9 @@ def test_requests_predictions_and_model_version_are_exported(in_memory: None) ->
         metrics.observe_request("api.predict", status, 0.002)
     metrics.observe_request(None, 404, 0.0001)
     metrics.observe_predictions(rows=3, survived=1, counts=probability_counts([0.05, 0.3, 0.95]), total=1.3)
-    metrics.count_validation_failures([("Age", "api"), ("Agee", "api"), ("Age", "form")])
+    metrics.count_validation_failures(
+        [("Age", "api", 1), ("Agee", "api", 1), ("Age", "form", 1), ("Fare", "batch", 1500), ("x", "api", 2)]
+    )
     metrics.set_model_version("v1")
     metrics.set_model_version("v2")  # switched: v1 no longer answers
 
@@ -112,7 +114,8 @@ def test_requests_predictions_and_model_version_are_exported(in_memory: None) ->
     assert got[("titanic_prediction_probability_count", ())] == 3
     assert got[("titanic_prediction_probability_sum", ())] == pytest.approx(1.3)
     assert got[("titanic_validation_failures_total", (("field", "Age"), ("source", "api")))] == 1
-    assert got[("titanic_validation_failures_total", (("field", "unknown"), ("source", "api")))] == 1
+    assert got[("titanic_validation_failures_total", (("field", "unknown"), ("source", "api")))] == 3
+    assert got[("titanic_validation_failures_total", (("field", "Fare"), ("source", "batch")))] == 1500
     assert got[("titanic_validation_failures_total", (("field", "Age"), ("source", "form")))] == 1
     assert got[("titanic_model_info", (("version", "v1"),))] == 0
     assert got[("titanic_model_info", (("version", "v2"),))] == 1

@@ -214,9 +214,16 @@ def test_begin_end_and_refused_fields(no_request: None, monkeypatch: pytest.Monk
     assert requestlog.current() is info and info.id == "abc" and info.rows == 0
     clock[0] = 100.25
     assert info.elapsed_ms() == 250.0  # milliseconds since begin(), from the clock begin() read
-    requestlog.note_invalid(["Age", None], source="api")
+    requestlog.note_invalid(["Age", None, "Age"], source="api")
     requestlog.note_invalid(["Sex"], source="form")
-    assert info.invalid == [("Age", "api"), (None, "api"), ("Sex", "form")]
+    requestlog.note_invalid({"Pclass": 1500, None: 2}, source="batch")  # counted beyond the errors listed
+    assert info.invalid == [
+        ("Age", "api", 2),
+        (None, "api", 1),
+        ("Sex", "form", 1),
+        ("Pclass", "batch", 1500),
+        (None, "batch", 2),
+    ]
 
     requestlog.end()
     assert requestlog.current() is None

@@ -44,6 +44,19 @@ def test_the_sample_passenger_is_valid() -> None:
         (with_(Fare=math.nan), "Fare", "got nan"),
         (with_(Fare=math.inf), "Fare", "got inf"),
         (with_(Fare=-math.inf), "Fare", "got -inf"),
+        # Whole numbers beyond any float (JSON reads up to 4,300 digits): out of range, not a crash.
+        (with_(Age=10**400), "Age", "must be a number from 0 to 120, got a whole number out of range (401 digits)"),
+        (with_(Fare=-(10**4000)), "Fare", "got a negative whole number out of range (4001 digits)"),
+        (
+            with_(PassengerId=10**400),
+            "PassengerId",
+            "from 1 to 2147483647, got a whole number out of range (401 digits)",
+        ),
+        (with_(SibSp=-(10**400)), "SibSp", "got a negative whole number out of range (401 digits)"),
+        (with_(Parch=10**400), "Parch", "got a whole number out of range (401 digits)"),
+        (with_(Pclass=10**400), "Pclass", "must be one of 1, 2, 3, got a whole number out of range (401 digits)"),
+        (with_(PassengerId=2**64), "PassengerId", "got 18446744073709551616"),  # short enough to be shown
+        (with_(Age=10**5000), "Age", "got a whole number out of range"),  # more digits than str() writes
         (with_(SibSp=21), "SibSp", "must be a whole number from 0 to 20, got 21"),
         (with_(SibSp=-1), "SibSp", "must be a whole number from 0 to 20, got -1"),
         (with_(Parch=21), "Parch", "must be a whole number from 0 to 20, got 21"),
