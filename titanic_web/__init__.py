@@ -9,9 +9,10 @@ from typing import Any
 
 from flask import Flask
 from sqlalchemy import event
+from sqlalchemy.exc import ArgumentError
 
 from titanic_web import security, telemetry
-from titanic_web.config import PROJECT_ROOT, engine_options, load_secret_key, settings_from_env
+from titanic_web.config import PROJECT_ROOT, ConfigError, engine_options, load_secret_key, settings_from_env
 from titanic_web.extensions import SessionInterface, csrf, db, migrate
 from titanic_web.recorder import Recorder
 from titanic_web.service import PredictionService
@@ -78,7 +79,11 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _prepare_sqlite_folder(app)
     logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    db.init_app(app)
+    try:
+        db.init_app(app)  # makes the engine: the URL is parsed and its driver imported here
+    except (ArgumentError, ValueError, ImportError) as exc:
+        # SQLAlchemy's reason, never the URL itself: it may hold a password.
+        raise ConfigError(f"DATABASE_URL cannot be used: {type(exc).__name__}: {exc}") from exc
     _configure_sqlite(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"))
     csrf.init_app(app)

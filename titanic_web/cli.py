@@ -242,7 +242,10 @@ def _database_check() -> str:
         check_tables()
     except Exception as exc:  # report, never crash: this is what an operator runs when things are wrong
         db.session.rollback()
-        return f"degraded ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        # The first line of the message, if it has one: some exceptions carry none.
+        first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        detail = f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
+        return f"degraded ({detail})"
     return "ok"
 
 

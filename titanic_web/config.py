@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import os
 import secrets
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: The model registry: one folder per trained version and an ACTIVE pointer (titanic_web/registry.py).
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "model" / "registry"
 DEFAULT_TRAIN_DATA = PROJECT_ROOT / "model" / "data" / "train.csv"
+#: LOG_LEVEL's values: the names both logging and gunicorn know (gunicorn takes any other for INFO).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 class ConfigError(Exception):
@@ -38,6 +42,7 @@ def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
 
 
 def _float_env(name: str, default: float) -> float:
+    """A number of seconds (or hours); threading's waits refuse more than TIMEOUT_MAX seconds."""
     text = _env_text(name)
     if text is None:
         return default
@@ -45,8 +50,23 @@ def _float_env(name: str, default: float) -> float:
         value = float(text)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value):  # NaN passes every comparison: a wait of NaN seconds returns at once
+        raise ConfigError(f"{name} must be a finite number, got {text!r}")
+    if value > threading.TIMEOUT_MAX:
+        raise ConfigError(f"{name} must be at most {threading.TIMEOUT_MAX:.0f}, got {text!r}")
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
+    return value
+
+
+def _choice_env(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of choices, in any case and with spaces around it allowed."""
+    text = _env_text(name)
+    if text is None:
+        return default
+    value = text.strip().upper()
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {text!r}")
     return value
 
 
@@ -73,8 +93,8 @@ def load_secret_key(instance_path: Path) -> str:
     Every gunicorn worker reads the same file, so sessions and CSRF tokens made by
     one worker are valid in all of them; creation is atomic, so racing workers agree.
     """
-    from_env = os.environ.get("SECRET_KEY")
-    if from_env:
+    from_env = _env_text("SECRET_KEY")  # blank is unset: a key of spaces would sign everything
+    if from_env is not None:
         return from_env
     path = instance_path / "secret_key"
     if not path.exists():
@@ -97,27 +117,27 @@ def load_secret_key(instance_path: Path) -> str:
 
 def settings_from_env(instance_path: Path) -> dict[str, Any]:
     """Read every setting from the environment; the defaults suit a local install."""
-    database_url = os.environ.get("DATABASE_URL") or f"sqlite:///{instance_path / 'titanic.db'}"
+    database_url = _env_text("DATABASE_URL") or f"sqlite:///{instance_path / 'titanic.db'}"
     return {
         "SECRET_KEY": None,  # filled in by create_app unless the caller's config has one
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "MODEL_DIR": Path(os.environ.get("MODEL_DIR") or DEFAULT_MODEL_DIR),
+        "MODEL_DIR": Path(_env_text("MODEL_DIR") or DEFAULT_MODEL_DIR),
         # How often each worker looks at the registry's ACTIVE pointer (one stat); 0 never switches live.
         "MODEL_CHECK_SECONDS": _float_env("MODEL_CHECK_SECONDS", 1.0),
-        "TRAIN_DATA": Path(os.environ.get("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
+        "TRAIN_DATA": Path(_env_text("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
         "MAX_ROWS": _int_env("MAX_ROWS", 100_000),
         "BATCH_CHUNK_ROWS": _int_env("BATCH_CHUNK_ROWS", 2000),
         # The batch page's submission files, kept for download under unguessable names.
-        "BATCH_DIR": Path(os.environ.get("BATCH_DIR") or instance_path / "batches"),
+        "BATCH_DIR": Path(_env_text("BATCH_DIR") or instance_path / "batches"),
         "BATCH_KEEP_HOURS": _float_env("BATCH_KEEP_HOURS", 24.0),
         "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
         # Flask-WTF's default token lifetime is an hour; a form left open longer gets
         # a friendly "submit again" page, never a bare 400.
         "WTF_CSRF_TIME_LIMIT": _int_env("CSRF_TIME_LIMIT", 3600),
-        "LOG_LEVEL": os.environ.get("LOG_LEVEL", "INFO").upper(),
+        "LOG_LEVEL": _choice_env("LOG_LEVEL", "INFO", LOG_LEVELS),
         # Off only for benchmarks and dry runs: predictions are then answered and not stored.
         "RECORDING": _bool_env("RECORDING", True),
-        "SPOOL_DIR": Path(os.environ.get("SPOOL_DIR") or instance_path / "spool"),
+        "SPOOL_DIR": Path(_env_text("SPOOL_DIR") or instance_path / "spool"),
         "SPOOL_FSYNC": _bool_env("SPOOL_FSYNC", False),
         "RECORDER_BATCH_ROWS": _int_env("RECORDER_BATCH_ROWS", 1000),
         # One transaction per second at most under steady load: a commit (and its WAL pages)

@@ -3,7 +3,6 @@ rate limits, API keys, and the checks production mode makes before it starts."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +11,7 @@ from flask_talisman import Talisman
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from titanic_web import auth, ratelimit
-from titanic_web.config import ConfigError, _bool_env, _int_env
+from titanic_web.config import ConfigError, _bool_env, _env_text, _int_env
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -38,7 +37,7 @@ REFERRER_POLICY = "same-origin"
 
 def settings_from_env() -> dict[str, Any]:
     """Read the security settings from the environment; the defaults suit a local install."""
-    app_env = (os.environ.get("APP_ENV") or "development").strip().lower()
+    app_env = (_env_text("APP_ENV") or "development").strip().lower()
     if app_env not in APP_ENVS:
         raise ConfigError(f"APP_ENV must be one of {', '.join(APP_ENVS)}, got {app_env!r}")
     return {
@@ -50,9 +49,9 @@ def settings_from_env() -> dict[str, Any]:
         "RATELIMIT_ENABLED": _bool_env("RATELIMIT_ENABLED", True),
         # 20 a second sustained, per client and route: far above a person, enough for a script that
         # predicts one passenger a request; more passengers go in one request as an array or CSV.
-        "RATE_LIMIT": os.environ.get("RATE_LIMIT") or "1200/minute",
-        "RATELIMIT_STORAGE_URI": os.environ.get("RATELIMIT_STORAGE_URI") or "memory://",
-        "RATELIMIT_KEY_PREFIX": os.environ.get("RATELIMIT_KEY_PREFIX") or "titanic-web",
+        "RATE_LIMIT": _env_text("RATE_LIMIT") or "1200/minute",
+        "RATELIMIT_STORAGE_URI": _env_text("RATELIMIT_STORAGE_URI") or "memory://",
+        "RATELIMIT_KEY_PREFIX": _env_text("RATELIMIT_KEY_PREFIX") or "titanic-web",
         "API_KEYS": auth.keys_from_env("API_KEYS"),
         "ADMIN_API_KEYS": auth.keys_from_env("ADMIN_API_KEYS"),
     }
@@ -71,7 +70,7 @@ def check_production(app: Flask) -> None:
     problems = []
     if app.debug:
         problems.append("debug mode is on (unset FLASK_DEBUG and DEBUG): it shows code and values to clients")
-    if not (app.config.get("SECRET_KEY") or os.environ.get("SECRET_KEY")):
+    if not (app.config.get("SECRET_KEY") or _env_text("SECRET_KEY")):  # blank is unset, as load_secret_key reads it
         problems.append(
             "SECRET_KEY is not set in the environment (generate one with "
             "python -c 'import secrets; print(secrets.token_hex(32))')"

@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
 from flask import Flask
@@ -14,6 +15,7 @@ from flask_migrate import upgrade
 
 from tests.conftest import PASSENGER, TEST_CSV, count_rows
 from tests.integration.helpers import csv_with_cell, kaggle_rows
+from titanic_web import models
 from titanic_web.extensions import db
 from titanic_web.models import FeatureRow, PredictionRow
 from titanic_web.predictor import Predictor
@@ -212,3 +214,26 @@ def test_init_db_refuses_tables_of_no_known_schema(make_app: Any) -> None:
     assert result.exit_code == 1
     assert "no migration history" in result.output and "db stamp" in result.output
     assert "alembic_version" not in table_names(app)
+
+
+@pytest.mark.parametrize(
+    ("error", "shown"),
+    [
+        (RuntimeError(), "degraded (RuntimeError)"),  # no message at all
+        (RuntimeError("\n  \n"), "degraded (RuntimeError)"),
+        (
+            RuntimeError("no such table: predictions\n[SQL: SELECT ...]"),
+            "degraded (RuntimeError: no such table: predictions)",
+        ),
+    ],
+)
+def test_recorder_status_reports_any_database_error(
+    app: Flask, monkeypatch: pytest.MonkeyPatch, error: Exception, shown: str
+) -> None:
+    def fail() -> None:
+        raise error
+
+    monkeypatch.setattr(models, "check_tables", fail)
+    result = invoke(app, "recorder", "status")
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f"database: {shown} (" in result.output

@@ -532,6 +532,16 @@ def test_production_refuses_to_start_without_secret_key(instance: Path, monkeypa
     assert not (instance / "secret_key").exists(), "production must never generate a key"
 
 
+@pytest.mark.parametrize("text", [" ", "\t\n"])
+def test_production_refuses_a_blank_secret_key(instance: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """A blank SECRET_KEY is an unset one: never a key of spaces that anyone can guess."""
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("SECRET_KEY", text)
+    with pytest.raises(ConfigError, match="SECRET_KEY is not set"):
+        create_app()
+    assert not (instance / "secret_key").exists(), "production must never generate a key"
+
+
 def test_production_refuses_to_start_in_debug_mode(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APP_ENV", "production")
     monkeypatch.setenv("SECRET_KEY", "a-production-secret-key-0123456789")
@@ -560,6 +570,16 @@ def test_development_keeps_the_generated_key(instance: Path) -> None:
     try:
         assert app.config["APP_ENV"] == "development"
         assert app.config["SECRET_KEY"] == (instance / "secret_key").read_text().strip()
+    finally:
+        close_app(app)
+
+
+def test_development_generates_a_key_for_a_blank_secret_key(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_KEY", " ")
+    app = create_app()
+    try:
+        key = (instance / "secret_key").read_text().strip()
+        assert app.config["SECRET_KEY"] == key and len(key) == 64
     finally:
         close_app(app)
 

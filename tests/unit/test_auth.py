@@ -109,6 +109,14 @@ def test_security_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     assert settings["API_KEYS"] == (KEY_A, KEY_B) and settings["ADMIN_API_KEYS"] == (KEY_B,)
 
 
+@pytest.mark.parametrize("text", ["", " ", "\t"])
+def test_a_blank_security_setting_means_the_default(monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    defaults = security.settings_from_env()
+    for name in ("APP_ENV", "RATE_LIMIT", "RATELIMIT_STORAGE_URI", "RATELIMIT_KEY_PREFIX", "FORCE_HTTPS"):
+        monkeypatch.setenv(name, text)
+    assert security.settings_from_env() == defaults
+
+
 def test_bad_security_settings_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("APP_ENV", "staging")
     with pytest.raises(ConfigError, match="APP_ENV must be one of development, production, got 'staging'"):

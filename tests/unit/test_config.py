@@ -52,10 +52,26 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     assert settings["LOG_LEVEL"] == "DEBUG"
 
 
-@pytest.mark.parametrize("name", ["DATABASE_URL", "MODEL_DIR", "MAX_ROWS"])
-def test_an_empty_variable_means_the_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+@pytest.mark.parametrize("text", ["", " \t"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "DATABASE_URL",
+        "MODEL_DIR",
+        "TRAIN_DATA",
+        "BATCH_DIR",
+        "SPOOL_DIR",
+        "MAX_ROWS",
+        "LOG_LEVEL",
+        "MODEL_CHECK_SECONDS",
+        "RECORDER_FLUSH_SECONDS",
+    ],
+)
+def test_an_empty_variable_means_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, text: str
+) -> None:
     defaults = settings_from_env(tmp_path)
-    monkeypatch.setenv(name, "")
+    monkeypatch.setenv(name, text)
     assert settings_from_env(tmp_path) == defaults
 
 
@@ -68,6 +84,17 @@ def test_an_empty_variable_means_the_default(tmp_path: Path, monkeypatch: pytest
         ("MAX_ROWS", "-3", "MAX_ROWS must be at least 1, got -3"),
         ("MAX_CONTENT_LENGTH", "big", "MAX_CONTENT_LENGTH must be a whole number"),
         ("CSRF_TIME_LIMIT", "0", "CSRF_TIME_LIMIT must be at least 1"),
+        ("MODEL_CHECK_SECONDS", "soon", "MODEL_CHECK_SECONDS must be a number, got 'soon'"),
+        ("RECORDER_FLUSH_SECONDS", "-1", "RECORDER_FLUSH_SECONDS must not be negative, got -1"),
+        # Not a number of seconds: NaN passes every comparison (the writer would spin), and
+        # threading's waits refuse infinity and anything above threading.TIMEOUT_MAX.
+        ("MODEL_CHECK_SECONDS", "nan", "MODEL_CHECK_SECONDS must be a finite number, got 'nan'"),
+        ("RECORDER_FLUSH_SECONDS", "NaN", "RECORDER_FLUSH_SECONDS must be a finite number, got 'NaN'"),
+        ("MODEL_CHECK_SECONDS", "inf", "MODEL_CHECK_SECONDS must be a finite number, got 'inf'"),
+        ("RECORDER_RETRY_MAX_SECONDS", "-inf", "RECORDER_RETRY_MAX_SECONDS must be a finite number"),
+        ("RECORDER_SHUTDOWN_SECONDS", "Infinity", "RECORDER_SHUTDOWN_SECONDS must be a finite number"),
+        ("BATCH_KEEP_HOURS", "nan", "BATCH_KEEP_HOURS must be a finite number, got 'nan'"),
+        ("MODEL_CHECK_SECONDS", "1e10", "MODEL_CHECK_SECONDS must be at most 9223372036, got '1e10'"),
     ],
 )
 def test_a_bad_number_is_a_config_error(
@@ -77,6 +104,31 @@ def test_a_bad_number_is_a_config_error(
     with pytest.raises(ConfigError) as info:
         settings_from_env(tmp_path)
     assert message in str(info.value)
+
+
+def test_float_settings_take_decimals_and_exponents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MODEL_CHECK_SECONDS", " 0.25 ")
+    monkeypatch.setenv("RECORDER_FLUSH_SECONDS", "0")
+    monkeypatch.setenv("BATCH_KEEP_HOURS", "1e3")
+    settings = settings_from_env(tmp_path)
+    assert settings["MODEL_CHECK_SECONDS"] == 0.25
+    assert settings["RECORDER_FLUSH_SECONDS"] == 0.0
+    assert settings["BATCH_KEEP_HOURS"] == 1000.0
+
+
+@pytest.mark.parametrize(("text", "level"), [("debug", "DEBUG"), (" Warning ", "WARNING"), ("CRITICAL", "CRITICAL")])
+def test_log_level_takes_any_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, level: str) -> None:
+    monkeypatch.setenv("LOG_LEVEL", text)
+    assert settings_from_env(tmp_path)["LOG_LEVEL"] == level
+
+
+@pytest.mark.parametrize("text", ["verbose", "10", "warn", "NOTSET"])
+def test_an_unknown_log_level_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
+    """Only the names both logging and gunicorn know: gunicorn would take any other for INFO."""
+    monkeypatch.setenv("LOG_LEVEL", text)
+    with pytest.raises(ConfigError) as info:
+        settings_from_env(tmp_path)
+    assert str(info.value) == f"LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got {text!r}"
 
 
 # --- the secret key ------------------------------------------------------------
@@ -111,10 +163,21 @@ def test_secret_keys_differ_between_installs(tmp_path: Path) -> None:
     assert load_secret_key(tmp_path / "one") != load_secret_key(tmp_path / "two")
 
 
-def test_an_empty_environment_key_falls_back_to_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("text", ["", " ", "\t\n"])
+def test_an_empty_environment_key_falls_back_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
     (tmp_path / "secret_key").write_text("from-file\n")
-    monkeypatch.setenv("SECRET_KEY", "")
+    monkeypatch.setenv("SECRET_KEY", text)
     assert load_secret_key(tmp_path) == "from-file"
+
+
+def test_a_blank_environment_key_is_generated_like_an_unset_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", " ")
+    key = load_secret_key(tmp_path)
+    assert len(key) == 64 and (tmp_path / "secret_key").read_text() == key
 
 
 @pytest.mark.parametrize("text", ["", " \n"])

@@ -20,6 +20,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -188,6 +189,32 @@ def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.M
         monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
     settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
     assert settings["bind"] == f"0.0.0.0:{env['PORT']}"
+
+
+@pytest.mark.parametrize(
+    ("text", "level"),
+    [(None, "INFO"), ("", "INFO"), (" ", "INFO"), ("debug", "DEBUG"), ("WARNING", "WARNING"), (" Error ", "ERROR")],
+)
+def test_gunicorn_logs_at_log_level_and_at_info_when_it_is_blank(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None, level: str
+) -> None:
+    """The app (config.py) takes a blank LOG_LEVEL for INFO; gunicorn must read it the same way."""
+    import logging
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    if text is None:
+        monkeypatch.delenv("LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("LOG_LEVEL", text)
+    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    cfg = Config()
+    cfg.set("loglevel", settings["loglevel"])
+    assert Logger(cfg).loglevel == logging.getLevelName(level)
 
 
 def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_interval_and_collector(

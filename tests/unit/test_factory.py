@@ -64,6 +64,25 @@ def test_a_bad_max_rows_stops_the_app(monkeypatch: pytest.MonkeyPatch, text: str
         create_app()
 
 
+@pytest.mark.parametrize(
+    ("url", "detail"),
+    [
+        ("nonsense", "ArgumentError: Could not parse SQLAlchemy URL"),
+        ("postgres://svc:hunter2@db/titanic", "NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:postgres"),
+        ("postgresql+psycopg://svc:hunter2@db:port/titanic", "ValueError: invalid literal for int()"),
+        ("mysql://svc:hunter2@db/titanic", "ModuleNotFoundError: No module named 'MySQLdb'"),
+    ],
+)
+def test_an_unusable_database_url_stops_the_app(monkeypatch: pytest.MonkeyPatch, url: str, detail: str) -> None:
+    """Named as DATABASE_URL, with SQLAlchemy's reason and without the URL (it may hold a password)."""
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ConfigError) as info:
+        create_app()
+    message = str(info.value)
+    assert message.startswith("DATABASE_URL cannot be used: ") and detail in message
+    assert "hunter2" not in message
+
+
 def test_secret_key_from_the_environment_wins_over_the_file(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     instance.mkdir()
     (instance / "secret_key").write_text("from-file")
