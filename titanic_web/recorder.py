@@ -719,8 +719,11 @@ class Recorder:
                 continue
             delay = 0.0
             # No full batch waiting: wait for the tick, or for requests to fill one. A wake-up set
-            # while this batch was delivered (its rows still counted) is stale: cleared first.
+            # while this batch was delivered (its rows still counted) is stale: cleared first. But
+            # stop() sets its stop before its wake-up: a stop seen here is not slept through.
             self._wake.clear()
+            if self._stopping.is_set():
+                break
             if self.spool.backlog_rows < self.batch_rows:
                 self._wake.wait(self.flush_interval)
 

@@ -809,6 +809,33 @@ def test_a_restart_delivers_what_the_stopped_app_left_spooled(apps: MakeApp, fau
     assert_stored_once(second, ids)
 
 
+def test_a_stop_that_comes_during_a_delivery_ends_the_writer_at_once(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """stop() wakes the writer; a wake-up that came while a batch was delivered used to be
+    cleared as stale, and the writer then slept a whole tick (here a minute) before it saw the
+    stop: a SIGTERM's drain and every test's clean-up waited for it."""
+    app = make_app(RECORDER_FLUSH_SECONDS=60)
+    recorder = get_service(app).recorder
+    deliver = Recorder.deliver_once
+
+    def stopped_during(self: Recorder) -> int:
+        self._stopping.set()  # what stop() does first, then the wake-up
+        self._wake.set()
+        return deliver(self)
+
+    monkeypatch.setattr(Recorder, "deliver_once", stopped_during)
+    assert app.test_client().post("/api/predict", json=PASSENGER).status_code == 200  # starts the writer
+    thread = recorder._thread
+    assert thread is not None
+
+    thread.join(timeout=30)  # only a guard against a hang: the tick is 60 s
+
+    assert not thread.is_alive(), "the writer slept through the stop"
+    monkeypatch.undo()
+    assert recorder.flush(5) and count_rows(app) == (1, 1)
+
+
 def test_recorder_replay_and_status_commands(apps: MakeApp, fault: Fault, tmp_path: Path) -> None:
     spool_dir = tmp_path / "shared-spool"
     first = apps(SPOOL_DIR=spool_dir)
