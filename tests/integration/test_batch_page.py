@@ -429,9 +429,9 @@ def test_download_of_unknown_or_malformed_token_is_404(batch_client: FlaskClient
         assert "PassengerId,Survived" not in response.get_data(as_text=True)
 
 
-def test_expired_results_are_removed_when_a_new_batch_is_kept(
-    batch_client: FlaskClient, app: Flask, batch_dir: Path
-) -> None:
+def one_expired_one_recent(batch_client: FlaskClient, app: Flask, batch_dir: Path) -> tuple[str, str, Path]:
+    """Two batches kept, the first written a minute past BATCH_KEEP_HOURS ago, the second a minute
+    short of it: (the expired one's link, the recent one's link, the expired one's file)."""
     old = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
     recent = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
     keep = app.config["BATCH_KEEP_HOURS"] * 3600
@@ -440,9 +440,17 @@ def test_expired_results_are_removed_when_a_new_batch_is_kept(
     now = time.time()
     os.utime(old_file, (now - keep - 60, now - keep - 60))
     os.utime(recent_file, (now - keep + 60, now - keep + 60))
+    return old, recent, old_file
+
+
+def test_expired_results_are_removed_when_a_new_batch_is_kept(
+    batch_client: FlaskClient, app: Flask, batch_dir: Path
+) -> None:
+    old, recent, old_file = one_expired_one_recent(batch_client, app, batch_dir)
     stale_partial = batch_dir / ".0123456789abcdef0123456789abcdef.tmp"
     stale_partial.write_text("PassengerId,Survived\n")
-    os.utime(stale_partial, (now - keep - 60, now - keep - 60))
+    expired = old_file.stat().st_mtime
+    os.utime(stale_partial, (expired, expired))
 
     new = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
 
@@ -456,14 +464,7 @@ def test_expired_results_are_removed_when_a_new_batch_is_kept(
 def test_expired_result_is_404_and_removed_when_downloaded(
     batch_client: FlaskClient, app: Flask, batch_dir: Path
 ) -> None:
-    old = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
-    recent = download_link(post_file(batch_client, TEST_CSV.read_bytes()).get_data(as_text=True))
-    keep = app.config["BATCH_KEEP_HOURS"] * 3600
-    [old_file] = [p for p in batch_dir.iterdir() if p.stem in old]
-    [recent_file] = [p for p in batch_dir.iterdir() if p.stem in recent]
-    now = time.time()
-    os.utime(old_file, (now - keep - 60, now - keep - 60))
-    os.utime(recent_file, (now - keep + 60, now - keep + 60))
+    old, recent, old_file = one_expired_one_recent(batch_client, app, batch_dir)
 
     with batch_client.get(old) as response:  # no batch uploaded since it expired
         assert response.status_code == 404
@@ -472,4 +473,4 @@ def test_expired_result_is_404_and_removed_when_downloaded(
         assert f"results are kept for {app.config['BATCH_KEEP_HOURS']:g} hours" in text
     assert not old_file.exists()
     assert status_of(batch_client, recent) == 200
-    assert recent_file.exists()
+    assert len(kept_files(batch_dir)) == 1  # the recent one's

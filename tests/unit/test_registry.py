@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -152,27 +153,19 @@ def test_activate_an_unknown_version_names_the_registered_ones(model_registry: P
     assert registry.read_active(model_registry) == before
 
 
-def test_activate_refuses_a_tampered_version_and_keeps_the_pointer(
-    model_registry: Path, second_model_dir: Path
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [(tamper, "does not match its card"), (make_unloadable, "cannot be activated.*cannot be loaded here")],
+    ids=["tampered", "fails-to-unpickle"],
+)
+def test_activate_refuses_a_version_that_cannot_be_loaded_and_keeps_the_pointer(
+    model_registry: Path, second_model_dir: Path, damage: Callable[[Path], None], why: str
 ) -> None:
     second = version_of(second_model_dir)
     before = registry.read_active(model_registry)
-    tamper(model_registry / second)
+    damage(model_registry / second)
 
-    with pytest.raises(registry.RegistryError, match="does not match its card"):
-        registry.activate(model_registry, second)
-
-    assert registry.read_active(model_registry) == before
-
-
-def test_activate_refuses_a_version_that_fails_to_unpickle_and_keeps_the_pointer(
-    model_registry: Path, second_model_dir: Path
-) -> None:
-    second = version_of(second_model_dir)
-    before = registry.read_active(model_registry)
-    make_unloadable(model_registry / second)
-
-    with pytest.raises(registry.RegistryError, match="cannot be activated.*cannot be loaded here"):
+    with pytest.raises(registry.RegistryError, match=why):
         registry.activate(model_registry, second)
 
     assert registry.read_active(model_registry) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -68,11 +69,20 @@ def test_a_request_keeps_the_predictor_it_started_with(model_registry: Path, ser
     assert service.require_predictor().version == second
 
 
-def test_a_tampered_version_is_refused_with_a_log_line_and_not_retried(
-    model_registry: Path, service: PredictionService, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [(tamper, "does not match its card"), (make_unloadable, "cannot be loaded here (ModuleNotFoundError")],
+    ids=["tampered", "fails-to-unpickle"],
+)
+def test_a_version_that_cannot_be_loaded_is_refused_with_a_log_line_and_not_retried(
+    model_registry: Path,
+    service: PredictionService,
+    caplog: pytest.LogCaptureFixture,
+    damage: Callable[[Path], None],
+    why: str,
 ) -> None:
     first, second = versions(model_registry)
-    tamper(model_registry / second)
+    damage(model_registry / second)
     loader = CountingLoader()
     watcher = ModelWatcher(service, model_registry, load=loader)
     registry.write_active(model_registry, second)
@@ -85,28 +95,7 @@ def test_a_tampered_version_is_refused_with_a_log_line_and_not_retried(
     assert loader.loaded == [second], "a refused version is tried once per pointer write"
     (line,) = [r.getMessage() for r in caplog.records]
     assert f"model version {second} refused" in line
-    assert "does not match its card" in line
-    assert f"still serving {first}" in line
-
-
-def test_a_version_that_fails_to_unpickle_is_refused_with_a_log_line_and_not_retried(
-    model_registry: Path, service: PredictionService, caplog: pytest.LogCaptureFixture
-) -> None:
-    first, second = versions(model_registry)
-    make_unloadable(model_registry / second)
-    loader = CountingLoader()
-    watcher = ModelWatcher(service, model_registry, load=loader)
-    registry.write_active(model_registry, second)
-
-    with caplog.at_level(logging.ERROR, logger="titanic_web.watcher"):
-        assert watcher.check() is False
-        assert watcher.check() is False
-
-    assert service.require_predictor().version == first
-    assert loader.loaded == [second], "a refused version is tried once per pointer write"
-    (line,) = [r.getMessage() for r in caplog.records]
-    assert f"model version {second} refused" in line
-    assert "cannot be loaded here (ModuleNotFoundError" in line
+    assert why in line
     assert f"still serving {first}" in line
 
 
