@@ -22,7 +22,7 @@ help:
 	@echo "make bench-quick  the same with fewer rounds (about 3 minutes)"
 	@echo "make bench-instructions  instructions per request in a worker, counted by valgrind (installs it)"
 	@echo "make lint   ruff (lint and format check) and mypy; changes no file"
-	@echo "make clean  remove the virtualenv, the trained models (model/registry) and instance/"
+	@echo "make clean  remove .venv, .venv-prod, the trained models (model/registry, model/artifacts), instance/ and .pytest_cache"
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit("Python 3.11+ is required, this is " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -33,11 +33,13 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+# LOG_LEVEL=ERROR: the app behind the command says, as a warning, that no model is loaded yet,
+# which is what training is about to change (its progress is printed, not logged).
 $(MODEL): | $(STAMP)
-	$(FLASK) train
+	LOG_LEVEL=ERROR $(FLASK) train
 
 model: $(STAMP)
-	$(FLASK) train
+	LOG_LEVEL=ERROR $(FLASK) train
 
 db: $(STAMP)
 	$(FLASK) init-db

@@ -863,6 +863,8 @@ class Recorder:
             log.warning(
                 "recorder: stopping with %d row(s) spooled; the next start or `recorder replay` delivers them", rows
             )
+        else:
+            log.info("recorder: stopped, nothing left spooled (%d row(s) written by this process)", self.rows_written)
         self.spool.close()
         self._thread = None
         return drained

@@ -836,6 +836,28 @@ def test_a_stop_that_comes_during_a_delivery_ends_the_writer_at_once(
     assert recorder.flush(5) and count_rows(app) == (1, 1)
 
 
+def test_a_stop_says_whether_anything_is_left_spooled(
+    apps: MakeApp, fault: Fault, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An operator reads in the log that a SIGTERM's drain emptied the spool, or what it left."""
+    said: list[str] = []
+    for level in ("info", "warning"):
+        monkeypatch.setattr(recorder_module.log, level, lambda message, *args: said.append(message % args))
+    app = apps()
+    ids = burst(app.test_client(), 3)
+
+    assert get_service(app).recorder.stop(timeout=10) is True
+
+    assert said[-1] == f"recorder: stopped, nothing left spooled ({len(ids)} row(s) written by this process)"
+
+    down = apps()
+    fault.down(down)
+    left = burst(down.test_client(), 2)
+    assert get_service(down).recorder.stop(timeout=0.5) is False
+    fault.up()
+    assert said[-1].startswith(f"recorder: stopping with {len(left)} row(s) spooled")
+
+
 def test_recorder_replay_and_status_commands(apps: MakeApp, fault: Fault, tmp_path: Path) -> None:
     spool_dir = tmp_path / "shared-spool"
     first = apps(SPOOL_DIR=spool_dir)
