@@ -155,6 +155,7 @@ def _activate(root: Path, version: str) -> None:
 def predict_command(csv_file: Path, output: Path | None, version: str | None) -> None:
     """Write a Kaggle submission (PassengerId,Survived) for a test.csv-layout file, with the active model."""
     from titanic_web import registry
+    from titanic_web.export import why_not
 
     model_dir = Path(current_app.config["MODEL_DIR"])
     try:
@@ -176,7 +177,10 @@ def predict_command(csv_file: Path, output: Path | None, version: str | None) ->
     if output is None:
         click.echo(body, nl=False)
     else:
-        output.write_text(body)
+        try:
+            output.write_text(body)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write {output}: {why_not(output, exc)}") from None
         survived = sum(r.survived for r in predictions)
         click.echo(
             f"wrote {output}: {len(predictions)} passengers, {survived} predicted to survive "

@@ -236,14 +236,15 @@ def write(
                     fh.write(text)
         os.replace(partial, path)
     except OSError as exc:
-        raise ExportError(f"cannot write {path}: {_why_not(path, exc)}; nothing was written") from None
+        raise ExportError(f"cannot write {path}: {why_not(path, exc)}; nothing was written") from None
     finally:
         partial.unlink(missing_ok=True)
     return written
 
 
-def _why_not(path: Path, exc: OSError) -> str:
-    """Why a file could not be written there, and what to do."""
+def why_not(path: Path, exc: OSError) -> str:
+    """Why a file could not be written there, and what to do (for `export` and `predict`, whose
+    option is --output)."""
     if isinstance(exc, IsADirectoryError) or path.is_dir():
         return "it is a folder: name a file in it instead"
     if not path.parent.is_dir():

@@ -220,8 +220,8 @@ def _engineer(
         cabin = (cabin.strip() or None) if cabin.__class__ is str else text(cabin)
         name = (name.strip() or None) if name.__class__ is str else text(name)
         embarked = (embarked.strip() or None) if embarked.__class__ is str else text(embarked)
-        if sex.__class__ is not str:
-            sex = "Unknown" if sex is None or (isinstance(sex, float) and sex != sex) else str(sex)
+        # Stripped as count_groups strips it: a padded " female" is a woman, in her groups too.
+        sex = ((sex.strip() or None) if sex.__class__ is str else text(sex)) or "Unknown"
         title = title_for(name)
         label = next(own_labels)
         # The other known women and children of the passenger's groups: all lived, all died?

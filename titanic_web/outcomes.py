@@ -6,7 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
+import re
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from sqlalchemy.orm import Session, scoped_session
 
 from titanic_web import features
 from titanic_web.models import FeatureRow, OutcomeRow, PredictionRow
-from titanic_web.schema import FieldError, InputError
+from titanic_web.schema import FieldError, InputError, surrogate_message
 
 ITEM_FIELDS = ("id", "survived")
 #: ids looked up in one query (well under every database's limit of bound parameters)
@@ -29,6 +31,8 @@ EXTRACT_COLUMNS = ("PassengerId", "Survived", *features.RAW_COLUMNS)
 
 #: A session, or Flask-SQLAlchemy's scoped one (db.session).
 DbSession = Session | scoped_session[Any]
+
+log = logging.getLogger(__name__)
 
 UNKNOWN_ID_HINT = (
     "predictions reach the database up to about a second after they are answered; "
@@ -254,10 +258,32 @@ def new_examples(served: Iterable[Mapping[str, Any]], known: Iterable[Mapping[st
 
 
 def write_extract(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """Write rows in the competition's train.csv layout (an unknown value is an empty cell)."""
+    """Write rows in the competition's train.csv layout (an unknown value is an empty cell), in UTF-8.
+
+    A text with an unpaired surrogate (JSON's "\\ud800" escape, which the API stored before
+    it refused it) has no UTF-8 form: it is written with U+FFFD, the replacement character,
+    in the surrogate's place, and a warning names it. The row and its outcome still count.
+    """
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(EXTRACT_COLUMNS)
-    for row in rows:
-        writer.writerow(["" if row.get(column) is None else row.get(column) for column in EXTRACT_COLUMNS])
-    path.write_text(buffer.getvalue())
+    for number, row in enumerate(rows, start=1):
+        cells = ["" if row.get(column) is None else row.get(column) for column in EXTRACT_COLUMNS]
+        for position, cell in enumerate(cells):
+            if cell.__class__ is str and not cell.isascii() and (problem := surrogate_message(cell)) is not None:
+                cells[position] = _SURROGATES.sub("\ufffd", cell)
+                log.warning(
+                    "outcomes: %s, passenger %d (PassengerId %s): %s %s %s (stored before the API refused "
+                    "such text); written with U+FFFD in its place",
+                    path.name,
+                    number,
+                    row.get("PassengerId") or "none",
+                    EXTRACT_COLUMNS[position],
+                    ascii(cell),
+                    problem,
+                )
+        writer.writerow(cells)
+    path.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")

@@ -236,6 +236,10 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
     if field.kind is str:
         if not isinstance(value, str):
             return None, f"must be {field.describe()}, got {type(value).__name__}"
+        if not value.isascii():  # ASCII (most text) is known at once: it holds no surrogate
+            message = surrogate_message(value)
+            if message is not None:
+                return None, message
         value = value.strip()
         if field.nullable and value == "":  # blank text means unknown, as in the CSV files
             return None, None
@@ -265,6 +269,22 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
     if field.max_length is not None and isinstance(value, str) and len(value) > field.max_length:
         return None, f"must be {field.describe()}, got {len(value)} characters"
     return value, None
+
+
+def surrogate_message(text: str) -> str | None:
+    """Why ``text`` is not valid Unicode text, or None if it is.
+
+    A JSON string may escape half of a UTF-16 pair alone ("\\ud800"): Python reads it
+    as a str holding an unpaired surrogate, which no UTF-8 text (a file, the database)
+    can hold. One encode finds it: cheaper than a search for the surrogates. CSV
+    bodies and forms are decoded from UTF-8, so only JSON strings can hold one.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        found = f"\\u{ord(text[exc.start]):04x}"
+        return f"is not valid Unicode text: an unpaired surrogate ({found}) at character {exc.start + 1}"
+    return None
 
 
 def _json_type(value: Any) -> str:

@@ -6,6 +6,7 @@ give the same artifact bytes and therefore the same model version.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -142,12 +143,18 @@ def sha256_file(path: Path) -> str:
 #: turn "0123" into 123 (or 330911 into 330911.0 next to a gap), or tickets stop matching.
 _TEXT_COLUMNS = {name: str for name in ("Name", "Sex", "Ticket", "Cabin", "Embarked")}
 
+#: The columns whose every cell must be a number or empty. SibSp and Parch are not checked:
+#: an unreadable head count counts as 0 (features._count), as it always has.
+_NUMBER_COLUMNS = ("Pclass", "Age", "Fare")
+
 
 def _read_training_file(path: Path) -> pd.DataFrame:
     if not path.is_file():
         raise TrainingError(f"training data not found: {path}")
     try:
-        frame = pd.read_csv(path, dtype=_TEXT_COLUMNS)
+        # Only an empty cell is missing, as in serving: pandas' default would also read
+        # "NA", "None", "null" or "nan" as missing, a ticket "NA" or a cabin "None" included.
+        frame = pd.read_csv(path, dtype=_TEXT_COLUMNS, keep_default_na=False, na_values=[""])
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise TrainingError(f"{path}: not a readable CSV file ({exc})") from None
     missing = [c for c in ("Survived", *features.RAW_COLUMNS) if c not in frame.columns]
@@ -158,7 +165,49 @@ def _read_training_file(path: Path) -> pd.DataFrame:
     labels = frame["Survived"]
     if labels.dtype == bool or labels.isna().any() or not labels.isin([0, 1]).all():
         raise TrainingError(f"{path}: every Survived value must be 0 or 1")
+    for column in _NUMBER_COLUMNS:
+        _check_numbers(path, frame, column)
     return frame
+
+
+def _check_numbers(path: Path, frame: pd.DataFrame, column: str) -> None:
+    """Every cell of the column is a finite number or empty (unknown).
+
+    :raise TrainingError: naming the first other cell, by its line in the file.
+    """
+    cells = frame[column]
+    numbers = cells if cells.dtype.kind in "iuf" else pd.to_numeric(cells, errors="coerce")
+    bad = cells.notna().to_numpy() & ~np.isfinite(numbers.to_numpy(dtype=float))
+    if not bad.any():
+        if numbers is not cells:
+            frame[column] = numbers
+        return
+    first = int(np.flatnonzero(bad)[0])
+    others = int(bad.sum()) - 1
+    line, text = _cell_of(path, first, column)
+    more = f"; {others} more row(s) have a {column} that is not a number" if others else ""
+    raise TrainingError(
+        f"{path}: line {line}: {column} must be a number (an empty cell if unknown), "
+        f"got {cells.iloc[first] if text is None else text!r}{more}"
+    )
+
+
+def _cell_of(path: Path, row: int, column: str) -> tuple[int, str | None]:
+    """The line of the file on which pandas' data row ``row`` (from 0) starts, and its cell in
+    ``column`` as written (pandas reads "1e400" as inf). A quoted cell may span lines, and
+    pandas skips blank lines (and lines of spaces) without numbering them."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        start, seen = reader.line_num + 1, 0
+        for cells in reader:
+            if cells and (len(cells) > 1 or cells[0].strip()):
+                if seen == row:
+                    at = header.index(column) if column in header else len(cells)
+                    return start, cells[at] if at < len(cells) else None
+                seen += 1
+            start = reader.line_num + 1
+    return start, None
 
 
 def _count_rows(path: Path) -> int:

@@ -511,6 +511,23 @@ def test_every_invalid_passenger_is_reported_at_once(client: FlaskClient, app: F
     assert count_rows(app) == (0, 0)
 
 
+@pytest.mark.parametrize("field", ["Name", "Sex", "Ticket", "Cabin", "Embarked"])
+@pytest.mark.parametrize("wrap", [False, True], ids=["object", "array"])
+def test_text_with_an_unpaired_surrogate_is_422_naming_the_field(
+    client: FlaskClient, app: Flask, field: str, wrap: bool
+) -> None:
+    """JSON's "\\ud800" escape is half a character: once stored with an outcome, it crashed
+    every `flask train --with-outcomes` (the extract is UTF-8)."""
+    passenger = json.dumps({**PASSENGER, field: "Q@, Mr. X"}).replace("@", "\\ud800")
+    data = f"[{json.dumps(WILKES)}, {passenger}]" if wrap else passenger
+
+    body = assert_json_error(client.post("/api/predict", data=data, content_type="application/json"), 422)
+
+    message = "is not valid Unicode text: an unpaired surrogate (\\ud800) at character 2"
+    assert body["errors"] == [{"index": 1 if wrap else 0, "field": field, "message": message}]
+    assert count_rows(app) == (0, 0)
+
+
 # -- routing errors ------------------------------------------------------------------------------
 
 

@@ -75,6 +75,18 @@ def test_predict_bad_cell_names_the_line(app: Flask, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_predict_into_a_missing_folder_says_so(app: Flask, tmp_path: Path) -> None:
+    """It crashed with a FileNotFoundError traceback; `flask export` says why, and so does predict."""
+    out = tmp_path / "missing" / "out.csv"
+
+    result = invoke(app, "predict", str(TEST_CSV), "-o", str(out))
+
+    assert result.exit_code == 1, result.output + repr(result.exception)
+    assert f"Error: cannot write {out}: the folder {out.parent} does not exist: create it" in result.output
+    assert "Traceback" not in result.output
+    assert not out.parent.exists()
+
+
 def test_predict_without_model_says_to_train(make_app: Any, no_model_dir: Path, tmp_path: Path) -> None:
     app = make_app(MODEL_DIR=no_model_dir)
     out = tmp_path / "out.csv"

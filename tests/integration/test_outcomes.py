@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from tests.integration.conftest import ADMIN
 from tests.integration.helpers import kaggle_rows
 from titanic_web import registry
 from titanic_web.extensions import db
-from titanic_web.models import OutcomeRow
+from titanic_web.models import FeatureRow, OutcomeRow
 from titanic_web.training import sha256_file
 
 UNKNOWN = "00000000-0000-4000-8000-000000000000"
@@ -226,3 +227,32 @@ def test_train_with_outcomes_and_none_recorded_trains_on_train_csv_alone(
     assert "none new; training on train-300.csv alone" in result.output
     card = json.loads((model_registry / str(registry.read_active(model_registry)) / "model.json").read_text())
     assert [s["file"] for s in card["training_data"]["sources"]] == ["train-300.csv"]
+
+
+def test_train_with_outcomes_mends_a_surrogate_stored_by_an_older_version(
+    registry_app: Flask, model_registry: Path, cheap_training: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before the API refused JSON's "\\ud800" escape it stored such names: the extract, which is
+    UTF-8, crashed every `train --with-outcomes` with a UnicodeEncodeError on them."""
+    client = registry_app.test_client()
+    served = kaggle_rows(TEST_CSV)[:5]
+    answers = predict(client, served)
+    flush(registry_app)
+    with registry_app.app_context():  # what an older version stored from {"Name": "Kelly\\ud800, Mr. James"}
+        row = db.session.get(FeatureRow, uuid.UUID(answers[0]["id"]))
+        assert row is not None
+        row.raw_input = {**row.raw_input, "Name": served[0]["Name"].replace(",", "\ud800,", 1)}
+        db.session.commit()
+    truth = [0, 1, 0, 1, 1]
+    assert post_outcomes(client, [{"id": a["id"], "survived": t} for a, t in zip(answers, truth, strict=True)])
+    runner = registry_app.test_cli_runner()
+
+    result = runner.invoke(args=["train", "--with-outcomes", "--no-activate"])
+
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "5 served passenger(s) with a recorded outcome added" in result.output
+    (new,) = [v for v in registry.versions(model_registry) if v.path.joinpath("outcomes.csv").exists()]
+    names = {int(r["PassengerId"]): r["Name"] for r in read_extract(new.path / "outcomes.csv")}
+    assert names == {p["PassengerId"]: p["Name"] for p in served} | {892: "Kelly\ufffd, Mr. James"}
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "U+FFFD" in r.getMessage()]
+    assert "(PassengerId 892): Name 'Kelly\\ud800, Mr. James' is not valid Unicode text" in warning

@@ -341,3 +341,24 @@ def test_fitting_without_labels_knows_no_group_outcomes() -> None:
     out = PassengerFeatures().fit_transform(frame(*FAMILY))
     assert out["WCGroupLived"].tolist() == [0.0] * 4
     assert out["WCGroupDied"].tolist() == [0.0] * 4
+
+
+def test_a_padded_sex_is_the_same_sex_in_every_feature() -> None:
+    """A training file's " female" was learned as a category of its own (serving strips it: unseen),
+    and, unstripped beside count_groups' stripped one, let a woman's own label into her group features."""
+    labels = [1, 1, 0, 0]
+    pads = [" {}", "{} ", "\t{}", " {} "]
+    padded = [{**p, "Sex": pad.format(p["Sex"])} for p, pad in zip(FAMILY, pads, strict=True)]
+
+    trained = PassengerFeatures().fit_transform(frame(*padded), labels)
+
+    assert trained.equals(PassengerFeatures().fit_transform(frame(*FAMILY), labels))
+    assert trained["Sex"].tolist() == [p["Sex"] for p in FAMILY]
+    served = PassengerFeatures().fit(frame(*padded), labels).transform(frame(*padded))
+    assert served.equals(PassengerFeatures().fit(frame(*FAMILY), labels).transform(frame(*FAMILY)))
+
+
+@pytest.mark.parametrize("sex", [None, math.nan, "", "  "])
+def test_a_missing_sex_is_unknown(sex: Any) -> None:
+    out = PassengerFeatures().fit(frame(passenger())).transform(frame(passenger(Sex=sex)))
+    assert out.loc[0, "Sex"] == "Unknown"

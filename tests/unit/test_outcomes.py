@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,7 @@ from typing import Any
 import pytest
 
 from titanic_web import outcomes
+from titanic_web.config import PROJECT_ROOT
 from titanic_web.schema import InputError
 from titanic_web.training import load_training_data
 
@@ -130,3 +134,50 @@ def test_the_extract_reads_back_as_training_data_with_texts_kept(tmp_path: Path)
     assert first["Ticket"] == "0123", "a ticket of digits stays text"
     assert first["Cabin"] == "C85" and first["Pclass"] == 3 and first["Fare"] == pytest.approx(7.8292)
     assert math.isnan(second["Age"]) and math.isnan(second["Fare"])
+
+
+def test_the_extract_is_utf_8_whatever_the_locale(tmp_path: Path) -> None:
+    """Written in a process whose locale is ASCII (LC_ALL=C, UTF-8 mode off), as a server's may be."""
+    path = tmp_path / "outcomes.csv"
+    row = {**SERVED, "Name": "Ödön, Mlle. 漢 🚢"}
+    script = (  # ascii(): the command line itself is ASCII
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from titanic_web import outcomes\n"
+        f"outcomes.write_extract([{ascii(row)}], Path(sys.argv[1]))\n"
+    )
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"}
+
+    done = subprocess.run(
+        [sys.executable, "-X", "utf8=0", "-c", script, str(path)], cwd=PROJECT_ROOT, env=env, capture_output=True
+    )
+
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert path.read_bytes().decode("utf-8").splitlines()[1].startswith('892,0,3,"Ödön, Mlle. 漢 🚢",male,')
+
+
+def test_a_text_with_an_unpaired_surrogate_is_mended_in_the_extract_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Stored by a version that took JSON's "\\ud800" escape: no UTF-8 form, which crashed every
+    `train --with-outcomes`. The row keeps its outcome, with U+FFFD in the surrogate's place."""
+    rows = [
+        {**SERVED, "Name": "Kelly, Mr. Ödön"},
+        {**SERVED, "PassengerId": None, "Name": "Q\ud800, Mr. X", "Ticket": "A\udc80B", "Survived": 1},
+    ]
+    path = tmp_path / "outcomes.csv"
+
+    outcomes.write_extract(rows * 5, path)
+    X, y = load_training_data(path)
+
+    assert y.tolist() == [0, 1] * 5
+    assert X["Name"].tolist()[:2] == ["Kelly, Mr. Ödön", "Q\ufffd, Mr. X"]
+    assert X["Ticket"].tolist()[:2] == ["330911", "A\ufffdB"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 10
+    assert warnings[0] == (
+        "outcomes: outcomes.csv, passenger 2 (PassengerId none): Name 'Q\\ud800, Mr. X' is not valid Unicode "
+        "text: an unpaired surrogate (\\ud800) at character 2 (stored before the API refused such text); "
+        "written with U+FFFD in its place"
+    )
+    assert warnings[1].startswith("outcomes: outcomes.csv, passenger 2 (PassengerId none): Ticket 'A\\udc80B'")

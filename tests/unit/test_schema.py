@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -188,6 +189,29 @@ def test_range_bounds_are_inclusive(name: str, value: Any) -> None:
 def test_name_at_the_length_limit_is_accepted() -> None:
     _, errors = validate_passenger(with_(Name="x" * FIELDS_BY_NAME["Name"].max_length))
     assert errors == []
+
+
+TEXT_FIELDS = [f.name for f in schema.FIELDS if f.kind is str]
+
+
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+@pytest.mark.parametrize("surrogate", ["\ud800", "\udfff", "\udea2\ud83d"], ids=["high", "low", "pair-reversed"])
+def test_text_with_an_unpaired_surrogate_is_refused(field: str, surrogate: str) -> None:
+    """What JSON's "\\ud800" escape makes: text no UTF-8 file or database can hold (the outcomes
+    extract crashed on it), refused in every text field, choices included."""
+    _, errors = validate_passenger(with_(**{field: f" Q{surrogate}, Mr. X"}), index=3)
+    assert [(e.index, e.field) for e in errors] == [(3, field)]
+    found = f"\\u{ord(surrogate[0]):04x}"
+    assert errors[0].message == f"is not valid Unicode text: an unpaired surrogate ({found}) at character 3"
+    errors[0].message.encode("ascii")  # the message never holds the surrogate itself
+
+
+@pytest.mark.parametrize("field", ["Name", "Ticket", "Cabin"])
+def test_text_beyond_ascii_and_paired_surrogates_are_accepted(field: str) -> None:
+    value = json.loads('"\\u00d6d\\u00f6n \\ud83d\\udea2 \\u6f22"')  # a pair of escapes is one character
+    clean, errors = validate_passenger(with_(**{field: value}))
+    assert errors == []
+    assert clean[field] == "Ödön 🚢 漢"
 
 
 # --- many passengers ---------------------------------------------------------

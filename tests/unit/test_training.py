@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import os
@@ -253,3 +254,95 @@ def test_load_training_data_returns_raw_columns_and_labels() -> None:
     assert len(X) == len(y) == 891
     assert set(y) == {0, 1}
     assert X["Age"].isna().sum() == pd.read_csv(TRAIN_CSV)["Age"].isna().sum()
+
+
+@pytest.mark.parametrize(
+    ("column", "cell"),
+    [
+        ("Age", "unknown"),
+        ("Age", "NA"),  # only an empty cell is unknown, as when serving
+        ("Age", "nan"),
+        ("Age", "inf"),
+        ("Pclass", "first"),
+        ("Fare", '"7,25"'),
+        ("Fare", "1e400"),
+    ],
+)
+def test_a_cell_that_is_not_a_number_is_a_training_error_naming_its_line(
+    tmp_path: Path, column: str, cell: str
+) -> None:
+    """It crashed `flask train` with a traceback from inside the features (could not convert...)."""
+    good = TRAIN_CSV.read_text().splitlines(keepends=True)[1:12]
+    row = good[5].split(",")
+    at = HEADER.split(",").index(column)
+    row[at + 1 if at > HEADER.split(",").index("Name") else at] = cell  # the quoted Name holds one comma
+    # A quoted name over two lines and a blank line come first: the line is the file's, not the row's.
+    multiline = good[0].replace('"Braund, Mr. Owen Harris"', '"Braund,\nMr. Owen Harris"')
+    path = tmp_path / "train.csv"
+    path.write_text(HEADER + multiline + "".join(good[1:3]) + "\n" + "".join(good[3:5]) + ",".join(row) + good[6])
+
+    with pytest.raises(TrainingError) as raised:
+        train(data_path=path, out_dir=tmp_path / "out")
+
+    shown = cell.strip('"')
+    assert str(raised.value) == f"{path}: line 9: {column} must be a number (an empty cell if unknown), got {shown!r}"
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_bad_cell_of_a_column_is_counted(tmp_path: Path) -> None:
+    lines = TRAIN_CSV.read_text().splitlines(keepends=True)
+    path = tmp_path / "train.csv"
+    path.write_text("".join(lines[:3]) + "".join(line.replace(",35.0,", ",unknown,") for line in lines[3:40]))
+    ages = [line for line in lines[3:40] if ",35.0," in line]
+    assert len(ages) >= 2
+
+    with pytest.raises(TrainingError, match=rf"line 5: Age .*got 'unknown'; {len(ages) - 1} more row\(s\)"):
+        load_training_data(path)
+
+
+def test_texts_that_pandas_would_take_for_gaps_stay_texts(tmp_path: Path) -> None:
+    """Serving reads a ticket "NA" or a cabin "None" as text, and only an empty cell as unknown:
+    so does training (pandas' default turned "NA", "None", "null", "N/A"... into NaN)."""
+    lines = TRAIN_CSV.read_text().splitlines(keepends=True)
+    path = tmp_path / "train.csv"
+    rows = [
+        '1,0,3,"Null",male,22,1,0,NA,7.25,None,S\n',
+        '2,1,1,"Cumings, Mrs. John",female,38,1,0,N/A,71.28,null,\n',
+        "3,1,3,,female,,0,0,,7.92,,NA\n",
+    ]
+    path.write_text(lines[0] + "".join(rows) + "".join(lines[4:40]))
+
+    X, _ = load_training_data(path)
+
+    assert X.loc[0, ["Name", "Ticket", "Cabin", "Embarked"]].tolist() == ["Null", "NA", "None", "S"]
+    assert X.loc[1, ["Ticket", "Cabin"]].tolist() == ["N/A", "null"]
+    assert pd.isna(X.loc[1, "Embarked"]) and X.loc[2, "Embarked"] == "NA"
+    assert [pd.isna(X.loc[2, c]) for c in ("Name", "Age", "Ticket", "Cabin")] == [True] * 4
+
+
+def test_a_padded_sex_trains_the_same_model(tmp_path: Path) -> None:
+    """A Sex padded as some spreadsheets pad it (" male", "female ") is the sex serving knows: the
+    same features, not categories of their own nor a woman's own label in her group's features."""
+    from titanic_web.training import CANDIDATES
+
+    with TRAIN_CSV.open(newline="") as fh:
+        rows = list(csv.reader(fh))
+    sex = rows[0].index("Sex")
+    for i, row in enumerate(rows[1:]):
+        row[sex] = (" {}", "{} ", " {} ")[i % 3].format(row[sex])
+    padded = tmp_path / "train.csv"
+    with padded.open("w", newline="") as fh:
+        csv.writer(fh, lineterminator="\n").writerows(rows)
+    X, y = load_training_data(TRAIN_CSV)
+    X_padded, y_padded = load_training_data(padded)
+    assert X_padded["Sex"].str.strip().equals(X["Sex"]) and not X_padded["Sex"].equals(X["Sex"])
+
+    engineered = features.PassengerFeatures().fit_transform(X_padded, y_padded)
+
+    assert engineered.equals(features.PassengerFeatures().fit_transform(X, y))
+    cheap = CANDIDATES[:1]
+    versions = [
+        train(data_path=data, out_dir=tmp_path / name, candidates=cheap).card["version"]
+        for name, data in (("plain", TRAIN_CSV), ("padded", padded))
+    ]
+    assert versions[0] == versions[1]
