@@ -13,6 +13,7 @@ import http.server
 import io
 import json
 import os
+import re
 import runpy
 import shlex
 import subprocess
@@ -95,6 +96,8 @@ def make_commands(target: str) -> list[list[str]]:
     commands = []
     for line in out.splitlines():
         words = shlex.split(line)
+        while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", words[0]):  # VAR=value before the program
+            words = words[1:]
         if words and words[0].startswith(".venv/bin/"):
             commands.append([words[0].removeprefix(".venv/bin/"), *words[1:]])
     return commands
