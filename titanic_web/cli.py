@@ -209,11 +209,12 @@ def init_db_command() -> None:
     click.echo(f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}")
 
 
-#: The revisions whose schema `db.create_all` could have made, and the tables and columns of
-#: predictions that only the second has: databases made before migrations existed have the first.
+#: The revisions whose schema `db.create_all` could have made, and the columns of predictions and
+#: the tables that only the second has: databases made before migrations existed have the first.
 _FIRST_REVISION = "f623dc86193f"
 _SECOND_REVISION = "1b7d3e5a9c20"
-_SECOND_ONLY = ({"request_id", "latency_ms"}, {"outcomes"})
+_SECOND_COLUMNS = {"request_id", "latency_ms"}
+_SECOND_TABLES = {"outcomes"}
 
 
 def _adopted_revision(columns: set[str], tables: set[str]) -> str:
@@ -221,10 +222,9 @@ def _adopted_revision(columns: set[str], tables: set[str]) -> str:
 
     :raise click.ClickException: they match neither schema that create_all made.
     """
-    second_columns, second_tables = _SECOND_ONLY
-    if second_columns <= columns and second_tables <= tables:
+    if columns >= _SECOND_COLUMNS and tables >= _SECOND_TABLES:
         return _SECOND_REVISION
-    if not second_columns & columns and not second_tables & tables:
+    if not columns & _SECOND_COLUMNS and not tables & _SECOND_TABLES:
         return _FIRST_REVISION
     raise click.ClickException(
         "the tables predictions and feature_store have no migration history (no alembic_version "
@@ -241,15 +241,14 @@ def recorder_group() -> None:
 
 def _database_check() -> str:
     from titanic_web.models import check_tables
+    from titanic_web.recorder import first_line
 
     try:
         check_tables()
     except Exception as exc:  # report, never crash: this is what an operator runs when things are wrong
         db.session.rollback()
-        # The first line of the message, if it has one: some exceptions carry none.
-        first_line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-        detail = f"{type(exc).__name__}: {first_line[:200]}" if first_line else type(exc).__name__
-        return f"degraded ({detail})"
+        reason = first_line(exc)  # some exceptions carry no message
+        return f"degraded ({type(exc).__name__}: {reason[:200]})" if reason else f"degraded ({type(exc).__name__})"
     return "ok"
 
 

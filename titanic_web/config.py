@@ -121,14 +121,14 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
     return {
         "SECRET_KEY": None,  # filled in by create_app unless the caller's config has one
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "MODEL_DIR": Path(_env_text("MODEL_DIR") or DEFAULT_MODEL_DIR),
+        "MODEL_DIR": _path_env("MODEL_DIR") or DEFAULT_MODEL_DIR,
         # How often each worker looks at the registry's ACTIVE pointer (one stat); 0 never switches live.
         "MODEL_CHECK_SECONDS": _float_env("MODEL_CHECK_SECONDS", 1.0),
-        "TRAIN_DATA": Path(_env_text("TRAIN_DATA") or DEFAULT_TRAIN_DATA),
+        "TRAIN_DATA": _path_env("TRAIN_DATA") or DEFAULT_TRAIN_DATA,
         "MAX_ROWS": _int_env("MAX_ROWS", 100_000),
         "BATCH_CHUNK_ROWS": _int_env("BATCH_CHUNK_ROWS", 2000),
         # The batch page's submission files, kept for download under unguessable names.
-        "BATCH_DIR": Path(_env_text("BATCH_DIR") or instance_path / "batches"),
+        "BATCH_DIR": _path_env("BATCH_DIR") or instance_path / "batches",
         "BATCH_KEEP_HOURS": _float_env("BATCH_KEEP_HOURS", 24.0),
         "MAX_CONTENT_LENGTH": _int_env("MAX_CONTENT_LENGTH", 32 * 1024 * 1024),
         # Flask-WTF's default token lifetime is an hour; a form left open longer gets
@@ -137,7 +137,7 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "LOG_LEVEL": _choice_env("LOG_LEVEL", "INFO", LOG_LEVELS),
         # Off only for benchmarks and dry runs: predictions are then answered and not stored.
         "RECORDING": _bool_env("RECORDING", True),
-        "SPOOL_DIR": Path(_env_text("SPOOL_DIR") or instance_path / "spool"),
+        "SPOOL_DIR": _path_env("SPOOL_DIR") or instance_path / "spool",
         "SPOOL_FSYNC": _bool_env("SPOOL_FSYNC", False),
         "RECORDER_BATCH_ROWS": _int_env("RECORDER_BATCH_ROWS", 1000),
         # One transaction per second at most under steady load: a commit (and its WAL pages)

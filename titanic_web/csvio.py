@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -49,11 +50,11 @@ def check_header(header: list[str]) -> None:
         for name in header
         if name not in schema.FIELDS_BY_NAME and name not in schema.IGNORED_CSV_COLUMNS
     ]
-    known = [name for name in header if name in schema.FIELDS_BY_NAME or name in schema.IGNORED_CSV_COLUMNS]
+    known = Counter(name for name in header if name in schema.FIELDS_BY_NAME or name in schema.IGNORED_CSV_COLUMNS)
     errors += [  # a column twice: which of its cells would count?
-        FieldError(None, name, f"the header has the column '{name}' {known.count(name)} times; give it once", line=1)
-        for name in dict.fromkeys(known)
-        if known.count(name) > 1
+        FieldError(None, name, f"the header has the column '{name}' {times} times; give it once", line=1)
+        for name, times in known.items()
+        if times > 1
     ]
     errors += [
         FieldError(None, f.name, f"the header has no '{f.name}' column; it is required", line=1)

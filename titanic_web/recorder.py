@@ -786,7 +786,7 @@ class Recorder:
             if self.metrics is not None:
                 self.metrics.rows_quarantined.inc(spool.line_rows(line))
             log.error(
-                "recorder: spool line set aside in %s: %s", bad, (_first_line(problem) or type(problem).__name__)[:300]
+                "recorder: spool line set aside in %s: %s", bad, (first_line(problem) or type(problem).__name__)[:300]
             )
         self.spool.delivered(segment, end)
         self.publish_backlog()
@@ -819,7 +819,7 @@ class Recorder:
         self.batches_failed += 1
         if self.metrics is not None:
             self.metrics.write_failures.inc()
-        message = f"{type(exc).__name__}: {_first_line(exc)}"[:300]
+        message = f"{type(exc).__name__}: {first_line(exc)}"[:300]
         if self.database != "degraded" or message != self.last_error:
             log.warning("recorder: cannot write to the database, keeping predictions spooled: %s", message)
         self.database = "degraded"
@@ -890,10 +890,9 @@ class Recorder:
         }
 
 
-def _first_line(exc: Exception) -> str:
-    """The first line of an error's message ('' if it has none): drivers add lines of context."""
-    text = str(exc)
-    return text.splitlines()[0] if text else ""
+def first_line(exc: Exception) -> str:
+    """The first line of an error's message that has text ('' if none): drivers add lines of context."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
 def _refused(exc: spool.SpoolError) -> RecorderError:
@@ -946,8 +945,7 @@ class Staged:
             self._held = rows
             self.rows += len(rows)
             return
-        self._stage_held()
-        now = time.time()
+        now = time.time()  # add_line stages the held chunk first
         self.add_line(spool.encode(rows, spooled_at=now), rows=len(rows), spooled_at=now, fields=rows)
 
     def _stage_held(self) -> None:
