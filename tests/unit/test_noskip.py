@@ -1,4 +1,9 @@
-"""tests/noskip.py: a skip anywhere in a test fails it."""
+"""tests/noskip.py: a skip anywhere in a test fails it.
+
+The pytest.skip calls and the skipif mark below are text: the files these tests write for
+pytester, which runs them apart in a temporary folder. They are the input under test; the two
+tests of this module never skip, and each asserts the outcomes the inner run reports.
+"""
 
 from __future__ import annotations
 
