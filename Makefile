@@ -49,8 +49,12 @@ run: $(STAMP) $(MODEL) db
 
 # `lint` comes before the model and the browser: a ruff or mypy finding fails `make test`
 # (and so .ci/run and CI) before anything is trained or installed.
+# The suite runs in TEST_WORKERS processes (pytest-xdist, each test given to whichever is free):
+# much of it waits on gunicorn, PostgreSQL and Chromium, so one process keeps about one core
+# busy. TEST_WORKERS=0 runs it in make's own pytest process (for -x, or a debugger's --pdb).
+TEST_WORKERS ?= 2
 test: $(STAMP) lint $(MODEL) browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # Checks only: nothing is rewritten (`$(BIN)/ruff format` and `$(BIN)/ruff check --fix` do that).
 # Settings in pyproject.toml; the tools are pinned in setup.cfg's test extra. All three run
