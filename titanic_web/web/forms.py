@@ -45,6 +45,7 @@ def _field(spec: schema.Field) -> WTField:
             spec.label,
             choices=choices,
             default=default,
+            validate_choice=False,  # the schema's rule names the choices; WTForms' own would say it again, vaguely
             validators=[SchemaRule(spec)],
             description=spec.hint,
             render_kw=render_kw,
@@ -60,6 +61,14 @@ def _field(spec: schema.Field) -> WTField:
 
 class PassengerForm(FlaskForm):
     """One field per schema field, in the schema's order."""
+
+    def process(self, formdata: Any = None, obj: Any = None, data: Any = None, **kwargs: Any) -> None:
+        """Fill the fields; in a submitted form, a field left out of the post is empty, like a
+        field left blank (required: an error; optional: unknown), never its initial value."""
+        super().process(formdata, obj, data, **kwargs)
+        for field in self.passenger_fields():
+            if field.raw_data == []:  # submitted without it (None: nothing was submitted)
+                field.data = ""
 
     def passenger_fields(self) -> list[WTField]:
         return [self[name] for name in schema.FIELD_NAMES]
