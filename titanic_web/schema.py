@@ -341,14 +341,17 @@ def parse_text(field: Field, text: str | None) -> Any:
     """Turn a form or CSV cell into a JSON-like value; "" means missing (None).
 
     A cell that is not a number where one is wanted is kept as text, so that
-    validation reports it with the field's rule.
+    validation reports it with the field's rule. A number is written as the
+    competition's files and JSON write one: ASCII digits, no ``_`` (``float()``
+    also reads ``1_000`` and other scripts' digits, which no other reader of
+    the file would take for that number).
     """
     if text is None:
         return None
     text = text.strip()
     if text == "":
         return None
-    if field.kind is str:
+    if field.kind is str or not text.isascii() or "_" in text:
         return text
     try:
         number = float(text)

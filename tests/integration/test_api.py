@@ -232,6 +232,21 @@ def test_csv_bad_cell_reports_its_line(client: FlaskClient, app: Flask) -> None:
     assert count_rows(app) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("field", "text"),
+    [("Age", "2_2"), ("Fare", "\u0667"), ("SibSp", "\uff11"), ("PassengerId", "1_000")],
+    ids=["underscore", "arabic-indic-digit", "fullwidth-digit", "id-underscore"],
+)
+def test_csv_number_written_as_no_csv_reader_writes_one_is_422(
+    client: FlaskClient, app: Flask, field: str, text: str
+) -> None:
+    # Python's float() and int() read these as numbers; pandas, a spreadsheet or PostgreSQL would not.
+    body = assert_json_error(post_csv(client, csv_with_cell(3, field, text)), 422)
+    assert [(e["field"], e["line"]) for e in body["errors"]] == [(field, 3)]
+    assert text in body["errors"][0]["message"]
+    assert count_rows(app) == (0, 0)
+
+
 def test_csv_row_with_missing_cells_reports_its_line(client: FlaskClient, app: Flask) -> None:
     text = "PassengerId,Pclass,Sex,Age\n1,3,male,22\n\n2,1,female\n"
     body = assert_json_error(post_csv(client, text), 422)

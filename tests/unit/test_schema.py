@@ -255,6 +255,10 @@ def test_field_error_as_dict_names_the_line_only_when_known() -> None:
         ("Age", "34.5", 34.5),
         ("Age", "30", 30.0),
         ("Age", "old", "old"),
+        ("Age", "1_0", "1_0"),  # float() reads these three as numbers; no CSV reader does
+        ("Fare", "\u0663", "\u0663"),  # ARABIC-INDIC DIGIT THREE
+        ("SibSp", "\uff11", "\uff11"),  # FULLWIDTH DIGIT ONE
+        ("Age", "1e1", 10.0),
         ("SibSp", "1", 1),
         ("Name", " Kelly, Mr. James ", "Kelly, Mr. James"),
         ("Ticket", "330911", "330911"),
