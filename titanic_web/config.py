@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import click
+
 #: The project checkout: model/ lives beside the package.
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: The model registry: one folder per trained version and an ACTIVE pointer (titanic_web/registry.py).
@@ -18,8 +20,13 @@ DEFAULT_TRAIN_DATA = PROJECT_ROOT / "model" / "data" / "train.csv"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-class ConfigError(Exception):
-    """A setting has a value that cannot be used."""
+class ConfigError(click.ClickException):
+    """A setting has a value that cannot be used.
+
+    A click exception so that a ``flask`` command, whose app could not be built, prints
+    ``Error: <the message>`` and exits with status 1, not a traceback; elsewhere (gunicorn,
+    tests) it is an exception like any other.
+    """
 
 
 def _env_text(name: str) -> str | None:

@@ -7,7 +7,9 @@ import stat
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
+from flask.cli import cli as flask_cli
 
 from tests.conftest import SETTINGS_ENV
 from titanic_web import create_app, get_service
@@ -81,6 +83,26 @@ def test_an_unusable_database_url_stops_the_app(monkeypatch: pytest.MonkeyPatch,
     message = str(info.value)
     assert message.startswith("DATABASE_URL cannot be used: ") and detail in message
     assert "hunter2" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("LOG_LEVEL", "loud", "Error: LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'"),
+        ("DATABASE_URL", "nonsense", "Error: DATABASE_URL cannot be used: ArgumentError"),
+    ],
+)
+def test_a_flask_command_with_a_bad_setting_says_which_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    """What an operator sees from `flask --app titanic_web recorder status` with a bad setting."""
+    monkeypatch.setenv(variable, value)
+
+    result = CliRunner().invoke(flask_cli, ["--app", "titanic_web", "recorder", "status"])
+
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(message), result.output
+    assert "Traceback" not in result.output
 
 
 def test_secret_key_from_the_environment_wins_over_the_file(instance: Path, monkeypatch: pytest.MonkeyPatch) -> None:
