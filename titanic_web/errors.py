@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, jsonify, render_template, request
+from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, RequestEntityTooLarge
 
@@ -54,6 +54,12 @@ def _http_message(exc: HTTPException) -> str:
         from flask import current_app
 
         limit = current_app.config.get("MAX_CONTENT_LENGTH")
+        length = request.content_length
+        if limit is not None and length is not None and length <= limit:  # the body fits: a form's part did not
+            return (
+                f"the form is too large: a field over {current_app.config['MAX_FORM_MEMORY_SIZE']:,} bytes "
+                f"or more than {current_app.config['MAX_FORM_PARTS']:,} fields"
+            )
         return f"request body is larger than the limit of {limit} bytes (MAX_CONTENT_LENGTH)"
     return exc.description or exc.name
 
@@ -100,10 +106,11 @@ def register(app: Flask) -> None:
         message = _http_message(exc)
         if wants_json():
             response, _ = json_error(status, message)
-            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
-                response.headers["Allow"] = ", ".join(exc.valid_methods)
-            return response, status
-        return render_template("error.html", status=status, title=exc.name, message=message), status
+        else:
+            response = make_response(render_template("error.html", status=status, title=exc.name, message=message))
+        if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+            response.headers["Allow"] = ", ".join(exc.valid_methods)  # a 405 must say what is allowed
+        return response, status
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Any:

@@ -365,7 +365,11 @@ VERDICTS = {"survived": 1, "died": 0}
 
 
 def _day(text: str, name: str) -> date:
+    """A date as YYYY-MM-DD, the one layout the page's date inputs show (``fromisoformat``
+    also reads 20261206 and 2026-W49-7, which the inputs would show blank and drop)."""
     try:
+        if len(text) != 10 or text[4] != "-" or text[7] != "-":
+            raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
         raise FilterError(f"{name} must be a date as YYYY-MM-DD, got {text!r}") from None

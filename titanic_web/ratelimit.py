@@ -198,7 +198,8 @@ def init_app(app: Flask) -> RateLimiter | None:
                 "error.html",
                 status=429,
                 title="Too Many Requests",
-                message=f"You have sent more than {exc.limit} here. Please wait {wait} seconds and try again.",
+                message=f"You have sent more requests here than the limit allows ({exc.limit}). "
+                f"Please wait {wait} seconds and try again.",
             )
             response, status = app.make_response(page), 429
             response.status_code = 429

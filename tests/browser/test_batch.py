@@ -174,13 +174,26 @@ def test_bad_row_shows_the_error_table_with_its_line(batch_site: Site, page: Pag
     table.wait_for()
     assert page.evaluate("window.__same_document") is True
     expect(page.locator("#batch-progress .status")).to_have_text("Finished: see below.")
-    expect(page.locator("#batch-summary .verdict")).to_have_text("1 row error: nothing was predicted or stored")
+    expect(page.locator("#batch-summary .verdict")).to_have_text("1 error in the file: nothing was predicted or stored")
     rows = table.locator("tbody tr")
     expect(rows).to_have_count(1)
     line, column, problem = rows.first.locator("td").all_inner_texts()
     assert (line, column) == ("7", "Pclass")
     assert "1, 2, 3" in problem
     assert page.locator("#batch-download").count() == 0
+
+
+def test_a_download_no_longer_kept_shows_why_instead_of_a_failed_download(batch_site: Site, page: Page) -> None:
+    upload(page, batch_site, TEST_CSV)
+    expect(page.locator("#batch-summary .verdict")).to_have_text("418 passengers predicted")
+    href = page.locator("#batch-download").get_attribute("href") or ""
+    token = href.split("/")[2]
+    (batch_site.db_path.parent / "batches" / f"{token}.csv").unlink()  # as if BATCH_KEEP_HOURS had passed
+
+    with page.expect_navigation():
+        page.locator("#batch-download").click()
+
+    expect(page.locator("main")).to_contain_text("No such batch result: results are kept for 24 hours.")
 
 
 # -- without JavaScript --------------------------------------------------------------------------

@@ -556,6 +556,26 @@ def test_wrong_method_on_predict_is_405_json(client: FlaskClient, method: str) -
     assert "POST" in allowed and method.upper() not in allowed
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("put", "/", {"GET", "POST"}),
+        ("delete", "/batch", {"GET", "POST"}),
+        ("post", "/history", {"GET"}),
+        ("post", "/dashboard", {"GET"}),
+        ("post", "/docs", {"GET"}),
+    ],
+)
+def test_wrong_method_on_a_page_is_405_html_saying_what_is_allowed(
+    client: FlaskClient, method: str, path: str, allowed: set[str]
+) -> None:
+    response = getattr(client, method)(path)
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert {m.strip() for m in response.headers["Allow"].split(",")} - {"HEAD", "OPTIONS"} == allowed
+
+
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_unknown_api_path_is_404_json(client: FlaskClient, method: str) -> None:
     assert_json_error(getattr(client, method)("/api/nope"), 404)

@@ -274,7 +274,7 @@ def test_bad_cell_is_422_naming_its_line_and_nothing_is_stored(
 
     assert response.status_code == 422
     html = response.get_data(as_text=True)
-    assert "1 row error: nothing was predicted or stored" in html
+    assert "1 error in the file: nothing was predicted or stored" in html
     [row] = error_rows(html)
     assert row[:2] == [str(line), column]
     assert fragment in row[2]
@@ -352,8 +352,11 @@ def test_missing_or_wrong_kind_of_file_is_422(
 
     assert response.status_code == 422
     html = response.get_data(as_text=True)
-    assert re.search(r'<div class="notice warn" role="alert">[^<]*' + fragment, html), html[-3000:]
-    assert re.search(r'<input [^>]*aria-invalid="true"[^>]*name="file"', html)
+    assert re.search(r'<div class="notice warn" role="alert" id="file-error">[^<]*' + fragment, html), html[-3000:]
+    # the input is described by its hint and the error (what a screen reader reads with it)
+    assert re.search(
+        r'<input [^>]*aria-describedby="file-hint file-error"[^>]*aria-invalid="true"[^>]*name="file"', html
+    )
     assert 'id="batch-summary"' not in html
     assert_nothing_stored(app, batch_dir)
 

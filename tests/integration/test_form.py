@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import encode_multipart
 
 from tests.conftest import FORM_VALUES, PASSENGER, count_rows, csrf_token, flush
 from titanic_web.extensions import db
@@ -103,6 +104,13 @@ class Page(HTMLParser):
         return boxes[0]["errors"]
 
 
+def tag_of(html: str, field: str) -> str:
+    """The opening tag of the control whose id is the field's name."""
+    match = re.search(rf'<(?:input|select)\b[^>]*\bid="{field}"[^>]*>', html)
+    assert match, f"no control with id {field}"
+    return match.group(0)
+
+
 def submit(client: FlaskClient, values: dict[str, str], *, token: str | None = "fetch") -> Any:
     """POST the form; token "fetch" gets a real one from GET / first, None sends none."""
     data = dict(values)
@@ -146,9 +154,21 @@ def test_form_renders_every_schema_field(client: FlaskClient) -> None:
         assert page.errors_of(name) == []
     for name, options in SELECTS.items():
         assert page.options[name] == options
+    for name in ("Pclass", "Sex"):  # required, but HTML allows `required` on a select only with an empty option
+        attributes = dict(re.findall(r'\s([\w-]+)(?:="([^"]*)")?', tag_of(html, name)))
+        assert "required" not in attributes and attributes["aria-required"] == "true", attributes
     assert page.tags["csrf_token"] == "input"
     assert len(csrf_token(html)) > 20
     assert 'id="probability"' not in html
+
+
+def test_the_model_card_is_linked_only_while_a_browser_can_open_it(make_app: Any) -> None:
+    link = 'href="/api/model"'
+    assert link in make_app().test_client().get("/").get_data(as_text=True)
+    # With API_KEYS set the card needs a key, which a browser has no way to send.
+    locked = make_app(API_KEYS=("k" * 32,)).test_client()
+    assert locked.get("/api/model").status_code == 401
+    assert link not in locked.get("/").get_data(as_text=True)
 
 
 def test_form_renders_without_deprecation_warnings(client: FlaskClient) -> None:
@@ -267,6 +287,9 @@ def test_field_error_is_shown_beside_the_field(
         if other != field:
             assert page.errors_of(other) == [], other
     assert page.stray_errors == []
+    # what a screen reader reads with the field: its hint and its error
+    assert f'aria-describedby="{field}-hint {field}-error"' in tag_of(html, field)
+    assert html.count(f'id="{field}-error"') == 1
     assert_values_kept(page, values)
     assert 'id="probability"' not in html
     assert count_rows(app) == (0, 0)
@@ -288,6 +311,20 @@ def test_missing_required_field_is_422(
     [error] = page.errors_of(field)  # the schema's message alone, not WTForms' "Not a valid choice" too
     assert error.startswith(message), error
     assert 'id="probability"' not in response.get_data(as_text=True)
+    assert count_rows(app) == (0, 0)
+
+
+def test_a_form_field_too_large_for_memory_is_413_saying_so(client: FlaskClient, app: Flask) -> None:
+    # 600 KB: well inside MAX_CONTENT_LENGTH, over the 500 KB a form field may hold in memory
+    data = {**FORM_VALUES, "Name": "x" * 600_000, "csrf_token": csrf_token(client.get("/").get_data(as_text=True))}
+    boundary, body = encode_multipart(data)  # as bytes: the test client would spool it to a file it never closes
+
+    response = client.post("/", data=body, content_type=f"multipart/form-data; boundary={boundary}")
+
+    assert response.status_code == 413
+    text = response.get_data(as_text=True)
+    assert "the form is too large: a field over 500,000 bytes or more than 1,000 fields" in text
+    assert "MAX_CONTENT_LENGTH" not in text
     assert count_rows(app) == (0, 0)
 
 
@@ -381,7 +418,8 @@ def test_page_uses_only_local_static_files(client: FlaskClient) -> None:
     page = Page(client.get("/").get_data(as_text=True))
 
     assert "/static/style.css" in page.refs
-    for ref in page.refs:
+    assert "data:," in page.refs  # an empty icon: the browser asks for no /favicon.ico, which is a 404
+    for ref in set(page.refs) - {"data:,"}:
         assert not re.match(r"(?i)^(https?:)?//", ref), f"external reference {ref!r}"
         assert ref.startswith("/"), f"unexpected reference {ref!r}"
     for ref in {r for r in page.refs if r.startswith("/static/")}:

@@ -321,6 +321,7 @@ def test_form_limit_answers_a_friendly_page(make_app: MakeApp) -> None:
     assert refused.mimetype == "text/html"
     html = refused.get_data(as_text=True)
     assert "429 Too Many Requests" in html and "Please wait" in html, html
+    assert "You have sent more requests here than the limit allows (2 per 1 minute)." in html
     assert "Back to the form" in html
     assert 1 <= int(refused.headers["Retry-After"]) <= 61
     # Reading the form is not limited: only what it posts is.

@@ -41,6 +41,10 @@ def _field(spec: schema.Field) -> WTField:
         choices = [SelectChoice(str(value), label) for value, label in spec.choices]
         if not spec.required:
             choices.insert(0, SelectChoice("", "unknown"))
+        else:
+            # HTML allows `required` on such a select only with an empty first option, which
+            # these (a choice is always selected) have no use for: say it to assistive technology.
+            render_kw.update({"required": False, "aria-required": "true"})
         return SelectField(
             spec.label,
             choices=choices,
