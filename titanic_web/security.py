@@ -114,12 +114,24 @@ class StaticTalisman(Talisman):
         return [(name, value) for name, value in response.headers.items() if name.lower() != "content-type"]
 
 
+class UntrustedForwarding:
+    """WSGI middleware for an app that trusts no proxy: a client's own ``X-Forwarded-Proto``
+    is dropped. Talisman reads that header wherever it asks whether a request came over HTTPS,
+    so a client could otherwise claim HTTPS over plain HTTP and skip FORCE_HTTPS's redirect."""
+
+    def __init__(self, wsgi_app: WSGIApplication) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        environ.pop("HTTP_X_FORWARDED_PROTO", None)
+        return self.wsgi_app(environ, start_response)
+
+
 class SecurityHeaders:
     """WSGI middleware: every answer gets the security headers, ``secure`` for HTTPS, else ``plain``.
 
-    A header of the same name set by a view is replaced, as Talisman does. HTTPS is what
-    Talisman takes it for: the request's scheme (after :class:`ProxyFix`, when proxies
-    are trusted), or an ``X-Forwarded-Proto: https`` header.
+    A header of the same name set by a view is replaced, as Talisman does. HTTPS is the
+    request's scheme: the client's own, or the one a trusted proxy forwarded (:class:`ProxyFix`).
     """
 
     def __init__(
@@ -131,7 +143,7 @@ class SecurityHeaders:
         self._secure_names = frozenset(name.lower() for name, _ in self.secure)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        secure = environ.get("wsgi.url_scheme") in ("https", "wss") or environ.get("HTTP_X_FORWARDED_PROTO") == "https"
+        secure = environ.get("wsgi.url_scheme") in ("https", "wss")
         added, names = (self.secure, self._secure_names) if secure else (self.plain, self._plain_names)
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
@@ -150,6 +162,8 @@ def init_app(app: Flask) -> None:
     app.extensions["titanic.talisman"] = StaticTalisman(
         app,
         force_https=force_https,
+        # HSTS tells browsers to use nothing but HTTPS here for a year: only when the operator says so
+        strict_transport_security=force_https,
         session_cookie_secure=force_https,  # a Secure cookie is never sent back over plain HTTP
         content_security_policy=CONTENT_SECURITY_POLICY,
         frame_options="DENY",
@@ -162,5 +176,7 @@ def init_app(app: Flask) -> None:
         # (one rate-limit count for all) and HTTPS requests look like plain HTTP. Outermost, so
         # the security headers see the scheme the client used.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies)  # type: ignore[method-assign]
+    else:
+        app.wsgi_app = UntrustedForwarding(app.wsgi_app)  # type: ignore[method-assign]
     ratelimit.init_app(app)
     auth.init_app(app)

@@ -145,10 +145,11 @@ def test_session_without_a_cookie_is_new_and_empty_and_a_signed_one_is_read(
     [
         ("http://localhost/", {}, {}),
         ("https://localhost/", {}, {}),
-        ("http://localhost/", {"X-Forwarded-Proto": "https"}, {}),
+        ("https://localhost/", {}, {"FORCE_HTTPS": True}),
         ("http://localhost/", {"X-Forwarded-Proto": "https"}, {"TRUSTED_PROXIES": 1}),
+        ("http://localhost/", {"X-Forwarded-Proto": "https"}, {"TRUSTED_PROXIES": 1, "FORCE_HTTPS": True}),
     ],
-    ids=["plain", "https", "forwarded-https", "forwarded-https-trusted"],
+    ids=["plain", "https", "https-forced", "forwarded-https-trusted", "forwarded-https-trusted-forced"],
 )
 def test_served_headers_equal_talismans_own(
     make_app: MakeApp, url: str, headers: dict[str, str], settings: dict[str, Any]
@@ -164,7 +165,19 @@ def test_served_headers_equal_talismans_own(
         answer = client.get(url + path, headers=headers)
         served = [(name, value) for name, value in answer.headers.items() if name.lower() in names]
         assert served == [(n, v) for n, v in expected.headers.items() if n.lower() in names], (url, path)
-        assert ("Strict-Transport-Security" in answer.headers) == (url.startswith("https") or bool(headers)), path
+        # HSTS only when FORCE_HTTPS asks for it, and only on what came over HTTPS
+        hsts = bool(settings.get("FORCE_HTTPS")) and (url.startswith("https") or bool(headers))
+        assert ("Strict-Transport-Security" in answer.headers) == hsts, path
+
+
+def test_a_clients_own_x_forwarded_proto_counts_for_nothing_without_a_trusted_proxy(make_app: MakeApp) -> None:
+    client = make_app(FORCE_HTTPS=True).test_client()
+
+    answer = client.get("/batch", headers={"X-Forwarded-Proto": "https"})
+
+    assert answer.status_code == 302  # still plain HTTP: sent to HTTPS
+    assert answer.headers["Location"] == "https://localhost/batch"
+    assert "Strict-Transport-Security" not in answer.headers
 
 
 def test_a_views_own_security_header_is_replaced_once(make_app: MakeApp) -> None:
@@ -197,7 +210,12 @@ def test_headers_on_streamed_and_failed_answers_and_a_views_hsts_on_plain_http(m
     assert answer.get_data() == b"ab"
     assert_security_headers(answer.headers)
     assert answer.headers.getlist("Strict-Transport-Security") == ["max-age=1"]  # plain HTTP: Talisman sets none
-    secure = client.get("/test-streamed", headers={"X-Forwarded-Proto": "https"})
+    secure = client.get("/test-streamed", base_url="https://localhost")
+    assert secure.headers.getlist("Strict-Transport-Security") == ["max-age=1"]  # no FORCE_HTTPS: nor over HTTPS
+    forced = make_app(FORCE_HTTPS=True)
+    forced.add_url_rule("/test-streamed", "test_streamed", streamed)
+    secure = forced.test_client().get("/test-streamed", base_url="https://localhost")
+    assert secure.get_data() == b"ab"
     assert secure.headers.getlist("Strict-Transport-Security") == ["max-age=31556926; includeSubDomains"]
     failure = client.get("/test-failed")
     assert failure.status_code == 500
