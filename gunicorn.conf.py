@@ -15,10 +15,28 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
     _here = os.path.dirname(os.path.abspath(__file__))
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(_here, "instance", "prometheus")
 
-bind = f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
-workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+
+def _setting(name, default):
+    """The variable's value, or the default when it is unset or blank, as the app reads its own
+    settings (a blank HOST must not become gunicorn's ':8000', which listens on every interface)."""
+    return os.environ.get(name, "").strip() or default
+
+
+def _whole_number(name, default, minimum):
+    text = _setting(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise SystemExit(f"{name} must be a whole number of at least {minimum}, got {text!r}")
+    return value
+
+
+bind = f"{_setting('HOST', '127.0.0.1')}:{_setting('PORT', '8000')}"
+workers = _whole_number("WEB_CONCURRENCY", 2, minimum=1)
 worker_class = "sync"
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "60"))
+timeout = _whole_number("GUNICORN_TIMEOUT", 60, minimum=0)  # 0: no limit
 # The recorder drains within RECORDER_SHUTDOWN_SECONDS (10 by default), well inside this.
 graceful_timeout = 30
 accesslog = "-"

@@ -92,6 +92,12 @@ class LazyMemoryStorage(MemoryStorage):
             self._MemoryStorage__expire_events()  # type: ignore[attr-defined]
 
 
+def _without_password(uri: str) -> str:
+    """The URI with any user and password left out (scheme://host...), for messages and logs."""
+    scheme, separator, rest = uri.partition("://")
+    return f"{scheme}{separator}{rest.rpartition('@')[2]}" if separator else uri.rpartition("@")[2]
+
+
 class RateLimiter:
     """Counts each client's POSTs per route against the limits, in the storage or, while it fails, in memory."""
 
@@ -99,11 +105,16 @@ class RateLimiter:
         self.limits = tuple(limits)
         self.key_prefix = key_prefix
         self.storage_uri = storage_uri
-        storage = (
-            LazyMemoryStorage()
-            if storage_uri.startswith("memory://")
-            else storage_from_string(storage_uri, **_storage_options(storage_uri))
-        )
+        try:
+            storage = (
+                LazyMemoryStorage()
+                if storage_uri.startswith("memory://")
+                else storage_from_string(storage_uri, **_storage_options(storage_uri))
+            )
+        except Exception as exc:  # an unknown scheme, a malformed URL, a client library not installed
+            shown = _without_password(storage_uri)
+            why = str(exc).replace(storage_uri, shown)
+            raise ConfigError(f"RATELIMIT_STORAGE_URI cannot be used ({shown}): {type(exc).__name__}: {why}") from None
         self._primary = FixedWindowRateLimiter(storage)
         self._memory = self._primary if isinstance(storage, MemoryStorage) else None
         self._storage_down_until = 0.0
@@ -118,7 +129,7 @@ class RateLimiter:
                 raise
             log.warning(
                 "rate-limit storage %s failed (%s: %s); counting in this worker's memory for %.0f s",
-                self.storage_uri.split("@")[-1],  # never a password in the log
+                _without_password(self.storage_uri),  # never a password in the log
                 type(exc).__name__,
                 exc,
                 STORAGE_RETRY_SECONDS,

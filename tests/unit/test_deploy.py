@@ -195,6 +195,42 @@ def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.M
 
 
 @pytest.mark.parametrize(
+    ("variables", "bind", "workers", "timeout"),
+    [
+        ({}, "127.0.0.1:8000", 2, 60),
+        # blank is unset, as for the app's settings: a blank HOST was ':8000', every interface
+        ({"HOST": "", "PORT": " ", "GUNICORN_TIMEOUT": ""}, "127.0.0.1:8000", 2, 60),
+        ({"HOST": "10.0.0.5", "PORT": "9000", "WEB_CONCURRENCY": "4", "GUNICORN_TIMEOUT": "0"}, "10.0.0.5:9000", 4, 0),
+    ],
+)
+def test_gunicorn_reads_its_variables_as_the_app_reads_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variables: dict[str, str], bind: str, workers: int, timeout: int
+) -> None:
+    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets the thread ones; monkeypatch restores them
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    assert (settings["bind"], settings["workers"], settings["timeout"]) == (bind, workers, timeout)
+
+
+@pytest.mark.parametrize(
+    ("name", "text"), [("WEB_CONCURRENCY", "0"), ("GUNICORN_TIMEOUT", "-1"), ("GUNICORN_TIMEOUT", "1m")]
+)
+def test_gunicorn_refuses_an_unusable_number_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, text: str
+) -> None:
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setenv(name, text)
+    with pytest.raises(SystemExit, match=rf"^{name} must be a whole number of at least \d, got '{re.escape(text)}'$"):
+        runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+
+
+@pytest.mark.parametrize(
     ("text", "level"),
     [(None, "INFO"), ("", "INFO"), (" ", "INFO"), ("debug", "DEBUG"), ("WARNING", "WARNING"), (" Error ", "ERROR")],
 )

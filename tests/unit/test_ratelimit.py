@@ -11,6 +11,7 @@ from limits import parse_many
 from limits.storage import MemoryStorage
 
 from titanic_web import ratelimit
+from titanic_web.config import ConfigError
 from titanic_web.ratelimit import LazyMemoryStorage, RateLimited, RateLimiter
 
 
@@ -91,3 +92,21 @@ def test_a_failing_storage_counts_in_memory_then_is_tried_again(monkeypatch: pyt
     limiter._storage_down_until = time.monotonic() - 1
     limiter.hit("api.predict", "c")
     assert broken_calls == 2, "after the retry time the storage is tried again"
+
+
+@pytest.mark.parametrize(
+    ("uri", "shown", "reason"),
+    [
+        ("bogus://user:hunter2@cache:1/0", "bogus://cache:1/0", "ConfigurationError: unknown storage scheme"),
+        ("redis:/cache", "redis:/cache", "ValueError: Redis URL must specify one of the following schemes"),
+        ("memcached://cache:11211", "memcached://cache:11211", "ConfigurationError: 'pymemcache' prerequisite"),
+    ],
+)
+def test_an_unusable_storage_is_a_config_error_naming_the_variable_never_the_password(
+    uri: str, shown: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        RateLimiter(parse_many("2/minute"), storage_uri=uri, key_prefix="t")
+    message = str(info.value)
+    assert message.startswith(f"RATELIMIT_STORAGE_URI cannot be used ({shown}): {reason}"), message
+    assert "hunter2" not in message and "user" not in message
