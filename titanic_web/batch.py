@@ -47,7 +47,7 @@ CHUNK_ROWS = 2000
 #: JSON text of their features is then written after the answer, by the writer.
 COLUMN_LINE_ROWS = 8
 #: Errors reported at most; the count says how many there were in all.
-MAX_ERRORS = 1000
+MAX_ERRORS = schema.MAX_LISTED_ERRORS
 #: Bytes of body read at a time.
 READ_BYTES = 1 << 20
 

@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAll
 
 from titanic_web.extensions import db
 from titanic_web.recorder import RecorderError
-from titanic_web.schema import InputError
+from titanic_web.schema import MAX_LISTED_ERRORS, InputError
 
 
 class ApiError(Exception):
@@ -74,11 +74,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(InputError)
     def handle_input_error(exc: InputError) -> Any:
         count = getattr(exc, "total", len(exc.errors))
-        listed = "" if count == len(exc.errors) else f" (the first {len(exc.errors)} are listed)"
+        shown = exc.errors[:MAX_LISTED_ERRORS]  # a batch lists no more already; outcomes may have more
+        listed = "" if count == len(shown) else f" (the first {len(shown)} are listed)"
         return json_error(
             422,
             f"{count} invalid field{'s' if count != 1 else ''}{listed}; nothing was stored",
-            errors=[e.as_dict() for e in exc.errors],
+            errors=[e.as_dict() for e in shown],
             error_count=count,
         )
 

@@ -201,6 +201,10 @@ class FieldError:
         return out
 
 
+#: Errors a 422 lists at most; its error_count says how many there were in all.
+MAX_LISTED_ERRORS = 1000
+
+
 class InputError(Exception):
     """Schema check failed: the request answers 422 and stores nothing."""
 

@@ -118,6 +118,18 @@ def test_invalid_items_are_422_by_index_and_field(client: FlaskClient, body: Any
     assert [(e["index"], e["field"]) for e in errors] == [(index, field)]
 
 
+def test_past_a_thousand_errors_the_count_says_how_many_as_for_predictions(client: FlaskClient) -> None:
+    response = post_outcomes(client, [{"id": "892", "survived": 2}] * 700)  # two errors an item
+
+    assert response.status_code == 422
+    body = response.get_json()
+    assert body["error_count"] == 1400
+    assert body["message"] == "1400 invalid fields (the first 1000 are listed); nothing was stored"
+    assert [(e["index"], e["field"]) for e in body["errors"]] == [
+        (i // 2, ("id", "survived")[i % 2]) for i in range(1000)
+    ]
+
+
 @pytest.mark.parametrize(
     ("send", "status"),
     [
