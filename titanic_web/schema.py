@@ -11,6 +11,7 @@ import difflib
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -204,6 +205,22 @@ class FieldError:
 #: Errors a 422 lists at most; its error_count says how many there were in all.
 MAX_LISTED_ERRORS = 1000
 
+#: Control characters (Unicode's Cc) that are not white space: no name, ticket or cabin holds one,
+#: a page cannot show one (HTML refuses NUL), and a NUL makes text that PostgreSQL refuses.
+#: White space controls (tab, new line, U+001C-U+001F, U+0085) stay: strip() removes them around text.
+CONTROL_CHARACTERS = "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f"
+_CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
+
+
+def control_message(text: str) -> str | None:
+    """The error for text holding a control character that is not white space, or None."""
+    if text.isprintable():  # most text, at once (white space other than ' ' is not printable)
+        return None
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return f"must not hold control characters, got U+{ord(found.group()):04X} at character {found.start() + 1}"
+
 
 class InputError(Exception):
     """Schema check failed: the request answers 422 and stores nothing."""
@@ -242,6 +259,10 @@ def check_value(field: Field, value: Any) -> tuple[Any, str | None]:
             return None, f"must be {field.describe()}, got {type(value).__name__}"
         if not value.isascii():  # ASCII (most text) is known at once: it holds no surrogate
             message = surrogate_message(value)
+            if message is not None:
+                return None, message
+        if not field.choices:  # a choice is refused as no choice
+            message = control_message(value)
             if message is not None:
                 return None, message
         value = value.strip()
@@ -497,6 +518,8 @@ def _plain_column(field: Field, texts: Sequence[str]) -> tuple[list[Any], list[s
         stripped = list(map(str.strip, texts))
         if not all(stripped) or (field.max_length is not None and max(map(len, stripped)) > field.max_length):
             return None
+        if not all(map(str.isprintable, stripped)):  # maybe a control character: checked cell by cell
+            return None
         return stripped, list(map(prefix.__add__, map(encode_basestring_ascii, stripped)))
     return None
 
@@ -699,7 +722,7 @@ class BatchChecker:
         # ... and free text that is not blank and not too long.
         elif field.kind is str and not field.choices:
             stripped = text.strip()
-            if stripped and (field.max_length is None or len(stripped) <= field.max_length):
+            if stripped and (field.max_length is None or len(stripped) <= field.max_length) and stripped.isprintable():
                 return stripped, None, f'"{field.name}":{_encode_text(stripped)}'
         value = parse_text(field, text)
         if value is None and not field.nullable and not field.required:

@@ -526,6 +526,23 @@ def test_every_invalid_passenger_is_reported_at_once(client: FlaskClient, app: F
     assert count_rows(app) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    ("field", "text"), [("Name", "Kelly\x00, Mr. James"), ("Ticket", "\x1b[1m3309"), ("Cabin", "C\x7f")]
+)
+def test_text_with_a_control_character_is_422_naming_the_field_in_json_and_csv(
+    client: FlaskClient, app: Flask, field: str, text: str
+) -> None:
+    # A page cannot show a NUL (HTML refuses it), nor would a name, ticket or cabin hold one.
+    found = next(i for i, c in enumerate(text) if not c.isprintable())
+    message = f"must not hold control characters, got U+{ord(text[found]):04X} at character {found + 1}"
+
+    body = assert_json_error(client.post("/api/predict", json={**PASSENGER, field: text}), 422)
+    assert body["errors"] == [{"index": 0, "field": field, "message": message}]
+    body = assert_json_error(post_csv(client, csv_with_cell(3, field, text)), 422)
+    assert body["errors"] == [{"index": 1, "field": field, "message": message, "line": 3}]
+    assert count_rows(app) == (0, 0)
+
+
 @pytest.mark.parametrize("field", ["Name", "Sex", "Ticket", "Cabin", "Embarked"])
 @pytest.mark.parametrize("wrap", [False, True], ids=["object", "array"])
 def test_text_with_an_unpaired_surrogate_is_422_naming_the_field(

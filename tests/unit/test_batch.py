@@ -158,6 +158,11 @@ HOSTILE_CELLS = [
     "Kelly, Mr. James",
     "\u00e9",
     "\u200b",
+    "Kelly\x00, Mr. James",
+    "\x1b[31m",
+    "a\tb",
+    "x\x85y",
+    "\x7f",
     "B57 B59 B63 B66",
 ]
 

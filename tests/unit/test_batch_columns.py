@@ -142,7 +142,10 @@ def unique_rows(count: int) -> list[list[str]]:
         ("PassengerId", text)
         for text in (" 12 ", "+7", "1_000", "٣", "²", "0", "2147483648", "3.0", "", "007", "1" * 19, "9" * 5000)
     ]
-    + [("Name", text) for text in ("", "  ", " padded ", 'Ünïcode, Mrs. "Q"\ttab', "x" * 201, "x" * 200)]
+    + [
+        ("Name", text)
+        for text in ("", "  ", " padded ", 'Ünïcode, Mrs. "Q"\ttab', "x" * 201, "x" * 200, "a\x00b", "\x1b")
+    ]
     + [("Ticket", text) for text in ("", "t" * 51, "t" * 50)],
 )
 def test_a_column_of_new_values_checks_the_same_with_any_cell_anywhere(field: str, text: str) -> None:

@@ -61,6 +61,8 @@ def _field_values(field: Field) -> list[Any]:
         # Python's strip() and ECMA-262's \s differ on these: the document must follow strip().
         text = str(field.choices[0][0]) if field.choices else "text"
         values += [f"\x1c{text}", f"{text}\x85", f"\ufeff{text}", f"{text}\n", "\u2028", "\t \r\n"]
+        # control characters: refused anywhere in free text, white space ones (tab, U+0085) kept
+        values += [f"{text}\x00", f"\x1b[1m{text}", f"t\x7f{text}", "\x9f", f"{text}\tb", "a\x85b", "\x08", " \x0e "]
     return values
 
 

@@ -14,7 +14,7 @@ import re
 from http import HTTPStatus
 from typing import Any
 
-from titanic_web.schema import FIELDS, Field
+from titanic_web.schema import CONTROL_CHARACTERS, FIELDS, Field
 
 OPENAPI_VERSION = "3.1.0"
 
@@ -65,12 +65,16 @@ def _space_class() -> str:
 #: White space, and anything else, in the document's patterns.
 _SPACES = _space_class()
 _SPACE = f"[{_SPACES}]"
-_NOT_SPACE = f"[^{_SPACES}]"
+#: schema.CONTROL_CHARACTERS, which free text may not hold, as \\uXXXX ranges.
+_CONTROLS = "".join(c if c == "-" else f"\\u{ord(c):04x}" for c in CONTROL_CHARACTERS)
+_NOT_SPACE = f"[^{_SPACES}{_CONTROLS}]"
+_NOT_CONTROL = f"[^{_CONTROLS}]"
 
 
 def text_pattern(field: Field) -> str:
     """The exact rule of a text field, as the API applies it: surrounding white space is ignored
-    (and blank text of a nullable field is null), then the choices or the length are checked."""
+    (and blank text of a nullable field is null), then the choices, or the length and that free
+    text holds no control character but white space, are checked."""
     if field.choices:
         core = "(?:" + "|".join(re.escape(str(value)) for value, _ in field.choices) + ")"
         if field.nullable:
@@ -79,9 +83,9 @@ def text_pattern(field: Field) -> str:
         core = f"{_NOT_SPACE}?"
     elif field.max_length is not None:
         # Empty, or from one non-space character to another with at most max_length in all.
-        core = f"(?:{_NOT_SPACE}(?:[\\s\\S]{{0,{field.max_length - 2}}}{_NOT_SPACE})?)?"
+        core = f"(?:{_NOT_SPACE}(?:{_NOT_CONTROL}{{0,{field.max_length - 2}}}{_NOT_SPACE})?)?"
     else:
-        core = "[\\s\\S]*"
+        core = f"{_NOT_CONTROL}*"
     return f"^{_SPACE}*{core}{_SPACE}*$"
 
 
