@@ -206,7 +206,7 @@ class FieldError:
 MAX_LISTED_ERRORS = 1000
 
 #: Control characters (Unicode's Cc) that are not white space: no name, ticket or cabin holds one,
-#: a page cannot show one (HTML refuses NUL), and a NUL makes text that PostgreSQL refuses.
+#: and a page cannot show one (HTML refuses NUL; an escape sequence shows as garbage).
 #: White space controls (tab, new line, U+001C-U+001F, U+0085) stay: strip() removes them around text.
 CONTROL_CHARACTERS = "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f"
 _CONTROL = re.compile(f"[{CONTROL_CHARACTERS}]")
