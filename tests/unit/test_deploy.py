@@ -21,7 +21,6 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -182,15 +181,34 @@ def test_the_image_starts_the_way_make_run_serves() -> None:
     assert cmd[2].split("&&")[-1].split()[0] == "exec"
 
 
+#: What gunicorn.conf.py sets in the environment of the process that reads it.
+GUNICORN_CONF_SETS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def gunicorn_settings(monkeypatch: pytest.MonkeyPatch, **variables: str | None) -> dict[str, Any]:
+    """gunicorn.conf.py's settings, read with these variables (None: unset), as gunicorn reads it.
+
+    What it sets in the environment is undone after the test, absent variables included:
+    ``delenv(name, raising=False)`` of an absent one records nothing to restore, and a
+    PROMETHEUS_MULTIPROC_DIR left pointing into the checkout made later apps of the same
+    test process write their metrics there.
+    """
+    for name in GUNICORN_CONF_SETS:
+        monkeypatch.setenv(name, "")  # recorded: monkeypatch restores the value, or its absence
+        monkeypatch.delenv(name)
+    for name, value in variables.items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    return runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+
+
 def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.MonkeyPatch) -> None:
     env = dockerfile().envs
     assert env["HOST"] == "0.0.0.0"
     assert instructions("EXPOSE") == [env["PORT"]]
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
-    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    settings = gunicorn_settings(monkeypatch, **env)
     assert settings["bind"] == f"0.0.0.0:{env['PORT']}"
 
 
@@ -204,15 +222,10 @@ def test_gunicorn_binds_all_interfaces_on_the_exposed_port(monkeypatch: pytest.M
     ],
 )
 def test_gunicorn_reads_its_variables_as_the_app_reads_settings(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variables: dict[str, str], bind: str, workers: int, timeout: int
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], bind: str, workers: int, timeout: int
 ) -> None:
-    for name in ("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets the thread ones; monkeypatch restores them
-    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    unset = dict.fromkeys(("HOST", "PORT", "WEB_CONCURRENCY", "GUNICORN_TIMEOUT"))
+    settings = gunicorn_settings(monkeypatch, **(unset | variables))
     assert (settings["bind"], settings["workers"], settings["timeout"]) == (bind, workers, timeout)
 
 
@@ -220,14 +233,10 @@ def test_gunicorn_reads_its_variables_as_the_app_reads_settings(
     ("name", "text"), [("WEB_CONCURRENCY", "0"), ("GUNICORN_TIMEOUT", "-1"), ("GUNICORN_TIMEOUT", "1m")]
 )
 def test_gunicorn_refuses_an_unusable_number_naming_its_variable(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str, text: str
+    monkeypatch: pytest.MonkeyPatch, name: str, text: str
 ) -> None:
-    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(variable, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    monkeypatch.setenv(name, text)
     with pytest.raises(SystemExit, match=rf"^{name} must be a whole number of at least \d, got '{re.escape(text)}'$"):
-        runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+        gunicorn_settings(monkeypatch, **{name: text})
 
 
 @pytest.mark.parametrize(
@@ -235,7 +244,7 @@ def test_gunicorn_refuses_an_unusable_number_naming_its_variable(
     [(None, "INFO"), ("", "INFO"), (" ", "INFO"), ("debug", "DEBUG"), ("WARNING", "WARNING"), (" Error ", "ERROR")],
 )
 def test_gunicorn_logs_at_log_level_and_at_info_when_it_is_blank(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, text: str | None, level: str
+    monkeypatch: pytest.MonkeyPatch, text: str | None, level: str
 ) -> None:
     """The app (config.py) takes a blank LOG_LEVEL for INFO; gunicorn must read it the same way."""
     import logging
@@ -243,14 +252,7 @@ def test_gunicorn_logs_at_log_level_and_at_info_when_it_is_blank(
     from gunicorn.config import Config
     from gunicorn.glogging import Logger
 
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
-    if text is None:
-        monkeypatch.delenv("LOG_LEVEL", raising=False)
-    else:
-        monkeypatch.setenv("LOG_LEVEL", text)
-    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    settings = gunicorn_settings(monkeypatch, LOG_LEVEL=text)
     cfg = Config()
     cfg.set("loglevel", settings["loglevel"])
     assert Logger(cfg).loglevel == logging.getLevelName(level)
@@ -266,9 +268,7 @@ def test_each_worker_pins_thread_pools_freezes_the_app_and_sets_the_switch_inter
 
     import threadpoolctl
 
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)  # gunicorn.conf.py sets them; monkeypatch restores them
-    settings = runpy.run_path(str(PROJECT_ROOT / "gunicorn.conf.py"))
+    settings = gunicorn_settings(monkeypatch)
     pinned: list[int] = []
     switched: list[float] = []
     frozen: list[bool] = []
