@@ -792,6 +792,9 @@ class Recorder:
         self.publish_backlog()
         if self.database == "degraded":
             log.info("recorder: database writes succeed again")
+            # Processes that stopped while it was down (a reload, one worker fewer) left their rows
+            # spooled: adopted on the next tick rather than up to adopt_interval later.
+            self._next_adopt = 0.0
         self.database = "ok"
         self.last_error = None
         return handled
@@ -849,14 +852,22 @@ class Recorder:
         return adopted, self.flush(timeout)
 
     def stop(self, timeout: float = 10.0) -> bool:
-        """Stop the writer, draining for at most timeout seconds; the rest stays spooled."""
+        """Stop the writer, draining for at most timeout seconds what this process spooled and what
+        stopped processes left; the rest stays spooled."""
         deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(max(0.0, deadline - time.monotonic()))
-        drained = self.flush(max(0.0, deadline - time.monotonic())) if self.app is not None else False
+        drained = False
+        if self.app is not None:
+            # What processes that stopped before this one left (a reload stops the old workers
+            # while the new ones run) goes too: else it would wait for the next start.
+            adopted = self.spool.adopt_orphans()
+            if adopted:
+                log.info("recorder: adopted %d spool segment(s) left by stopped processes", adopted)
+            drained = self.flush(max(0.0, deadline - time.monotonic()))
         self.publish_backlog()  # the last requests' rows in the counter, whatever the database did
         rows, _ = self.backlog()
         if rows:

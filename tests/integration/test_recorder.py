@@ -809,6 +809,40 @@ def test_a_restart_delivers_what_the_stopped_app_left_spooled(apps: MakeApp, fau
     assert_stored_once(second, ids)
 
 
+def test_what_a_reload_leaves_spooled_is_delivered_on_recovery_and_by_the_next_stop(
+    apps: MakeApp, fault: Fault, tmp_path: Path
+) -> None:
+    """gunicorn's reload (SIGHUP) starts the new workers, then stops the old ones: with the database
+    down, an old worker's rows stay spooled after its writer's start-up adoption has run. They used
+    to wait for the next adoption tick (30 s), and a SIGTERM within it left them behind."""
+    spool_dir = tmp_path / "shared-spool"
+    old, new, last = (apps(SPOOL_DIR=spool_dir) for _ in range(3))
+    fault.down(old, new)
+    left = burst(old.test_client(), 6)
+    recorder = recorder_of(new)
+    recorder.start()  # adopts nothing: the old worker still holds its segment
+    answered = burst(new.test_client(), 4)  # the new worker's own rows fail too: its database is down
+    wait_for(lambda: recorder.database == "degraded", 10, "the new writer to find the database down")
+    assert recorder_of(old).stop(timeout=0.5) is False  # the old worker's drain fails: its segment is orphaned
+
+    fault.up()  # the writer's next delivery adopts the orphan at once
+    total = len(left) + len(answered)
+    wait_for(lambda: count_rows(new) == (total, total), 10, "the orphan to be delivered on recovery")
+    assert_stored_once(new, left + answered)
+
+    # And a stop delivers what a process that stopped before it left.
+    leaver = apps(SPOOL_DIR=spool_dir)
+    fault.down(leaver, last)
+    more = burst(leaver.test_client(), 3)
+    stopper = recorder_of(last)
+    stopper.start()  # adopts nothing: the leaving worker still holds its segment
+    assert recorder_of(leaver).stop(timeout=0.5) is False
+    fault.up()
+    assert stopper.stop(timeout=10) is True
+    assert_stored_once(last, left + answered + more)
+    assert spool.scan(spool_dir)["rows"] == 0
+
+
 def test_a_stop_that_comes_during_a_delivery_ends_the_writer_at_once(
     make_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
