@@ -275,6 +275,40 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
 
 
 @BOTH
+def test_a_reload_with_the_database_down_then_a_sigterm_leaves_nothing_spooled(
+    target: Target, model_dir: Path, tmp_path: Path
+) -> None:
+    """gunicorn's reload (SIGHUP) starts new workers, then stops the old ones, whose drain fails with
+    the database down: their rows are orphaned after the new writers' start-up adoption (the old
+    workers drain for 15 s here, long after the new ones booted). Once the database is back, a SIGTERM
+    drains them with the new workers' own; it used to leave them for the next start, up to the
+    writers' 30 s adoption tick, and log that nothing was left spooled."""
+    spool_dir = tmp_path / "spool"
+    env = fault_env(model_dir, target.url, spool_dir, RECORDER_SHUTDOWN_SECONDS="15", **SHORT_BUSY_TIMEOUT)
+    with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn.log") as server:
+        old = wait_until_workers_serve(server, 2)
+        with target.unavailable():
+            before = Burst(server.base_url, total=100, clients=4).run()
+            assert_all_answered(before, 100)
+            os.kill(server.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 60
+            while (server.worker_pids() & old or len(server.worker_pids()) < 2) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not server.worker_pids() & old, log_tail(server.output())
+            after = Burst(server.base_url, total=50, clients=4, first_passenger=200_000).run()
+            assert_all_answered(after, 50)
+            assert "stopping with" in server.output(), log_tail(server.output())  # the old workers left rows
+            found = spool.scan(spool_dir)
+            assert found["orphaned"] >= 1, found  # and the new ones, which started before, have not adopted them
+        workers = server.worker_pids()
+        server.stop()  # the database is back: SIGTERM at once, long before an adoption tick
+        log = server.output()
+    assert_exited_gracefully(server, workers, log)
+    assert spool.scan(spool_dir)["rows"] == 0, (spool.scan(spool_dir), log_tail(log))
+    assert_exactly_once(target, merged(before, after))
+
+
+@BOTH
 def test_sigterm_with_the_database_up_drains_before_exit(target: Target, model_dir: Path, tmp_path: Path) -> None:
     """SIGTERM while the database is up and the writers still hold a backlog: the shutdown drains it.
 
