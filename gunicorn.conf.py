@@ -18,7 +18,10 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
 
 def _setting(name, default):
     """The variable's value, or the default when it is unset or blank, as the app reads its own
-    settings (a blank HOST must not become gunicorn's ':8000', which listens on every interface)."""
+    settings (a blank HOST must not become gunicorn's ':8000', which listens on every interface).
+
+    Not titanic_web.config's readers: importing the package here would load the app's libraries
+    (scikit-learn, pandas) into the master, which serves no request."""
     return os.environ.get(name, "").strip() or default
 
 

@@ -46,8 +46,6 @@ CHUNK_ROWS = 2000
 #: Chunks of at least this many passengers are spooled by column (recorder.spool_columns): the
 #: JSON text of their features is then written after the answer, by the writer.
 COLUMN_LINE_ROWS = 8
-#: Errors reported at most; the count says how many there were in all.
-MAX_ERRORS = schema.MAX_LISTED_ERRORS
 #: Bytes of body read at a time.
 READ_BYTES = 1 << 20
 
@@ -390,7 +388,7 @@ def process(
     source: str,
     max_rows: int,
     chunk_rows: int = CHUNK_ROWS,
-    max_errors: int = MAX_ERRORS,
+    max_errors: int = schema.MAX_LISTED_ERRORS,
 ) -> Generator[Progress, None, Summary]:
     """Read, check, predict and stage a body chunk by chunk; then spool it all, or nothing.
 
