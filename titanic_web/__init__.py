@@ -12,6 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import ArgumentError
 
 from titanic_web import security, telemetry
+from titanic_web.bodies import WholeBodies
 from titanic_web.config import PROJECT_ROOT, ConfigError, engine_options, load_secret_key, settings_from_env
 from titanic_web.extensions import SessionInterface, csrf, db, migrate
 from titanic_web.recorder import Recorder
@@ -93,6 +94,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     _register_error_handlers(app)
     _register_commands(app)
     security.init_app(app)  # last: its rate limits wrap every POST view registered above
+    app.wsgi_app = WholeBodies(app.wsgi_app)  # type: ignore[method-assign]  # a body read whole, or a 400
     return app
 
 

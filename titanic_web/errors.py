@@ -10,7 +10,13 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, InternalServerError, MethodNotAllowed, RequestEntityTooLarge
+from werkzeug.exceptions import (
+    ClientDisconnected,
+    HTTPException,
+    InternalServerError,
+    MethodNotAllowed,
+    RequestEntityTooLarge,
+)
 
 from titanic_web.extensions import db
 from titanic_web.recorder import RecorderError
@@ -61,6 +67,11 @@ def _http_message(exc: HTTPException) -> str:
                 f"or more than {current_app.config['MAX_FORM_PARTS']:,} fields"
             )
         return f"request body is larger than the limit of {limit} bytes (MAX_CONTENT_LENGTH)"
+    if isinstance(exc, ClientDisconnected):  # raised by Werkzeug when a body ends before its Content-Length
+        return (
+            f"the request body ended before the {request.content_length or 0:,} bytes its Content-Length "
+            "announced: the client disconnected or sent less; nothing was stored"
+        )
     return exc.description or exc.name
 
 

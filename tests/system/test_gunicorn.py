@@ -13,6 +13,7 @@ import io
 import json
 import re
 import shutil
+import socket
 import sqlite3
 import time
 import uuid
@@ -458,6 +459,59 @@ def test_invalid_request_answers_422_json_and_stores_nothing(
         if error["field"] == "Agee":  # an unknown field is named
             assert "'Agee'" in error["message"], error
     assert (new_predictions, new_features) == ({marker}, {marker}), stored
+
+
+def raw_request(server: GunicornServer, head: bytes, body: bytes) -> tuple[int, bytes]:
+    """Send a request's head and body over a socket, close our side, and read the answer:
+    the status and the body (the server closes the connection after it)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as conn:
+        conn.sendall(head + body)
+        conn.shutdown(socket.SHUT_WR)  # the client sent all it will: the server reads an end of stream
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+#: A header and 200 passengers of test.csv: whole lines that a server which took them for the
+#: whole file would predict and store.
+HALF_A_CSV = csv_head(200).encode()
+
+
+@pytest.mark.parametrize(
+    "head, body, expected",
+    [
+        (
+            b"POST /api/predict HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\n"
+            + f"Content-Length: {2 * len(HALF_A_CSV)}\r\n\r\n".encode(),
+            HALF_A_CSV,
+            "ended before the",
+        ),
+        (
+            b"POST /api/predict HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
+            f"{len(HALF_A_CSV):x}\r\n".encode() + HALF_A_CSV + b"\r\nzz\r\n0\r\n\r\n",
+            "chunked encoding cannot be read",
+        ),
+        (
+            b"POST /api/predict HTTP/1.1\r\nHost: test\r\nContent-Type: text/csv\r\nTransfer-Encoding: chunked\r\n\r\n",
+            f"{len(HALF_A_CSV):x}\r\n".encode() + HALF_A_CSV + b"\r\n",
+            "ended before its last chunk",
+        ),
+    ],
+    ids=["announced-longer", "malformed-chunk", "chunks-cut-short"],
+)
+def test_a_body_cut_short_or_malformed_is_400_json_and_stores_nothing(
+    server: GunicornServer, db_path: Path, head: bytes, body: bytes, expected: str
+) -> None:
+    before = settled_snapshot(db_path)
+    status, answer = raw_request(server, head, body)
+    marker, new_predictions, new_features = new_rows_after_marker(server, db_path, before)
+
+    assert status == 400, answer[:500]
+    message = json.loads(answer)["message"]
+    assert expected in message and "nothing was stored" in message, message
+    assert (new_predictions, new_features) == ({marker}, {marker}), f"{len(new_predictions) - 1} rows stored"
 
 
 # -- (5) both workers serve ---------------------------------------------------------------------
