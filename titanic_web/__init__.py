@@ -140,6 +140,7 @@ def _make_recorder(app: Flask) -> Recorder:
         batch_rows=app.config["RECORDER_BATCH_ROWS"],
         flush_interval=app.config["RECORDER_FLUSH_SECONDS"],
         retry_max=app.config["RECORDER_RETRY_MAX_SECONDS"],
+        write_timeout=app.config["RECORDER_WRITE_TIMEOUT_SECONDS"],
         fsync=app.config["SPOOL_FSYNC"],
     )
     recorder.init_app(app)

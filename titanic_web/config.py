@@ -152,6 +152,9 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "RECORDER_FLUSH_SECONDS": _float_env("RECORDER_FLUSH_SECONDS", 1.0),
         "RECORDER_RETRY_MAX_SECONDS": _float_env("RECORDER_RETRY_MAX_SECONDS", 30.0),
         "RECORDER_SHUTDOWN_SECONDS": _float_env("RECORDER_SHUTDOWN_SECONDS", 10.0),
+        # The longest a batch may wait on PostgreSQL (a statement, or a lock another session holds);
+        # past it the batch is rolled back, stays spooled and is retried. 0: no limit.
+        "RECORDER_WRITE_TIMEOUT_SECONDS": _float_env("RECORDER_WRITE_TIMEOUT_SECONDS", 30.0),
         "SQLITE_BUSY_TIMEOUT_MS": _int_env("SQLITE_BUSY_TIMEOUT_MS", 5000, minimum=0),
         "DATABASE_CONNECT_TIMEOUT": _int_env("DATABASE_CONNECT_TIMEOUT", 5),
         # Set (by gunicorn.conf.py, or by hand): /metrics sums every process's values kept in files

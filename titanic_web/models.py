@@ -6,7 +6,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, SmallInteger, String, Uuid
+from sqlalchemy import JSON, Connection, DateTime, Float, ForeignKey, Integer, SmallInteger, String, Uuid
 from sqlalchemy.orm import Mapped, mapped_column
 
 from titanic_web.extensions import Model, db
@@ -63,10 +63,25 @@ class OutcomeRow(Model):
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=now_utc)
 
 
-def check_tables() -> None:
+def check_tables(*, timeout: float | None = None) -> None:
     """Touch both tables, not just the connection: a missing schema is not a working database.
+
+    ``timeout``: on PostgreSQL, the seconds each read may wait (for a lock another session
+    holds on a table, say) before it fails; on SQLite, SQLITE_BUSY_TIMEOUT_MS bounds the wait.
 
     :raise sqlalchemy.exc.SQLAlchemyError: the database or a table cannot be read.
     """
+    if timeout and db.session.get_bind().dialect.name == "postgresql":
+        limit_waits(db.session.connection(), timeout)
     db.session.execute(db.select(PredictionRow.id).limit(1))
     db.session.execute(db.select(FeatureRow.prediction_id).limit(1))
+
+
+def limit_waits(connection: Connection, seconds: float) -> None:
+    """On PostgreSQL, make the current transaction's statements, and their waits for locks,
+    fail after ``seconds`` (``SET LOCAL``: the pooled connection is left as it was)."""
+    milliseconds = str(max(1, round(seconds * 1000)))
+    connection.exec_driver_sql(
+        "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
+        {"ms": milliseconds},
+    )

@@ -30,20 +30,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flask import Flask
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, event, insert, select
 from sqlalchemy.exc import DataError, IntegrityError
 from sqlalchemy.orm import Session
 
 from titanic_web import jsontext, spool
 from titanic_web.extensions import db
 from titanic_web.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES, features_json
-from titanic_web.models import SOURCES, FeatureRow, PredictionRow, now_utc
+from titanic_web.models import SOURCES, FeatureRow, PredictionRow, limit_waits, now_utc
 from titanic_web.requestlog import MAX_REQUEST_ID
 
 if TYPE_CHECKING:
     from titanic_web.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+class WriterBusy(Exception):
+    """Another thread of this process is delivering a batch (the writer, stalled on the database)."""
 
 
 class RecorderError(Exception):
@@ -612,12 +616,15 @@ class Recorder:
         flush_interval: float = 1.0,
         retry_max: float = 30.0,
         adopt_interval: float = 30.0,
+        write_timeout: float = 30.0,
         fsync: bool = False,
     ) -> None:
         self.spool = spool.Spool(spool_dir, fsync=fsync)
         self.batch_rows = batch_rows
         self.flush_interval = flush_interval
         self.retry_max = retry_max
+        #: Seconds a batch may wait on PostgreSQL, for a statement or a lock (0: no limit).
+        self.write_timeout = write_timeout
         self.adopt_interval = adopt_interval
         self.app: Flask | None = None
         self._thread: threading.Thread | None = None
@@ -727,42 +734,52 @@ class Recorder:
             if self.spool.backlog_rows < self.batch_rows:
                 self._wake.wait(self.flush_interval)
 
-    def deliver_once(self) -> int:
+    def deliver_once(self, *, wait: float | None = None) -> int:
         """Deliver one batch from the spool; return the rows it held (0: nothing waiting).
 
         Lines this process appended are delivered from the rows it kept of them in memory
         (:meth:`spool.Spool.next_kept`), checked as if read back; other lines (adopted,
         published, or past what is kept) are read back from disk and decoded.
+
+        :raise WriterBusy: another thread was still delivering after ``wait`` seconds
+            (None: wait as long as it takes).
         """
         assert self.app is not None
-        with self._deliver_lock:
-            kept = self.spool.next_kept(max_rows=self.batch_rows)
-            if kept is not None:
-                segment, kept_rows, end = kept
-                try:  # checked as if read back
-                    records = [parse_fields(fields) for fields in kept_rows]
-                except ValueError:
-                    pass  # read back below, where the damaged line is set aside
-                else:
-                    return self._deliver(segment, records, [], end)
-            batch = self.spool.next_batch(max_rows=self.batch_rows)
-            if batch is None:
-                return 0
-            segment, lines, end = batch
-            records = []
-            damaged: list[tuple[bytes, Exception]] = []
-            pending = segment.pending  # a published staged segment: what its rows' latency field stands for
-            for line in lines:
-                try:
-                    rows = spool.decode(line)[1]
-                    if pending is not None:
-                        for fields in rows:
-                            if fields[-1] == PENDING_LATENCY:
-                                fields[-1] = pending
-                    records.extend([parse_fields(fields) for fields in rows])
-                except (ValueError, UnicodeDecodeError) as exc:
-                    damaged.append((line, exc))
-            return self._deliver(segment, records, damaged, end)
+        if not self._deliver_lock.acquire(timeout=-1 if wait is None else wait):
+            raise WriterBusy("the writer is still delivering a batch")
+        try:
+            return self._deliver_next()
+        finally:
+            self._deliver_lock.release()
+
+    def _deliver_next(self) -> int:
+        kept = self.spool.next_kept(max_rows=self.batch_rows)
+        if kept is not None:
+            segment, kept_rows, end = kept
+            try:  # checked as if read back
+                records = [parse_fields(fields) for fields in kept_rows]
+            except ValueError:
+                pass  # read back below, where the damaged line is set aside
+            else:
+                return self._deliver(segment, records, [], end)
+        batch = self.spool.next_batch(max_rows=self.batch_rows)
+        if batch is None:
+            return 0
+        segment, lines, end = batch
+        records = []
+        damaged: list[tuple[bytes, Exception]] = []
+        pending = segment.pending  # a published staged segment: what its rows' latency field stands for
+        for line in lines:
+            try:
+                rows = spool.decode(line)[1]
+                if pending is not None:
+                    for fields in rows:
+                        if fields[-1] == PENDING_LATENCY:
+                            fields[-1] = pending
+                records.extend([parse_fields(fields) for fields in rows])
+            except (ValueError, UnicodeDecodeError) as exc:
+                damaged.append((line, exc))
+        return self._deliver(segment, records, damaged, end)
 
     def _deliver(
         self, segment: spool.Segment, records: list[Row], damaged: list[tuple[bytes, Exception]], end: int
@@ -771,8 +788,14 @@ class Recorder:
         return the rows handled. Called with the delivery lock held."""
         assert self.app is not None
         with self.app.app_context():
-            try:  # the scoped session's own Session
-                refused = write_apart(db.session(), records, written=self._written)
+            session = db.session()  # the scoped session's own Session, new in each app context
+            if self.write_timeout and session.get_bind().dialect.name == "postgresql":
+                # In every transaction of this batch, halves included: a statement stalled on a lock
+                # (or a slow server) fails after write_timeout, instead of holding the writer, and
+                # the stop that waits for it, for as long as the lock is held.
+                event.listen(session, "after_begin", self._limit_waits)
+            try:
+                refused = write_apart(session, records, written=self._written)
             except Exception:
                 db.session.rollback()
                 raise
@@ -799,6 +822,9 @@ class Recorder:
         self.last_error = None
         return handled
 
+    def _limit_waits(self, _session: Session, _transaction: Any, connection: Connection) -> None:
+        limit_waits(connection, self.write_timeout)
+
     def _written(self, new: int) -> None:
         """Count predictions newly in the database, as each transaction commits."""
         self.rows_written += new
@@ -812,16 +838,22 @@ class Recorder:
             return
         with self._publish_lock:  # requests and the writer both publish: count each row once
             self._backlog_published = time.time()
-            self.metrics.backlog.set(self.spool.backlog_rows)
-            spooled = self.rows_spooled
-            if spooled > self._spooled_published:
-                self.metrics.rows_spooled.inc(spooled - self._spooled_published)
-                self._spooled_published = spooled
+            try:
+                self.metrics.backlog.set(self.spool.backlog_rows)
+                spooled = self.rows_spooled
+                if spooled > self._spooled_published:
+                    self.metrics.rows_spooled.inc(spooled - self._spooled_published)
+                    self._spooled_published = spooled
+            except Exception:  # a gauge is not worth a request or the writer's thread
+                log.exception("recorder: the backlog metrics could not be set")
 
     def _failed(self, exc: Exception) -> None:
         self.batches_failed += 1
         if self.metrics is not None:
-            self.metrics.write_failures.inc()
+            try:
+                self.metrics.write_failures.inc()
+            except Exception:  # the writer's thread must outlive its metrics
+                log.exception("recorder: the write failures counter could not be set")
         message = f"{type(exc).__name__}: {first_line(exc)}"[:300]
         if self.database != "degraded" or message != self.last_error:
             log.warning("recorder: cannot write to the database, keeping predictions spooled: %s", message)
@@ -836,8 +868,10 @@ class Recorder:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.deliver_once() == 0:
+                if self.deliver_once(wait=max(0.0, deadline - time.monotonic())) == 0:
                     return self.backlog()[0] == 0
+            except WriterBusy:  # the writer's batch still waits on the database: the rest stays spooled
+                return False
             except Exception as exc:
                 self._failed(exc)
                 if time.monotonic() >= deadline:
@@ -860,6 +894,11 @@ class Recorder:
         thread = self._thread
         if thread is not None and thread.is_alive() and self._pid == os.getpid():
             thread.join(max(0.0, deadline - time.monotonic()))
+        stalled = thread is not None and thread.is_alive() and self._pid == os.getpid()
+        if stalled:
+            log.warning(
+                "recorder: the writer still waits on the database after %.1f s; its batch stays spooled", timeout
+            )
         drained = False
         if self.app is not None:
             # What processes that stopped before this one left (a reload stops the old workers
@@ -876,7 +915,8 @@ class Recorder:
             )
         else:
             log.info("recorder: stopped, nothing left spooled (%d row(s) written by this process)", self.rows_written)
-        self.spool.close()
+        if not stalled:  # else the writer may still use its segments: the process's exit closes them
+            self.spool.close()
         self._thread = None
         return drained
 

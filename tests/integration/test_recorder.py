@@ -11,6 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -752,6 +753,83 @@ def test_sqlite_held_by_an_exclusive_lock(make_app: Any) -> None:
     body = ready(client)
     assert body["status"] == "ready", body
     assert body["backlog"]["rows"] == 0
+
+
+def test_a_postgresql_table_locked_holds_neither_the_writer_nor_its_stop_nor_ready(
+    model_dir: Path, tmp_path: Path, postgres: Any
+) -> None:
+    """A session holding a lock on `predictions` (a long migration, a stuck transaction) used to
+    hold the writer inside its INSERT for as long as the lock was held, and the SIGTERM drain
+    that waits for it (gunicorn then killed the worker); /api/ready waited as long. Now each of
+    the writer's statements gives up after RECORDER_WRITE_TIMEOUT_SECONDS, the stop after its
+    own deadline, and ready after the connect timeout; nothing answered is lost."""
+    with postgres_schema(postgres) as url:
+        app = build_app(model_dir, tmp_path / "locked.db", database_url=url, RECORDER_WRITE_TIMEOUT_SECONDS=1, **FAST)
+        stopped = False
+        try:
+            client = app.test_client()
+            before = burst(client, 2)
+            assert recorder_of(app).flush(10)
+            with postgres.connect() as holder:
+                schema = make_url(url).query["options"].rpartition("=")[2]
+                holder.exec_driver_sql(f'SET search_path TO "{schema}"')
+                holder.exec_driver_sql("BEGIN")
+                holder.exec_driver_sql("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+                ids = burst(client, 6)  # answered while the writer's INSERT waits on the lock
+                # In threads, so that a wait on the lock fails the test (and closing `holder` ends
+                # the wait) rather than hang it.
+                pool = ThreadPoolExecutor(1)
+
+                def degraded() -> dict[str, Any]:
+                    return wait_for(lambda: (b := ready(client))["status"] == "degraded" and b, 30, "degraded")
+
+                try:
+                    body = pool.submit(degraded).result(timeout=15)
+                    assert recorder_of(app).status()["database"] == "degraded"
+                    assert body["backlog"]["rows"] == len(ids)
+                    # the rows stay spooled
+                    assert pool.submit(recorder_of(app).stop, timeout=2).result(timeout=2 + 2) is False
+                    stopped = True
+                finally:
+                    pool.shutdown(wait=False)
+                holder.exec_driver_sql("ROLLBACK")
+            assert spool.scan(app.config["SPOOL_DIR"])["rows"] == len(ids)
+            later = build_app(model_dir, tmp_path / "later.db", database_url=url, SPOOL_DIR=app.config["SPOOL_DIR"])
+            try:
+                assert get_service(later).recorder.replay(10) == (1, True)
+                assert_stored_once(later, before + ids)
+            finally:
+                close_app(later)
+        finally:
+            if not stopped:
+                close_app(app)
+            with app.app_context():
+                db.engine.dispose()
+
+
+def test_metrics_that_fail_neither_fail_a_request_nor_end_the_writer(
+    make_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backlog gauge is set at the top of each of the writer's ticks, and now and then on a
+    request: it raised there once, the writer's thread ended, and an idle worker then held its
+    rows until the next request (or its stop). A gauge is not worth either."""
+    app = make_app(**FAST)
+    recorder = recorder_of(app)
+    assert recorder.metrics is not None
+
+    class Broken:
+        def set(self, value: float) -> None:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recorder.metrics, "backlog", Broken())
+    client = app.test_client()
+    ids = burst(client, 3)
+    time.sleep(0.6)  # past BACKLOG_PUBLISH_SECONDS: the next request publishes too
+    ids += burst(client, 3)
+
+    wait_for(lambda: len(stored(app)[0]) == len(ids), 10, "the writer to deliver every row")
+    assert recorder.status()["writer_running"], "the writer's thread ended"
+    assert_stored_once(app, ids)
 
 
 def test_database_down_during_a_burst(apps: MakeApp, fault: Fault) -> None:
