@@ -68,6 +68,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_mapping(settings_from_env(Path(app.instance_path)))
     app.config.from_mapping(security.settings_from_env())
     app.config.update(config or {})  # the caller's settings (tests) win
+    # Before anything logs: the first use of app.logger adds Flask's own handler unless one is
+    # already set up, and every line was then printed twice, once by each.
+    logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     security.check_production(app)  # before a secret key could be generated
     app.session_interface = SessionInterface()  # one per app: its signer follows this app's key
     app.json.sort_keys = False  # type: ignore[attr-defined]  # answers keep the documented field order
@@ -78,7 +81,6 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         engine_options(app.config["SQLALCHEMY_DATABASE_URI"], connect_timeout=app.config["DATABASE_CONNECT_TIMEOUT"]),
     )
     _prepare_sqlite_folder(app)
-    logging.basicConfig(level=app.config["LOG_LEVEL"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     try:
         db.init_app(app)  # makes the engine: the URL is parsed and its driver imported here

@@ -48,8 +48,14 @@ def _int_env(name: str, default: int, *, minimum: int = 1) -> int:
     return value
 
 
-def _float_env(name: str, default: float) -> float:
-    """A number of seconds (or hours); threading's waits refuse more than TIMEOUT_MAX seconds."""
+#: The shortest tick or retry pause of the recorder's writer: 0 would make it a busy loop (a core
+#: spent on nothing, or a thousand connection attempts a second against a database that is down).
+MIN_WAIT_SECONDS = 0.01
+
+
+def _float_env(name: str, default: float, *, minimum: float = 0.0) -> float:
+    """A number of seconds (or hours); threading's waits refuse more than TIMEOUT_MAX seconds.
+    ``minimum`` keeps a loop's wait from becoming a busy loop."""
     text = _env_text(name)
     if text is None:
         return default
@@ -63,6 +69,8 @@ def _float_env(name: str, default: float) -> float:
         raise ConfigError(f"{name} must be at most {threading.TIMEOUT_MAX:.0f}, got {text!r}")
     if value < 0:
         raise ConfigError(f"{name} must not be negative, got {value}")
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum:g}, got {value:g}")
     return value
 
 
@@ -149,8 +157,8 @@ def settings_from_env(instance_path: Path) -> dict[str, Any]:
         "RECORDER_BATCH_ROWS": _int_env("RECORDER_BATCH_ROWS", 1000),
         # One transaction per second at most under steady load: a commit (and its WAL pages)
         # costs about as much as 200 rows, so fewer, fuller batches cost the workers less.
-        "RECORDER_FLUSH_SECONDS": _float_env("RECORDER_FLUSH_SECONDS", 1.0),
-        "RECORDER_RETRY_MAX_SECONDS": _float_env("RECORDER_RETRY_MAX_SECONDS", 30.0),
+        "RECORDER_FLUSH_SECONDS": _float_env("RECORDER_FLUSH_SECONDS", 1.0, minimum=MIN_WAIT_SECONDS),
+        "RECORDER_RETRY_MAX_SECONDS": _float_env("RECORDER_RETRY_MAX_SECONDS", 30.0, minimum=MIN_WAIT_SECONDS),
         "RECORDER_SHUTDOWN_SECONDS": _float_env("RECORDER_SHUTDOWN_SECONDS", 10.0),
         # The longest a batch may wait on PostgreSQL (a statement, or a lock another session holds);
         # past it the batch is rolled back, stays spooled and is retried. 0: no limit.

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Flask, Response, jsonify, make_response, render_template, request
 from flask_wtf.csrf import CSRFError
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import (
     ClientDisconnected,
     HTTPException,
@@ -21,6 +22,9 @@ from werkzeug.exceptions import (
 from titanic_web.extensions import db
 from titanic_web.recorder import RecorderError
 from titanic_web.schema import MAX_LISTED_ERRORS, InputError
+
+#: Retry-After of a page or route that could not read the database.
+DATABASE_RETRY_AFTER_SECONDS = 5
 
 
 class ApiError(Exception):
@@ -123,6 +127,26 @@ def register(app: Flask) -> None:
         if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
             response.headers["Allow"] = ", ".join(exc.valid_methods)  # a 405 must say what is allowed
         return response, status
+
+    @app.errorhandler(OperationalError)
+    def handle_database_unavailable(exc: OperationalError) -> Any:
+        # A database that is down, locked or too slow is the operator's to fix, and the recorder
+        # keeps the answers meanwhile: a 503 that says so, a log line, not a 500 and a trace.
+        app.logger.warning(
+            "database unavailable on %s %s: %s", request.method, request.path, str(exc.orig or exc).split("\n")[0]
+        )
+        db.session.rollback()
+        message = (
+            f"the database cannot be read now ({type(exc.orig or exc).__name__}); predictions are still "
+            "answered and kept, and show here once it is back"
+        )
+        if wants_json():
+            response, _ = json_error(503, message)
+        else:
+            title = "Service Unavailable"
+            response = make_response(render_template("error.html", status=503, title=title, message=message))
+        response.headers["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+        return response, 503
 
     @app.errorhandler(Exception)
     def handle_unexpected(exc: Exception) -> Any:

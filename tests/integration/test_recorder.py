@@ -832,6 +832,33 @@ def test_metrics_that_fail_neither_fail_a_request_nor_end_the_writer(
     assert_stored_once(app, ids)
 
 
+@pytest.mark.parametrize("path", ["/history", "/dashboard", "/api/model"])
+def test_pages_that_read_the_database_say_it_is_unavailable_while_predictions_go_on(
+    apps: MakeApp, fault: Fault, path: str
+) -> None:
+    """An operator opens the dashboard or the history during an outage: a 503 that says what is
+    wrong, not a 500 with a 130-line trace in the log; predictions are still answered."""
+    app = apps()
+    client = app.test_client()
+    ids = burst(client, 2)
+    assert recorder_of(app).flush(10)
+    fault.down(app)
+
+    response = client.get(path)
+    if path == "/api/model":  # the model card is still worth answering without the database
+        assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    else:
+        assert response.status_code == 503, response.get_data(as_text=True)[:500]
+        assert response.headers["Retry-After"] == "5"
+        assert "the database cannot be read now" in response.get_data(as_text=True)
+    ids += burst(client, 2)
+
+    fault.up()
+    assert client.get(path).status_code == 200
+    assert recorder_of(app).flush(10)
+    assert_stored_once(app, ids)
+
+
 def test_database_down_during_a_burst(apps: MakeApp, fault: Fault) -> None:
     app = apps()
     client = app.test_client()

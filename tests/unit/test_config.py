@@ -86,6 +86,9 @@ def test_an_empty_variable_means_the_default(
         ("CSRF_TIME_LIMIT", "0", "CSRF_TIME_LIMIT must be at least 1"),
         ("MODEL_CHECK_SECONDS", "soon", "MODEL_CHECK_SECONDS must be a number, got 'soon'"),
         ("RECORDER_FLUSH_SECONDS", "-1", "RECORDER_FLUSH_SECONDS must not be negative, got -1"),
+        # 0 made the writer a busy loop: a core spent idle, or a thousand retries a second
+        ("RECORDER_FLUSH_SECONDS", "0", "RECORDER_FLUSH_SECONDS must be at least 0.01, got 0"),
+        ("RECORDER_RETRY_MAX_SECONDS", "0.001", "RECORDER_RETRY_MAX_SECONDS must be at least 0.01, got 0.001"),
         # Not a number of seconds: NaN passes every comparison (the writer would spin), and
         # threading's waits refuse infinity and anything above threading.TIMEOUT_MAX.
         ("MODEL_CHECK_SECONDS", "nan", "MODEL_CHECK_SECONDS must be a finite number, got 'nan'"),
@@ -108,11 +111,13 @@ def test_a_bad_number_is_a_config_error(
 
 def test_float_settings_take_decimals_and_exponents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MODEL_CHECK_SECONDS", " 0.25 ")
-    monkeypatch.setenv("RECORDER_FLUSH_SECONDS", "0")
+    monkeypatch.setenv("RECORDER_FLUSH_SECONDS", "1e-2")
     monkeypatch.setenv("BATCH_KEEP_HOURS", "1e3")
+    monkeypatch.setenv("RECORDER_WRITE_TIMEOUT_SECONDS", "0")  # no limit
     settings = settings_from_env(tmp_path)
     assert settings["MODEL_CHECK_SECONDS"] == 0.25
-    assert settings["RECORDER_FLUSH_SECONDS"] == 0.0
+    assert settings["RECORDER_FLUSH_SECONDS"] == 0.01
+    assert settings["RECORDER_WRITE_TIMEOUT_SECONDS"] == 0.0
     assert settings["BATCH_KEEP_HOURS"] == 1000.0
 
 

@@ -178,3 +178,23 @@ def test_ensure_sync_answers_as_flask_does_and_keeps_only_what_lives_with_the_ap
     assert [app.ensure_sync(c) for c in closures] == closures
     assert _View.get in app._coroutine and len(app._coroutine) == kept + 1  # one entry for all, no closure
     assert app.test_client().get("/test-view").get_data(as_text=True) == "ok"
+
+
+def test_a_warning_while_the_app_is_built_is_logged_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """APP_ENV=production with the rate limits counted in memory (the Docker image's default)
+    logs a warning while the app is built. It came before logging was set up, so Flask added its
+    own handler to the app's logger, and every line of the app was printed twice from then on."""
+    import logging
+
+    from flask.logging import default_handler
+
+    monkeypatch.setattr(logging.root, "handlers", [])  # as in a fresh process; restored afterwards
+    app_logger = logging.getLogger("titanic_web")
+    monkeypatch.setattr(app_logger, "handlers", [])
+    monkeypatch.setenv("APP_ENV", "production")
+    monkeypatch.setenv("SECRET_KEY", "a production key")
+
+    app = create_app()
+
+    assert logging.root.handlers, "logging was not set up"
+    assert default_handler not in app.logger.handlers, "the app's lines would print twice"
