@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,7 @@ class Metrics:
             multiprocess_mode="livemax",
         )
         self._version: str | None = None
+        self._model_lock = threading.Lock()  # requests and the model watcher's thread both set it
         # labels() takes a lock and builds a key on every call: keep the children a request uses.
         self._request_children: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._classes = (self.predictions.labels(survived="0"), self.predictions.labels(survived="1"))
@@ -215,14 +217,20 @@ class Metrics:
             self.validation_failures.labels(field=label, source=source).inc(count)
 
     def set_model_version(self, version: str | None) -> None:
-        """Mark version as the model answering (and the previous one as no longer answering)."""
+        """Mark version as the model answering (and the previous one as no longer answering).
+
+        Called by the model watcher's thread when it switches, so that a worker that answers
+        nothing says so too, and after each request and scrape."""
         if version == self._version:
             return
-        if self._version is not None:
-            self.model.labels(version=self._version).set(0)
-        if version is not None:
-            self.model.labels(version=version).set(1)
-        self._version = version
+        with self._model_lock:
+            if version == self._version:
+                return
+            if self._version is not None:
+                self.model.labels(version=self._version).set(0)
+            if version is not None:
+                self.model.labels(version=version).set(1)
+            self._version = version
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition text for an Accept header: (body, content type)."""

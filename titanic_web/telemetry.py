@@ -34,6 +34,9 @@ def init_app(app: Flask) -> Metrics:
     if service is not None:
         service.recorder.metrics = metrics
     metrics.set_model_version(_model_version(app))
+    watcher = app.extensions.get("titanic.model_watcher")
+    if watcher is not None:  # a switch shows in this worker's gauge even if it answers nothing after it
+        watcher.on_switch = metrics.set_model_version
     requestlog.configure_logger(app.config["LOG_LEVEL"])
     # First of the before-request functions, so a request refused by a later one (a CSRF
     # failure, a rate limit) still has its id, and is counted and logged.

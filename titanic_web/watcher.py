@@ -37,6 +37,8 @@ class ModelWatcher:
         load: Callable[[Path], Predictor] = Predictor.from_dir,
     ) -> None:
         self.service = service
+        #: Called with the version now served, after each switch (the metrics' model gauge).
+        self.on_switch: Callable[[str], None] | None = None
         self.model_dir = model_dir
         self.interval = interval
         self._load = load
@@ -142,6 +144,11 @@ class ModelWatcher:
         previous = self._current()
         self.service.model_error = None
         self.service.predictor = predictor
+        if self.on_switch is not None:
+            try:
+                self.on_switch(predictor.version)
+            except Exception:  # a listener's failure is not the switch's
+                log.exception("model watcher: a listener of the switch to %s failed", predictor.version)
         if previous == predictor.version:
             log.info("model %s reloaded (pid %d)", previous, os.getpid())
         else:

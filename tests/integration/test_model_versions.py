@@ -478,3 +478,24 @@ def test_activating_over_http_needs_an_admin_key_and_changes_nothing_without_one
         assert registry.read_active(root) == active
     assert client.post("/api/model/activate", headers=ADMIN, json={"version": other}).status_code == 200
     assert registry.read_active(root) == other
+
+
+def test_a_switch_shows_in_the_model_gauge_before_any_request(registry_app: Flask, model_registry: Path) -> None:
+    """Under gunicorn each worker keeps its own titanic_model_info; one that answered nothing after
+    a switch kept saying the old version was answering (1), so /metrics showed both at 1."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = registry_app.extensions["metrics"]
+    active, other = versions(model_registry)
+
+    def gauge() -> dict[str, float]:
+        body, _ = metrics.render(None)  # what this worker's part of a scrape holds, no request made
+        (family,) = [f for f in text_string_to_metric_families(body.decode()) if f.name == "titanic_model_info"]
+        return {sample.labels["version"]: sample.value for sample in family.samples}
+
+    assert gauge() == {active: 1.0}
+    registry.write_active(model_registry, other)
+
+    assert get_model_watcher(registry_app).check() is True
+
+    assert gauge() == {active: 0.0, other: 1.0}
