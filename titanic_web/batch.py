@@ -214,9 +214,7 @@ def csv_rows(
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise BodyError(
-            "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
-        ) from None
+        raise BodyError(f"the CSV file is empty: expected a header line such as {csvio.EXAMPLE_HEADER}") from None
     except UnicodeDecodeError as exc:
         raise _not_utf8(stream, begin, exc, lines_read=reader.line_num) from None
     except csv.Error as exc:

@@ -45,6 +45,9 @@ def check_header(header: list[str]) -> None:
 
     :raise InputError: the problems, each on line 1.
     """
+    layout = _layout_problem(header)
+    if layout is not None:
+        raise InputError([FieldError(None, None, layout, line=1)])
     errors = [
         FieldError(None, name, schema.unknown_field_message(name), line=1)
         for name in header
@@ -65,6 +68,23 @@ def check_header(header: list[str]) -> None:
         raise InputError(errors)
 
 
+def _layout_problem(header: list[str]) -> str | None:
+    """What is wrong with a first line that is no header at all, as spreadsheets write one."""
+    if not any(header):
+        return f"line 1 is blank: the first line must be the header, such as {EXAMPLE_HEADER}"
+    if header[0].lower().startswith("sep="):
+        return "line 1 is a spreadsheet's separator line (sep=...): remove it; the first line must be the header"
+    if len(header) == 1:
+        for separator, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "bars")):
+            if any(part.strip() in schema.FIELDS_BY_NAME for part in header[0].split(separator)[1:]):
+                return f"the header is separated by {name}: the file must be comma-separated, such as {EXAMPLE_HEADER}"
+    return None
+
+
+#: The start of the competition's header, for messages.
+EXAMPLE_HEADER = "PassengerId,Pclass,Name,Sex,..."
+
+
 def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
     """Parse and validate a competition-layout CSV; return clean passengers in order.
 
@@ -78,9 +98,7 @@ def read_passengers(text: str, *, max_rows: int) -> list[dict[str, Any]]:
     try:
         header = [h.strip() for h in next(reader)]
     except StopIteration:
-        raise CsvError(
-            "the CSV file is empty: expected a header line such as PassengerId,Pclass,Name,Sex,..."
-        ) from None
+        raise CsvError(f"the CSV file is empty: expected a header line such as {EXAMPLE_HEADER}") from None
     except csv.Error as exc:
         raise CsvError(reader_error(exc, start=1, end=reader.line_num)) from None
     check_header(header)

@@ -727,3 +727,100 @@ def test_unexpected_error_is_json_500_without_internals(
         assert leak not in text
     assert count_rows(app) == (0, 0)
     assert body["message"]
+
+
+# -- how a body is encoded, how an answer is asked for, the query ---------------------------------
+
+
+def csv_head_text(count: int) -> str:
+    """The header and the first ``count`` passengers of the competition's test.csv."""
+    return "".join(TEST_CSV.read_text().splitlines(keepends=True)[: count + 1])
+
+
+@pytest.mark.parametrize(
+    "headers, status, expected",
+    [
+        ({"Content-Encoding": "gzip"}, 415, "Content-Encoding 'gzip' is not supported"),
+        ({"Content-Encoding": "br"}, 415, "Content-Encoding 'br' is not supported"),
+        ({"Content-Type": "application/json; charset=latin-1"}, 415, "charset 'latin-1' is not supported"),
+        ({"Content-Type": "text/csv; charset=utf-16"}, 415, "charset 'utf-16' is not supported"),
+        ({"Transfer-Encoding": "gzip, chunked"}, 501, "Transfer-Encoding 'gzip' is not supported"),
+    ],
+    ids=["gzip", "brotli", "json-latin-1", "csv-utf-16", "transfer-gzip"],
+)
+def test_a_body_in_a_coding_or_charset_the_api_does_not_read_is_refused_naming_it(
+    client: FlaskClient, app: Flask, headers: dict[str, str], status: int, expected: str
+) -> None:
+    """A gzip body was read as text ("not UTF-8"), a Brotli label on a plain body was ignored and
+    the body stored, and a Latin-1 one failed on its first accented letter."""
+    content_type = headers.pop("Content-Type", "application/json")
+    body = json.dumps(PASSENGER) if content_type.startswith("application/json") else TEST_CSV.read_text()
+    response = client.post("/api/predict", data=body, content_type=content_type, headers=headers)
+
+    assert expected in assert_json_error(response, status)["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/json; charset=US-ASCII"])
+def test_a_utf8_or_ascii_charset_is_read(client: FlaskClient, content_type: str) -> None:
+    response = client.post("/api/predict", data=json.dumps(PASSENGER), content_type=content_type)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_outcomes_refuse_a_compressed_body_too(client: FlaskClient) -> None:
+    response = client.post("/api/outcomes", json=[], headers={"Content-Encoding": "gzip"})
+    assert "Content-Encoding 'gzip'" in assert_json_error(response, 415)["message"]
+
+
+@pytest.mark.parametrize(
+    "accept, csv_answer",
+    [
+        ("text/csv; charset=utf-8", True),
+        ("application/csv", True),
+        ("text/csv;q=0.9, application/json;q=0.8", True),
+        ("text/csv, application/json", False),  # as welcome: JSON, the default
+        ("text/csv;q=0", False),
+        ("text/html", False),
+    ],
+)
+def test_the_answer_is_csv_when_the_client_prefers_it(client: FlaskClient, accept: str, csv_answer: bool) -> None:
+    response = client.post("/api/predict", json=PASSENGER, headers={"Accept": accept})
+
+    assert response.status_code == 200
+    assert response.mimetype == ("text/csv" if csv_answer else "application/json")
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ("explain=true&explain=maybe", "query parameter 'explain' is given 2 times; give it once"),
+        ("Explain=true", "unknown query parameter 'Explain'; /api/predict takes explain"),
+        ("foo=1", "unknown query parameter 'foo'"),
+    ],
+)
+def test_a_query_the_api_does_not_take_is_400(client: FlaskClient, app: Flask, query: str, expected: str) -> None:
+    """Only the first explain counted, and a misspelt parameter was ignored unseen."""
+    response = client.post(f"/api/predict?{query}", json=PASSENGER)
+
+    assert expected in assert_json_error(response, 400)["message"]
+    assert count_rows(app) == (0, 0)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("\n" + csv_head_text(2), "line 1 is blank: the first line must be the header"),
+        ("sep=,\n" + csv_head_text(2), "line 1 is a spreadsheet's separator line (sep=...): remove it"),
+        (csv_head_text(2).replace(",", ";"), "the header is separated by semicolons: the file must be comma-separated"),
+        (csv_head_text(2).replace(",", "\t"), "the header is separated by tabs"),
+    ],
+    ids=["blank-first-line", "excel-sep-line", "semicolons", "tabs"],
+)
+def test_a_csv_from_a_spreadsheet_says_what_to_change(
+    client: FlaskClient, app: Flask, text: str, expected: str
+) -> None:
+    body = assert_json_error(post_csv(client, text), 422)
+
+    assert [(e["field"], e["line"]) for e in body["errors"]] == [(None, 1)]
+    assert expected in body["errors"][0]["message"]
+    assert count_rows(app) == (0, 0)

@@ -265,7 +265,7 @@ def test_invalid_requests_are_refused_as_documented(
     case: Any, site: Site, rows_before_negative: tuple[int, int, int]
 ) -> None:
     # negative_data_rejection fails every invalid request answered other than 4xx. It lets through those
-    # whose only fault is a query parameter the document does not name (the API ignores it), those whose
+    # whose only fault is a query parameter the document does not name (ignored, but on /api/predict), those whose
     # mutation is lost in sending (an invalid value sent as a valid one) and the undocumented methods
     # (OPTIONS answers 200): what they predicted, if anything, is counted, since it is stored.
     site.record("negative", case)

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from titanic_web import get_model_watcher, outcomes, registry
 from titanic_web.api import bp
+from titanic_web.api.encoding import check_encoding
 from titanic_web.auth import require_admin
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
@@ -80,6 +81,7 @@ def _json_body() -> Any:
     """
     if not (request.mimetype == "application/json" or request.mimetype.endswith("+json")):
         raise ApiError(415, f"unsupported Content-Type {request.mimetype or '(none)'!r}: send application/json")
+    check_encoding(request)
     body = request.get_json(silent=True)
     if body is None:
         raise ApiError(400, "the body is not valid JSON")

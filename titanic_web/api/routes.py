@@ -12,6 +12,7 @@ from flask import Flask, Request, Response, current_app, jsonify, request
 
 from titanic_web import batch, get_service
 from titanic_web.api import bp
+from titanic_web.api.encoding import check_encoding
 from titanic_web.errors import ApiError
 from titanic_web.extensions import db
 from titanic_web.models import check_tables
@@ -20,6 +21,12 @@ from titanic_web.service import ModelUnavailable
 
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv", "application/csv")
+#: What an answer can be, JSON first (the default when both are as welcome); a CSV type with its
+#: charset, as a client may ask for it, matches only when offered with it.
+CSV_ANSWERS = ("text/csv", "application/csv", "text/csv; charset=utf-8", "application/csv; charset=utf-8")
+ANSWER_TYPES = ["application/json", *CSV_ANSWERS]
+#: The query parameters of POST /api/predict.
+PREDICT_PARAMETERS = ("explain",)
 
 
 #: Bodies up to this size are read into memory; larger ones go to a temporary file.
@@ -61,22 +68,27 @@ def file_response(file: IO[bytes], size: int, **options: Any) -> Response:
     return response
 
 
-def _flag(req: Request, name: str) -> bool:
-    """A true/false query parameter (absent: false).
+def _explain(req: Request) -> bool:
+    """The predict query's one parameter, explain: true or false (absent: false).
 
-    :raise ApiError: 400, the value is neither true nor false.
+    :raise ApiError: 400, another parameter, explain given twice, or neither true nor false.
     """
     if not req.query_string:  # the usual request: nothing to parse
         return False
-    text = req.args.get(name)
-    if text is None:
+    unknown = [key for key in req.args if key not in PREDICT_PARAMETERS]
+    if unknown:  # as an unknown field in the body: a misspelt parameter would be ignored unseen
+        raise ApiError(400, f"unknown query parameter {unknown[0]!r}; {req.path} takes {', '.join(PREDICT_PARAMETERS)}")
+    given = req.args.getlist("explain")
+    if not given:
         return False
-    word = text.strip().lower()
+    if len(given) > 1:
+        raise ApiError(400, f"query parameter 'explain' is given {len(given)} times; give it once")
+    word = given[0].strip().lower()
     if word in ("true", "1", "yes", "on"):
         return True
     if word in ("false", "0", "no", "off", ""):
         return False
-    raise ApiError(400, f"query parameter {name!r} must be true or false, got {text!r}")
+    raise ApiError(400, f"query parameter 'explain' must be true or false, got {given[0]!r}")
 
 
 @bp.post("/predict")
@@ -96,13 +108,14 @@ def predict() -> Any:
             f"unsupported Content-Type {mimetype or '(none)'!r}: "
             "send application/json (a passenger or an array) or text/csv (competition layout)",
         )
+    check_encoding(req)
     service = get_service(app)
     try:
         predictor = service.require_predictor()
     except ModelUnavailable as exc:
         raise ApiError(503, str(exc)) from None
-    as_csv = req.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
-    explain = _flag(req, "explain")
+    as_csv = req.accept_mimetypes.best_match(ANSWER_TYPES) in CSV_ANSWERS
+    explain = _explain(req)
     if explain and as_csv:
         raise ApiError(400, "explain=true needs a JSON answer: ask with Accept: application/json")
     if explain:

@@ -24,14 +24,19 @@ _JSON_TYPES = {int: "integer", float: "number", str: "string"}
 #: What each error status means on /api/predict (other operations describe their own).
 ERROR_STATUSES: dict[int, str] = {
     400: "Malformed body: not JSON, neither an object nor an array, an empty array, a CSV without header or "
-    "rows; a query parameter that is neither true nor false; or explain=true with Accept: text/csv.",
+    "rows, a body that ended before its Content-Length; explain that is neither true nor false, or given twice; "
+    "a query parameter other than explain; or explain=true with Accept: text/csv.",
     401: "API_KEYS is set on the server and the request carries no key, or an unknown one.",
     413: "The body is over MAX_CONTENT_LENGTH bytes, or holds more than MAX_ROWS passengers.",
-    415: "A Content-Type other than application/json or text/csv.",
+    415: "A Content-Type other than application/json or text/csv, a charset other than UTF-8, or a "
+    "Content-Encoding (send the body uncompressed).",
     422: "Some passenger is invalid: `errors` lists every problem; nothing was predicted or stored.",
     429: "More than RATE_LIMIT requests from this client: wait the `Retry-After` seconds.",
     503: "No usable model is loaded (the message says why), or the local spool refused the answers.",
 }
+
+#: The 415 of the operations that read a JSON body.
+JSON_ONLY = "A Content-Type other than application/json, a charset other than UTF-8, or a Content-Encoding."
 
 #: Either way of sending a key; listing both as alternatives lets a client pick one.
 KEY_SCHEMES: tuple[dict[str, list[str]], ...] = ({"bearerAuth": []}, {"apiKeyHeader": []})
@@ -667,7 +672,11 @@ def _paths(max_rows: int) -> dict[str, Any]:
                     },
                     **{str(status): error_response(status) for status in (400, 401, 413, 415, 422)},
                     **limited,
-                    "501": error_response(501, "explain=true, and the loaded model cannot explain its answers."),
+                    "501": error_response(
+                        501,
+                        "explain=true, and the loaded model cannot explain its answers; or a Transfer-Encoding "
+                        "other than chunked.",
+                    ),
                     "503": error_response(503),
                 },
             },
@@ -703,7 +712,7 @@ def _paths(max_rows: int) -> dict[str, Any]:
                         schema="FieldErrors",
                     ),
                     "413": error_response(413, "More than MAX_ROWS outcomes, or a body over MAX_CONTENT_LENGTH bytes."),
-                    "415": error_response(415, "A Content-Type other than application/json."),
+                    "415": error_response(415, JSON_ONLY),
                     "422": error_response(
                         422,
                         "An outcome is invalid or names no prediction: `errors` lists every "
@@ -765,7 +774,7 @@ def _paths(max_rows: int) -> dict[str, Any]:
                     "403": error_response(403, "The key is not an admin key, or no admin key is configured."),
                     "404": error_response(404, "No such version in the registry."),
                     "409": error_response(409, "MODEL_DIR is a single model folder, not a registry of versions."),
-                    "415": error_response(415, "A Content-Type other than application/json."),
+                    "415": error_response(415, JSON_ONLY),
                     "422": error_response(
                         422, "The body is invalid, or the version cannot be served (the message says why)."
                     ),
