@@ -781,6 +781,10 @@ def test_outcomes_refuse_a_compressed_body_too(client: FlaskClient) -> None:
         ("text/csv, application/json", False),  # as welcome: JSON, the default
         ("text/csv;q=0", False),
         ("text/html", False),
+        ("text/*", True),
+        ("*/*", False),
+        ("", False),
+        ("application/json;q=0, */*", True),
     ],
 )
 def test_the_answer_is_csv_when_the_client_prefers_it(client: FlaskClient, accept: str, csv_answer: bool) -> None:
