@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
@@ -189,10 +191,32 @@ def predict_command(csv_file: Path, output: Path | None, version: str | None) ->
         )
 
 
+@contextmanager
+def database_errors(doing: str) -> Iterator[None]:
+    """A command's database that cannot be reached or read: one line saying so, not a trace.
+
+    :raise click.ClickException: on the driver's OperationalError.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        yield
+    except OperationalError as exc:
+        db.session.rollback()
+        reason = str(exc.orig or exc).strip().split("\n")[0]
+        url = db.engine.url.render_as_string(hide_password=True)
+        raise click.ClickException(f"cannot {doing}: the database at {url} answered: {reason}") from None
+
+
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
     """Create the database or upgrade it to the latest schema (same as `flask db upgrade`)."""
+    with database_errors("create or upgrade the database"):
+        _init_db()
+
+
+def _init_db() -> None:
     from flask_migrate import stamp, upgrade
     from sqlalchemy import inspect
 

@@ -348,21 +348,24 @@ def export_command(
         raise click.BadParameter("must be after --since", param_hint="--until")
     filters = Filters(source=source, model_version=model_version, since=since, until=until)
     chunk_rows = int(current_app.config["EXPORT_CHUNK_ROWS"])
+    from titanic_web.cli import database_errors
+
     try:
         if output.suffix.lower() not in SUFFIXES:
             raise ExportError(f"the output file must end in .csv or .parquet, got {output.name!r}")
         if output.suffix.lower() == ".parquet":
             require_pyarrow()
-        total = count(session, filters, outcomes_only=outcomes_only)
+        with database_errors("export"):
+            total = count(session, filters, outcomes_only=outcomes_only)
 
-        def progress(done: int) -> None:
-            # Long exports say how far they are; a single chunk is done before anyone waits.
-            if total > chunk_rows:
-                click.echo(f"exported {done:,} of {total:,} rows ({done / total:.0%})", err=True)
+            def progress(done: int) -> None:
+                # Long exports say how far they are; a single chunk is done before anyone waits.
+                if total > chunk_rows:
+                    click.echo(f"exported {done:,} of {total:,} rows ({done / total:.0%})", err=True)
 
-        rows = write(
-            output, chunks(session, filters, outcomes_only=outcomes_only, chunk_rows=chunk_rows), progress=progress
-        )
+            rows = write(
+                output, chunks(session, filters, outcomes_only=outcomes_only, chunk_rows=chunk_rows), progress=progress
+            )
     except ExportError as exc:
         raise click.ClickException(str(exc)) from None
     span = f"from {since.isoformat()}" + (f" until {until.isoformat()}" if until else "")

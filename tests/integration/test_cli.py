@@ -249,3 +249,28 @@ def test_recorder_status_reports_any_database_error(
     result = invoke(app, "recorder", "status")
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert f"database: {shown} (" in result.output
+
+
+@pytest.mark.parametrize(
+    "args, doing",
+    [
+        (["init-db"], "create or upgrade the database"),
+        (["export", "--since", "2026-01-01", "-o", "{tmp}/out.csv"], "export"),
+    ],
+    ids=["init-db", "export"],
+)
+def test_a_command_whose_database_is_unreachable_says_so_in_one_line(
+    make_app: Any, tmp_path: Path, args: list[str], doing: str
+) -> None:
+    """Each printed a 140-line trace; train --with-outcomes already said it in a line."""
+    from tests.system.server import free_port
+
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/test"  # a port nobody listens on
+    app = make_app(SQLALCHEMY_DATABASE_URI=url, DATABASE_CONNECT_TIMEOUT=2, tables=False)
+
+    result = invoke(app, *[arg.format(tmp=tmp_path) for arg in args])
+
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith(f"Error: cannot {doing}: the database at postgresql+psycopg://postgres@127.0.0.1:")
+    assert "Traceback" not in result.output and len(result.output.splitlines()) == 1, result.output
+    assert not (tmp_path / "out.csv").exists()
