@@ -645,6 +645,8 @@ class Recorder:
         self._backlog_published = 0.0  # time.time() the backlog gauge was last set
         self._spooled_published = 0  # rows_spooled as last added to the metrics' counter
         self._publish_lock = threading.Lock()
+        #: Why the spool last refused a request's rows, until it takes some again (see spool_status).
+        self.spool_error: str | None = None
 
     def init_app(self, app: Flask) -> None:
         """Bind to the app whose database the writer delivers to."""
@@ -674,12 +676,35 @@ class Recorder:
         try:
             self.spool.append(line, rows=rows, spooled_at=spooled_at, fields=fields)
         except spool.SpoolError as exc:
-            raise _refused(exc) from exc
+            raise self._refused(exc) from exc
         self._spooled(rows, spooled_at)
+
+    def _refused(self, exc: spool.SpoolError) -> RecorderError:
+        """The error a request fails with when the spool refused its rows; remembered for readiness."""
+        self.spool_error = str(exc)
+        return _refused(exc)
+
+    def spool_status(self) -> dict[str, Any]:
+        """Whether the spool takes rows: ``{"status": "ok"}``, or ``"failing"`` with the error.
+
+        Once a request's rows were refused, the folder is probed on each call until it takes a
+        block again (the disk was freed, the folder fixed): a worker whose requests all fail
+        then says so to its load balancer, and says when it can take requests again.
+        """
+        if self.spool_error is not None:
+            try:
+                self.spool.probe()
+            except spool.SpoolError as exc:
+                self.spool_error = str(exc)
+                return {"status": "failing", "error": self.spool_error}
+            self.spool_error = None
+        return {"status": "ok"}
 
     def _spooled(self, rows: int, spooled_at: float) -> None:
         """Count rows now in the spool, and make sure the writer will deliver them."""
         self.rows_spooled += rows
+        if self.spool_error is not None:  # it takes rows again
+            self.spool_error = None
         if self.metrics is not None and spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
             self.publish_backlog()
         self.start()
@@ -1029,7 +1054,7 @@ class Staged:
                 self._lines = []
             self._file.write(line, rows=rows, spooled_at=spooled_at)
         except spool.SpoolError as exc:
-            raise _refused(exc) from exc
+            raise self.recorder._refused(exc) from exc
 
     def commit(self) -> None:
         """Put every staged line in the spool; then the answers may be given.
@@ -1053,7 +1078,7 @@ class Staged:
             try:
                 self._file.publish(latency)
             except spool.SpoolError as exc:
-                raise _refused(exc) from exc
+                raise self.recorder._refused(exc) from exc
             finally:
                 self.discard()  # a file published is no longer the staged one's: nothing is deleted
             self.recorder._spooled(self.rows, time.time())

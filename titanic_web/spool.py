@@ -633,6 +633,25 @@ class Spool:
         self._remove_dead_staged()  # outside the lock: requests append meanwhile
         return adopted
 
+    def probe(self) -> None:
+        """Check that this folder takes a line now, as a request's would be written: a new file
+        with a block in it, deleted again (named as a temporary file, so that one left by a
+        crash is removed like any other).
+
+        :raise SpoolError: the folder or the disk refused it.
+        """
+        tmp = self.directory / f".{_new_name()}.probe.tmp"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                _write_all(fd, bytes(PROBE_BYTES), 0)
+            finally:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _refused(exc, self.directory) from exc
+
     def _remove_stale_tmp(self) -> None:
         """Delete temporary files a killed process left: only old ones, so a file
         another process is creating right now is never touched."""
@@ -816,6 +835,10 @@ class StagedFile:
             self.path.unlink()
         os.close(self.fd)
         self.fd = None
+
+
+#: What :meth:`Spool.probe` writes: a block, about what a request of a few passengers spools.
+PROBE_BYTES = 4096
 
 
 def _new_name() -> str:

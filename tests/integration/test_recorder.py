@@ -1079,7 +1079,11 @@ def test_spool_folder_under_a_regular_file_fails_requests_loudly(apps: MakeApp, 
     client = app.test_client()
     assert_refused(client)
     assert count_rows(app) == (0, 0)
-    assert ready(client)["backlog"]["rows"] == 0
+    response = client.get("/api/ready")
+    assert response.status_code == 503, response.get_data(as_text=True)  # every prediction fails here
+    body = response.get_json()
+    assert body["spool"]["status"] == "failing" and "Not a directory" in body["spool"]["error"], body
+    assert body["backlog"]["rows"] == 0
 
 
 def test_full_disk_fails_requests_loudly_and_recovers(apps: MakeApp, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -1090,8 +1094,17 @@ def test_full_disk_fails_requests_loudly_and_recovers(apps: MakeApp, monkeypatch
     assert_refused(client)
     assert disk.calls >= 2
     assert count_rows(app) == (0, 0)
+    # Every prediction fails: a load balancer is told to send them elsewhere.
+    response = client.get("/api/ready")
+    assert response.status_code == 503, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["status"] == "not ready" and body["spool"]["status"] == "failing", body
+    assert "No space left on device" in body["spool"]["error"]
+    assert client.get("/api/ready").status_code == 503  # probed again: still full
 
-    disk.full = False  # room again
+    disk.full = False  # room again: ready says so before any request has succeeded
+    assert client.get("/api/ready").get_json()["spool"] == {"status": "ok"}
+    assert not [p for p in Path(app.config["SPOOL_DIR"]).glob(".*probe*")], "a probe file was left"
     ids = burst(client, 3)
     assert recorder_of(app).flush(10)
     assert_stored_once(app, ids)

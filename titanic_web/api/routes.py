@@ -169,7 +169,8 @@ def health() -> Any:
 
 @bp.get("/ready")
 def ready() -> Any:
-    """Readiness: a model is loaded (else 503); the database and the recorder's backlog.
+    """Readiness: a model is loaded and the spool takes rows (else 503); the database and the
+    recorder's backlog.
 
     A database that is down degrades the service but does not stop it:
     predictions are still answered and kept in the spool, so this answers 200
@@ -192,7 +193,8 @@ def ready() -> Any:
         database = {"status": "degraded", "error": type(exc).__name__}
     if database["status"] == "ok" and recorder["database"] == "degraded":
         database = {"status": "degraded", "error": recorder["last_error"]}
-    if not model["loaded"]:
+    spool_state = service.recorder.spool_status() if service.recording else {"status": "off"}
+    if not model["loaded"] or spool_state["status"] == "failing":
         status, code = "not ready", 503
     elif database["status"] != "ok":
         status, code = "degraded", 200
@@ -204,7 +206,9 @@ def ready() -> Any:
         "rows_written": recorder["rows_written"],
         "writer_running": recorder["writer_running"],
     }
-    return jsonify({"status": status, "model": model, "database": database, "backlog": backlog}), code
+    return jsonify(
+        {"status": status, "model": model, "database": database, "spool": spool_state, "backlog": backlog}
+    ), code
 
 
 @bp.get("/model")

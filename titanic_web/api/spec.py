@@ -369,7 +369,7 @@ def _status_schemas() -> dict[str, Any]:
                     "type": "string",
                     "enum": ["ready", "degraded", "not ready"],
                     "description": "ready; degraded (the database fails, predictions are kept in the "
-                    "spool); not ready (no model, 503).",
+                    "spool); not ready (no model, or the spool refuses rows: 503).",
                 },
                 "model": {
                     "type": "object",
@@ -390,6 +390,17 @@ def _status_schemas() -> dict[str, Any]:
                     "required": ["status"],
                     "additionalProperties": False,
                 },
+                "spool": {
+                    "type": "object",
+                    "description": "Whether this worker's local spool takes rows (off: RECORDING is false). "
+                    "While it fails every prediction answers 503.",
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok", "failing", "off"]},
+                        "error": {"type": "string"},
+                    },
+                    "required": ["status"],
+                    "additionalProperties": False,
+                },
                 "backlog": {
                     "type": "object",
                     "description": "This worker's recorder: answered rows not yet in the database.",
@@ -403,7 +414,7 @@ def _status_schemas() -> dict[str, Any]:
                     "additionalProperties": False,
                 },
             },
-            "required": ["status", "model", "database", "backlog"],
+            "required": ["status", "model", "database", "spool", "backlog"],
             "additionalProperties": False,
         },
         "CvScores": {
@@ -739,7 +750,11 @@ def _paths(max_rows: int) -> dict[str, Any]:
                 "in the spool, status degraded); 503 when no model is loaded. Never needs a key.",
                 "responses": {
                     "200": _json(ref("Ready"), "Predictions are answered (status ready or degraded)."),
-                    "503": _json(ref("Ready"), "No model is loaded (status not ready); model.error says why."),
+                    "503": _json(
+                        ref("Ready"),
+                        "Not ready: no model is loaded (model.error says why), or the spool refuses rows "
+                        "(spool.error says why).",
+                    ),
                 },
             },
         },
