@@ -753,6 +753,7 @@ def test_a_body_in_a_coding_or_charset_the_api_does_not_read_is_refused_naming_i
 ) -> None:
     """A gzip body was read as text ("not UTF-8"), a Brotli label on a plain body was ignored and
     the body stored, and a Latin-1 one failed on its first accented letter."""
+    headers = dict(headers)  # the parameter is shared by both databases' runs
     content_type = headers.pop("Content-Type", "application/json")
     body = json.dumps(PASSENGER) if content_type.startswith("application/json") else TEST_CSV.read_text()
     response = client.post("/api/predict", data=body, content_type=content_type, headers=headers)
