@@ -64,9 +64,16 @@ def train_command(data_path: Path | None, out_dir: Path | None, with_outcomes: b
         staging = registry.staging_dir(root)
     except registry.RegistryError as exc:
         raise click.ClickException(str(exc)) from None
+
+    def progress(message: str) -> None:
+        # The staging folder becomes the version's folder once trained: its paths would name files
+        # gone by the time the operator reads them. The version's folder is said at the end.
+        if not message.startswith("wrote "):
+            click.echo(message.replace(str(staging / OUTCOMES_FILE), f"{OUTCOMES_FILE} (in the version's folder)"))
+
     try:
         extra = [_outcomes_extract(data, staging)] if with_outcomes else []
-        result = train(data_path=data, out_dir=staging, extra_data=[p for p in extra if p], progress=click.echo)
+        result = train(data_path=data, out_dir=staging, extra_data=[p for p in extra if p], progress=progress)
         info, new = registry.register(root, staging)
     except (TrainingError, registry.RegistryError) as exc:
         raise click.ClickException(str(exc)) from None
@@ -79,11 +86,14 @@ def train_command(data_path: Path | None, out_dir: Path | None, with_outcomes: b
         f"CV accuracy {cv['accuracy_mean']:.4f} ± {cv['accuracy_std']:.4f}, ROC AUC {cv['roc_auc_mean']:.4f}"
     )
     if new:
-        click.echo(f"registered version {info.version} in {root}")
+        click.echo(f"registered version {info.version}: {root / info.version}")
     else:
         click.echo(f"version {info.version} was already registered in {root} (same data and code, same model)")
     if not activate:
-        click.echo(f"not activated (--no-activate): `flask --app titanic_web model activate {info.version}` does it")
+        # `model activate` looks in MODEL_DIR: another registry (--out) must be named.
+        elsewhere = Path(current_app.config["MODEL_DIR"]).resolve() != root.resolve()
+        command = f"{f'MODEL_DIR={root} ' if elsewhere else ''}flask --app titanic_web model activate {info.version}"
+        click.echo(f"not activated (--no-activate): `{command}` does it")
         return
     _activate(root, info.version)
 

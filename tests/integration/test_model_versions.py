@@ -63,7 +63,8 @@ def test_train_registers_a_new_version_and_activates_it(
     assert result.exit_code == 0, result.output
     (new,) = {v.version for v in registry.versions(model_registry)} - before
     assert registry.read_active(model_registry) == new
-    assert f"registered version {new} in {model_registry}" in result.output
+    assert f"registered version {new}: {model_registry / new}" in result.output
+    assert ".training-" not in result.output, "a staging path, gone once the version is registered"
     assert f"version {new} is active" in result.output and "switch to it within about 1 second" in result.output
     assert sorted(p.name for p in (model_registry / new).iterdir()) == ["model.joblib", "model.json"]
     assert not [p for p in model_registry.iterdir() if p.name.startswith(".")], "no staging folder left"
@@ -84,6 +85,19 @@ def test_train_no_activate_registers_and_leaves_the_active_version(
     assert registry.read_active(model_registry) == active
     assert len(registry.versions(model_registry)) == 3
     assert "not activated (--no-activate)" in result.output and "model activate" in result.output
+
+
+def test_train_into_another_registry_says_how_to_activate_there(
+    registry_app: Flask, tmp_path: Path, cheap_training: None
+) -> None:
+    """`model activate` looks in MODEL_DIR: the hint after `--out DIR --no-activate` names DIR."""
+    other = tmp_path / "other-registry"
+
+    result = invoke(registry_app, "train", "--data", str(subset(tmp_path, 300)), "--out", str(other), "--no-activate")
+
+    assert result.exit_code == 0, result.output
+    (version,) = [v.version for v in registry.versions(other)]
+    assert f"`MODEL_DIR={other} flask --app titanic_web model activate {version}` does it" in result.output
 
 
 def test_training_the_same_data_again_gives_the_same_registered_version(
