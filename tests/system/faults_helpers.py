@@ -50,6 +50,7 @@ def fault_env(model_dir: Path, database_url: str, spool_dir: Path, **settings: s
         "RECORDER_FLUSH_SECONDS": "0.2",
         "RECORDER_RETRY_MAX_SECONDS": "0.5",
         "RECORDER_SHUTDOWN_SECONDS": "2",
+        "RECORDER_WRITE_TIMEOUT_SECONDS": "30",
         "SQLITE_BUSY_TIMEOUT_MS": "5000",
         "DATABASE_CONNECT_TIMEOUT": "5",
     }
