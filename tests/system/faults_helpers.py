@@ -354,6 +354,23 @@ class PostgresTarget:
         finally:
             self.proxy.up()
 
+    @contextmanager
+    def table_locked(self, table: str) -> Iterator[None]:
+        """Another session (direct, not through the proxy) holds ACCESS EXCLUSIVE on the table until
+        the block ends: every statement on it waits, reads included, and none fails by itself."""
+        with self.engine.connect() as connection, connection.begin():
+            connection.execute(text(f'LOCK TABLE "{self.schema}".{table} IN ACCESS EXCLUSIVE MODE'))
+            yield
+
+    def lock_waiters(self, table: str) -> int:
+        """Sessions waiting for a lock on the table right now (pg_locks: looking takes no lock on it)."""
+        with self.engine.connect() as connection:
+            waiting = connection.execute(
+                text("SELECT count(*) FROM pg_locks WHERE relation = CAST(:table AS regclass) AND NOT granted"),
+                {"table": f'"{self.schema}".{table}'},
+            ).scalar_one()
+        return int(waiting)
+
 
 def wait_until_delivered(target: Target, answered: dict[str, int], timeout: float = DELIVERY_WAIT) -> float:
     """Poll the tables until every answered id is in both; return the seconds it took (bounded)."""

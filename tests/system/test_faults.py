@@ -3,7 +3,8 @@
 A real gunicorn serves the app from the checkout on 127.0.0.1; the faults are real too:
 PostgreSQL cut off by a TCP proxy, SQLite write-locked by another connection, a worker
 killed with SIGKILL in the middle of a burst, the server stopped with SIGTERM while the
-database is down (then started again on the same spool) and while it is up, the whole
+database is down or a PostgreSQL table locked by another session (then started again on
+the same spool; the exit within its drain's deadline) and while it is up, the whole
 server killed after its rows were written with the delivery offsets lost (so everything is
 resent), and a sustained load of 16 clients on 4 workers over SQLite. Each test ends by reading the
 tables directly: every uuid a client was answered with is in both tables, exactly once.
@@ -11,6 +12,7 @@ tables directly: every uuid a client was answered with is in both tables, exactl
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import time
@@ -55,6 +57,27 @@ WRITE_FAILED = "cannot write to the database, keeping predictions spooled"
 #: A SQLite writer gives up on a lock quickly, so a locked database is a failing one (not a slow one).
 SHORT_BUSY_TIMEOUT = {"SQLITE_BUSY_TIMEOUT_MS": "100"}
 OUTAGE_SECONDS = 2.0  # the least time a database stays unavailable in the outage tests
+#: PostgreSQL's error for a statement cancelled by its statement_timeout or lock_timeout (the recorder
+#: sets both to RECORDER_WRITE_TIMEOUT_SECONDS; a statement waiting on a lock meets the first first).
+WAIT_CANCELLED = "canceling statement due to"
+
+
+def gunicorn_setting(name: str) -> Any:
+    """A setting that gunicorn.conf.py assigns a constant (read, not run: running it sets variables)."""
+    tree = ast.parse((PROJECT_ROOT / "gunicorn.conf.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise AssertionError(f"gunicorn.conf.py assigns no constant {name}")
+
+
+#: Past this after SIGTERM, gunicorn's master SIGKILLs a worker that is still draining.
+GRACEFUL_TIMEOUT = float(gunicorn_setting("graceful_timeout"))
+#: Allowed over a drain's deadline for what it does not count: gunicorn stopping the workers (each
+#: ends its request first), the interpreters' exit, a busy machine. A functional bound, not a speed.
+DEADLINE_SLACK = 6.0
+#: A stop must also end this long before graceful_timeout, whatever its deadline.
+GRACE_MARGIN = 10.0
 
 
 # -- fixtures ---------------------------------------------------------------------------------------
@@ -122,6 +145,23 @@ def poll_ready(base_url: str, want: str, *, times: int, timeout: float = 15.0) -
             assert time.monotonic() < deadline, f"/api/ready did not say {want!r} {times} times in a row: {body}"
             time.sleep(0.1)
     return body
+
+
+def stop_timed(server: GunicornServer) -> float:
+    """server.stop(): SIGTERM, then wait until the master has exited; the seconds that took."""
+    started = time.monotonic()
+    server.stop()
+    return time.monotonic() - started
+
+
+def assert_stopped_by(took: float, deadline: float, log: str) -> None:
+    """The server exited within its drain's deadline (plus DEADLINE_SLACK), and well inside
+    gunicorn's graceful_timeout, past which a draining worker would be SIGKILLed."""
+    bound = min(deadline + DEADLINE_SLACK, GRACEFUL_TIMEOUT - GRACE_MARGIN)
+    assert took < bound, (
+        f"gunicorn took {took:.1f}s from SIGTERM to its exit: more than the {bound:g}s allowed "
+        f"(drain deadline {deadline:g}s, graceful_timeout {GRACEFUL_TIMEOUT:g}s):\n{log_tail(log)}"
+    )
 
 
 def assert_exited_gracefully(server: GunicornServer, workers: set[int], log: str) -> None:
@@ -272,6 +312,64 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
         assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
         assert "recorder: adopted" in server.output()
     print(f"{target.kind}: the restart delivered in {waited:.1f}s")
+
+
+@pytest.mark.parametrize("target", ["postgresql"], indirect=True)
+def test_sigterm_with_the_table_locked_exits_by_its_deadline_then_restart(
+    target: Target, model_dir: Path, tmp_path: Path
+) -> None:
+    """Another session holds ACCESS EXCLUSIVE on predictions: the writers' INSERTs wait for the lock
+    until RECORDER_WRITE_TIMEOUT_SECONDS cancels them. A SIGTERM then ends the server gracefully
+    within RECORDER_SHUTDOWN_SECONDS, every row still spooled; once the lock is gone a new server on
+    the same spool stores each answer once. Before 15f4014 the writer's INSERT waited as long as the
+    lock and the drain waited for the writer, until the worker was killed.
+
+    The write timeout is kept well below DEADLINE_SLACK: a delivery the drain begins just before its
+    deadline still waits up to a whole write timeout (the drain does not shorten it to what is left)."""
+    assert isinstance(target, PostgresTarget)
+    spool_dir = tmp_path / "spool"
+    shutdown, write_timeout = 2.0, 1.0
+    env = fault_env(
+        model_dir,
+        target.url,
+        spool_dir,
+        RECORDER_SHUTDOWN_SECONDS=f"{shutdown:g}",
+        RECORDER_WRITE_TIMEOUT_SECONDS=f"{write_timeout:g}",
+    )
+    with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn-1.log") as server:
+        workers = wait_until_workers_serve(server, 2)
+        with target.table_locked("predictions"):
+            result = Burst(server.base_url, total=60, clients=6).run()
+            assert_all_answered(result, 60)
+            # A writer's INSERT waits on the lock: the fault took (the writers have rows to deliver).
+            deadline = time.monotonic() + 15
+            while not target.lock_waiters("predictions"):
+                assert time.monotonic() < deadline, f"no writer waited on the lock:\n{log_tail(server.output())}"
+                time.sleep(0.05)
+            took = stop_timed(server)  # SIGTERM, the lock still held
+            log = server.output()
+        # Released only once the server has exited: nothing can have written since.
+    assert_exited_gracefully(server, workers, log)
+    assert_stopped_by(took, shutdown, log)
+    assert WAIT_CANCELLED in log, log_tail(log)  # the wait ended by the write timeout, not by the exit
+    assert "stopping with" in log, log_tail(log)
+    found = spool.scan(spool_dir)
+    assert found["rows"] == len(result.answered), found
+    assert found["segments"] >= 1 and found["orphaned"] == found["segments"], found
+    assert stored_ids(target, set(result.answered)) == set()
+
+    # The lock is gone; a new server on the same spool delivers what the old one left.
+    with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn-2.log") as server:
+        wait_until_delivered(target, result.answered)
+        assert_exactly_once(target, result)
+        deadline = time.monotonic() + 10
+        while spool.scan(spool_dir)["rows"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
+        assert "recorder: adopted" in server.output()
+    print(
+        f"locked table: SIGTERM to exit in {took:.1f}s, {found['rows']} rows left spooled and delivered by the restart"
+    )
 
 
 @BOTH
