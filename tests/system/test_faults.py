@@ -282,7 +282,8 @@ def test_sigkill_of_a_worker_mid_burst(target: Target, database: str, model_dir:
 @pytest.mark.parametrize("target", ["postgresql"], indirect=True)
 def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tmp_path: Path) -> None:
     """SIGTERM while the database is down: the workers give up draining after RECORDER_SHUTDOWN_SECONDS
-    and leave the rows spooled; a new server on the same SPOOL_DIR, database up, delivers them."""
+    and leave the rows spooled (the server has exited within that deadline); a new server on the
+    same SPOOL_DIR, database up, delivers them."""
     spool_dir = tmp_path / "spool"
     env = fault_env(model_dir, target.url, spool_dir, **SHORT_BUSY_TIMEOUT)
     with target.unavailable():
@@ -292,9 +293,10 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
             assert_all_answered(result, 60)
             poll_ready(server.base_url, "degraded", times=1)
             workers = server.worker_pids()
-            server.stop()  # SIGTERM: each worker drains for RECORDER_SHUTDOWN_SECONDS, then leaves the rest spooled
+            took = stop_timed(server)  # SIGTERM: each worker drains for RECORDER_SHUTDOWN_SECONDS, then leaves the rest
             first_log = server.output()
         assert_exited_gracefully(server, workers, first_log)
+        assert_stopped_by(took, float(env["RECORDER_SHUTDOWN_SECONDS"]), first_log)
         assert "stopping with" in first_log, log_tail(first_log)
         # The server is gone and the database still down: every answer waits in the spool, orphaned.
         found = spool.scan(spool_dir)
@@ -311,7 +313,7 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
             time.sleep(0.1)
         assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
         assert "recorder: adopted" in server.output()
-    print(f"{target.kind}: the restart delivered in {waited:.1f}s")
+    print(f"{target.kind}: SIGTERM to exit in {took:.1f}s; the restart delivered in {waited:.1f}s")
 
 
 @pytest.mark.parametrize("target", ["postgresql"], indirect=True)
@@ -408,7 +410,8 @@ def test_a_reload_with_the_database_down_then_a_sigterm_leaves_nothing_spooled(
 
 @BOTH
 def test_sigterm_with_the_database_up_drains_before_exit(target: Target, model_dir: Path, tmp_path: Path) -> None:
-    """SIGTERM while the database is up and the writers still hold a backlog: the shutdown drains it.
+    """SIGTERM while the database is up and the writers still hold a backlog: the shutdown drains it,
+    within RECORDER_SHUTDOWN_SECONDS and so well inside gunicorn's graceful_timeout.
 
     The backlog is made real: a short outage makes the writers back off, and with a long
     RECORDER_RETRY_MAX_SECONDS they are still asleep when the database is back and SIGTERM
@@ -436,15 +439,16 @@ def test_sigterm_with_the_database_up_drains_before_exit(target: Target, model_d
         waiting = sum(undelivered_rows(segment) for segment in spool_dir.glob(f"*{spool.SUFFIX}"))
         assert waiting > 0, "nothing was spooled at SIGTERM: the drain would not be tested"
         workers = server.worker_pids()
-        server.stop()  # SIGTERM
+        took = stop_timed(server)  # SIGTERM
         log = server.output()
     assert_exited_gracefully(server, workers, log)
+    assert_stopped_by(took, float(env["RECORDER_SHUTDOWN_SECONDS"]), log)
     # No waiting: the rows are there the moment the server has exited.
     assert_exactly_once(target, merged(before, during))
     found = spool.scan(spool_dir)
     assert found["rows"] == 0 and found["segments"] == 0, found
     assert "stopping with" not in log, log_tail(log)
-    print(f"{target.kind}: {waiting} rows spooled at SIGTERM, drained before the server exited")
+    print(f"{target.kind}: {waiting} rows spooled at SIGTERM, drained before the server exited ({took:.1f}s)")
 
 
 @BOTH
