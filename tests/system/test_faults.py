@@ -279,7 +279,7 @@ def test_sigkill_of_a_worker_mid_burst(target: Target, database: str, model_dir:
 # -- (c) SIGTERM: with a backlog (database down) then a restart; and with the database up ----------
 
 
-@pytest.mark.parametrize("target", ["postgresql"], indirect=True)
+@BOTH
 def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tmp_path: Path) -> None:
     """SIGTERM while the database is down: the workers give up draining after RECORDER_SHUTDOWN_SECONDS
     and leave the rows spooled (the server has exited within that deadline); a new server on the
