@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -93,6 +93,8 @@ class BurstResult:
     statuses: Counter[int] = field(default_factory=Counter)
     bad_answers: list[str] = field(default_factory=list)  # non-200 answers, quoted
     transport_errors: list[str] = field(default_factory=list)  # no answer at all (connection cut)
+    #: Passengers of the requests without an answer: rows a killed worker may have spooled unanswered.
+    unanswered_rows: int = 0
 
     @property
     def sent(self) -> int:
@@ -107,21 +109,33 @@ def merged(*results: BurstResult) -> BurstResult:
         total.statuses.update(result.statuses)
         total.bad_answers += result.bad_answers
         total.transport_errors += result.transport_errors
+        total.unanswered_rows += result.unanswered_rows
     return total
 
 
 class Burst:
     """`total` POST /api/predict from `clients` threads, each with its own requests.Session.
 
-    Every request carries its own PassengerId, so a stored row can be matched to the
-    request that produced it. Runs in the background: start(), then join().
+    Every passenger carries its own PassengerId, so a stored row can be matched to the
+    request that produced it. A request sends one passenger (a JSON object); with `sizes`,
+    request i sends an array of sizes[i % len(sizes)] passengers instead. Runs in the
+    background: start(), then join().
     """
 
-    def __init__(self, base_url: str, total: int, clients: int, *, first_passenger: int = 100_000) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        total: int,
+        clients: int,
+        *,
+        first_passenger: int = 100_000,
+        sizes: Sequence[int] = (),
+    ) -> None:
         self.base_url = base_url
         self.total = total
         self.clients = clients
         self.first_passenger = first_passenger
+        self.sizes = tuple(sizes)
         self.result = BurstResult()
         self._lock = threading.Lock()
         self._next = 0
@@ -145,34 +159,51 @@ class Burst:
             index, self._next = self._next, self._next + 1
             return index
 
+    def _passengers(self, index: int) -> list[int]:
+        """The PassengerIds request `index` sends: none shared with another request."""
+        if not self.sizes:
+            return [self.first_passenger + index]
+        rounds, place = divmod(index, len(self.sizes))
+        first = self.first_passenger + rounds * sum(self.sizes) + sum(self.sizes[:place])
+        return list(range(first, first + self.sizes[place]))
+
+    @property
+    def passengers(self) -> int:
+        """Passengers in all `total` requests."""
+        return sum(len(self._passengers(index)) for index in range(self.total))
+
     def _client(self) -> None:
         with requests.Session() as session:
             while (index := self._take()) is not None:
-                passenger_id = self.first_passenger + index
+                sent = self._passengers(index)
+                payload: Any = [{**PASSENGER, "PassengerId": p} for p in sent]
+                if not self.sizes:
+                    payload = payload[0]
                 try:
-                    with session.post(
-                        f"{self.base_url}/api/predict", json={**PASSENGER, "PassengerId": passenger_id}, timeout=TIMEOUT
-                    ) as response:
+                    with session.post(f"{self.base_url}/api/predict", json=payload, timeout=TIMEOUT) as response:
                         status, body = response.status_code, response.text
                 except requests.RequestException as exc:
                     with self._lock:
-                        self.result.transport_errors.append(f"PassengerId {passenger_id}: {exc!r}")
+                        self.result.transport_errors.append(f"PassengerId {sent[0]} ({len(sent)}): {exc!r}")
+                        self.result.unanswered_rows += len(sent)
                     continue
                 with self._lock:
                     self.result.statuses[status] += 1
                     if status != 200:
                         self.result.bad_answers.append(f"{status} {body[:300]!r}")
                         continue
-                    for prediction in json.loads(body)["predictions"]:
-                        assert prediction["PassengerId"] == passenger_id, prediction
-                        self.result.answered[uuid.UUID(prediction["id"]).hex] = passenger_id
+                    predictions = json.loads(body)["predictions"]
+                    assert [p["PassengerId"] for p in predictions] == sent, predictions[:3]
+                    for prediction in predictions:
+                        self.result.answered[uuid.UUID(prediction["id"]).hex] = prediction["PassengerId"]
 
     def answered_count(self) -> int:
+        """Predictions answered so far (passengers, not requests)."""
         with self._lock:
             return len(self.result.answered)
 
     def wait_for_answers(self, count: int, timeout: float = 60.0) -> None:
-        """Block until `count` requests have been answered 200 (bounded)."""
+        """Block until `count` predictions have been answered 200 (bounded)."""
         deadline = time.monotonic() + timeout
         while self.answered_count() < count:
             if time.monotonic() > deadline or not any(t.is_alive() for t in self._threads):
@@ -261,6 +292,16 @@ def flock_holders(path: Path) -> set[int]:
         if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
             holders.add(int(fields[4]))
     return holders
+
+
+def lines_by_column(segment: Path) -> int:
+    """Lines of a segment kept by column (spool.encode_columns: chunks of 8 passengers or more)."""
+    try:
+        data = segment.read_bytes()
+    except FileNotFoundError:
+        return 0
+    marker = spool.BY_COLUMN.encode()
+    return sum(1 for line in spool.whole_lines(data).split(b"\n") if line.split(b"\t", 3)[2:3] == [marker])
 
 
 def undelivered_rows(segment: Path) -> int:
