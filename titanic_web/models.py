@@ -79,9 +79,14 @@ def check_tables(*, timeout: float | None = None) -> None:
 
 def limit_waits(connection: Connection, seconds: float) -> None:
     """On PostgreSQL, make the current transaction's statements, and their waits for locks,
-    fail after ``seconds`` (``SET LOCAL``: the pooled connection is left as it was)."""
-    milliseconds = str(max(1, round(seconds * 1000)))
+    fail after ``seconds`` (``SET LOCAL``: the pooled connection is left as it was).
+
+    The lock wait's limit is a little shorter, so that a statement stalled on another session's
+    lock fails as "canceling statement due to lock timeout", which says what happened, rather
+    than as a statement timeout.
+    """
+    statement = max(2, round(seconds * 1000))
     connection.exec_driver_sql(
-        "SELECT set_config('statement_timeout', %(ms)s, true), set_config('lock_timeout', %(ms)s, true)",
-        {"ms": milliseconds},
+        "SELECT set_config('statement_timeout', %(statement)s, true), set_config('lock_timeout', %(lock)s, true)",
+        {"statement": str(statement), "lock": str(max(1, statement * 9 // 10))},
     )

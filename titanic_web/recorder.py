@@ -647,6 +647,8 @@ class Recorder:
         self._publish_lock = threading.Lock()
         #: Why the spool last refused a request's rows, until it takes some again (see spool_status).
         self.spool_error: str | None = None
+        #: The deadline of a flush running in this thread (see _limit_waits).
+        self._flushing = threading.local()
 
     def init_app(self, app: Flask) -> None:
         """Bind to the app whose database the writer delivers to."""
@@ -848,7 +850,11 @@ class Recorder:
         return handled
 
     def _limit_waits(self, _session: Session, _transaction: Any, connection: Connection) -> None:
-        limit_waits(connection, self.write_timeout)
+        seconds = self.write_timeout
+        deadline = getattr(self._flushing, "deadline", None)
+        if deadline is not None:  # a flush (a stop's drain): no wait past its deadline
+            seconds = min(seconds, max(0.001, deadline - time.monotonic()))
+        limit_waits(connection, seconds)
 
     def _written(self, new: int) -> None:
         """Count predictions newly in the database, as each transaction commits."""
@@ -888,9 +894,18 @@ class Recorder:
     def flush(self, timeout: float = 10.0) -> bool:
         """Deliver everything spooled now, in this thread; True when nothing is left.
 
-        Retries database errors until the deadline; used by tests and commands.
+        Retries database errors until the deadline, and waits on PostgreSQL no longer than what
+        is left of it (a stop's drain ends on time though a table is locked); used by the stop,
+        tests and commands.
         """
         deadline = time.monotonic() + timeout
+        self._flushing.deadline = deadline
+        try:
+            return self._flush_until(deadline)
+        finally:
+            self._flushing.deadline = None
+
+    def _flush_until(self, deadline: float) -> bool:
         while True:
             try:
                 if self.deliver_once(wait=max(0.0, deadline - time.monotonic())) == 0:

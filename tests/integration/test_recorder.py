@@ -807,6 +807,38 @@ def test_a_postgresql_table_locked_holds_neither_the_writer_nor_its_stop_nor_rea
                 db.engine.dispose()
 
 
+def test_a_flush_waits_on_a_locked_postgresql_table_no_longer_than_its_deadline(
+    model_dir: Path, tmp_path: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop's drain starts a batch of its own when the writer is between batches (backing off
+    after a failure, say): that batch's INSERT waited the whole RECORDER_WRITE_TIMEOUT_SECONDS
+    (30 s) on a locked table, past the drain's deadline and gunicorn's graceful timeout."""
+    monkeypatch.setattr(Recorder, "start", lambda self: None)  # no writer thread: the flush delivers
+    with postgres_schema(postgres) as url:
+        app = build_app(model_dir, tmp_path / "flush.db", database_url=url, RECORDER_WRITE_TIMEOUT_SECONDS=30)
+        pool = ThreadPoolExecutor(1)
+        try:
+            ids = burst(app.test_client(), 3)
+            with postgres.connect() as holder:
+                schema = make_url(url).query["options"].rpartition("=")[2]
+                holder.exec_driver_sql(f'SET search_path TO "{schema}"')
+                holder.exec_driver_sql("BEGIN")
+                holder.exec_driver_sql("LOCK TABLE predictions IN ACCESS EXCLUSIVE MODE")
+                started = time.monotonic()
+                try:
+                    assert pool.submit(recorder_of(app).flush, 2).result(timeout=8) is False
+                finally:
+                    pool.shutdown(wait=False)
+                took = time.monotonic() - started
+                holder.exec_driver_sql("ROLLBACK")
+            assert took < 2 + 2, f"the flush took {took:.1f} s for a 2 s deadline"
+            assert "lock timeout" in str(recorder_of(app).last_error), recorder_of(app).last_error
+            assert recorder_of(app).flush(10)
+            assert_stored_once(app, ids)
+        finally:
+            close_app(app)
+
+
 def test_metrics_that_fail_neither_fail_a_request_nor_end_the_writer(
     make_app: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

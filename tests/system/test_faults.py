@@ -345,10 +345,8 @@ def test_sigterm_with_the_table_locked_exits_by_its_deadline_then_restart(
     until RECORDER_WRITE_TIMEOUT_SECONDS cancels them. A SIGTERM then ends the server gracefully
     within RECORDER_SHUTDOWN_SECONDS, every row still spooled; once the lock is gone a new server on
     the same spool stores each answer once. Before 15f4014 the writer's INSERT waited as long as the
-    lock and the drain waited for the writer, until the worker was killed.
-
-    The write timeout is kept well below DEADLINE_SLACK: a delivery the drain begins just before its
-    deadline still waits up to a whole write timeout (the drain does not shorten it to what is left)."""
+    lock and the drain waited for the writer, until the worker was killed. (A delivery the drain
+    begins itself waits no longer than the drain has left: tests/integration/test_recorder.py.)"""
     assert isinstance(target, PostgresTarget)
     spool_dir = tmp_path / "spool"
     shutdown, write_timeout = 2.0, 1.0
