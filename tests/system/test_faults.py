@@ -149,6 +149,29 @@ def poll_ready(base_url: str, want: str, *, times: int, timeout: float = 15.0) -
     return body
 
 
+def assert_left_spooled(target: Target, spool_dir: Path, result: BurstResult) -> None:
+    """A stopped server left every answer in the spool, orphaned, and none in the database."""
+    found = spool.scan(spool_dir)
+    assert found["rows"] == len(result.answered), found
+    assert found["segments"] >= 1 and found["orphaned"] == found["segments"], found
+    assert stored_ids(target, set(result.answered)) == set()
+
+
+def restart_delivers(target: Target, env: dict[str, str], log_path: Path, result: BurstResult) -> float:
+    """A new server on the same spool adopts what the stopped one left and stores each answer once;
+    returns the seconds it took."""
+    spool_dir = Path(env["SPOOL_DIR"])
+    with FaultServer(PROJECT_ROOT, env, log_path) as server:
+        waited = wait_until_delivered(target, result.answered)
+        assert_exactly_once(target, result)
+        deadline = time.monotonic() + 10
+        while spool.scan(spool_dir)["rows"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
+        assert "recorder: adopted" in server.output()
+    return waited
+
+
 def stop_timed(server: GunicornServer) -> float:
     """server.stop(): SIGTERM, then wait until the master has exited; the seconds that took."""
     started = time.monotonic()
@@ -320,20 +343,10 @@ def test_sigterm_with_a_backlog_then_restart(target: Target, model_dir: Path, tm
         assert_stopped_by(took, float(env["RECORDER_SHUTDOWN_SECONDS"]), first_log)
         assert "stopping with" in first_log, log_tail(first_log)
         # The server is gone and the database still down: every answer waits in the spool, orphaned.
-        found = spool.scan(spool_dir)
-        assert found["rows"] == len(result.answered), found
-        assert found["segments"] >= 1 and found["orphaned"] == found["segments"], found
-        assert stored_ids(target, set(result.answered)) == set()
+        assert_left_spooled(target, spool_dir, result)
 
     # The database is back; a new server on the same spool delivers what the old one left.
-    with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn-2.log") as server:
-        waited = wait_until_delivered(target, result.answered)
-        assert_exactly_once(target, result)
-        deadline = time.monotonic() + 10
-        while spool.scan(spool_dir)["rows"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
-        assert "recorder: adopted" in server.output()
+    waited = restart_delivers(target, env, tmp_path / "gunicorn-2.log", result)
     print(f"{target.kind}: SIGTERM to exit in {took:.1f}s; the restart delivered in {waited:.1f}s")
 
 
@@ -374,23 +387,11 @@ def test_sigterm_with_the_table_locked_exits_by_its_deadline_then_restart(
     assert_stopped_by(took, shutdown, log)
     assert WAIT_CANCELLED in log, log_tail(log)  # the wait ended by the write timeout, not by the exit
     assert "stopping with" in log, log_tail(log)
-    found = spool.scan(spool_dir)
-    assert found["rows"] == len(result.answered), found
-    assert found["segments"] >= 1 and found["orphaned"] == found["segments"], found
-    assert stored_ids(target, set(result.answered)) == set()
+    assert_left_spooled(target, spool_dir, result)
 
     # The lock is gone; a new server on the same spool delivers what the old one left.
-    with FaultServer(PROJECT_ROOT, env, tmp_path / "gunicorn-2.log") as server:
-        wait_until_delivered(target, result.answered)
-        assert_exactly_once(target, result)
-        deadline = time.monotonic() + 10
-        while spool.scan(spool_dir)["rows"] and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert spool.scan(spool_dir)["rows"] == 0, spool.scan(spool_dir)
-        assert "recorder: adopted" in server.output()
-    print(
-        f"locked table: SIGTERM to exit in {took:.1f}s, {found['rows']} rows left spooled and delivered by the restart"
-    )
+    waited = restart_delivers(target, env, tmp_path / "gunicorn-2.log", result)
+    print(f"locked table: SIGTERM to exit in {took:.1f}s; the restart delivered in {waited:.1f}s")
 
 
 @BOTH
