@@ -209,13 +209,16 @@ def database_errors(doing: str) -> Iterator[None]:
     """
     from sqlalchemy.exc import OperationalError
 
+    from titanic_web.recorder import first_line
+
     try:
         yield
     except OperationalError as exc:
         db.session.rollback()
-        reason = str(exc.orig or exc).strip().split("\n")[0]
         url = db.engine.url.render_as_string(hide_password=True)
-        raise click.ClickException(f"cannot {doing}: the database at {url} answered: {reason}") from None
+        raise click.ClickException(
+            f"cannot {doing}: the database at {url} answered: {first_line(exc.orig or exc)}"
+        ) from None
 
 
 @click.command("init-db")

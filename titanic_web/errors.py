@@ -20,7 +20,7 @@ from werkzeug.exceptions import (
 )
 
 from titanic_web.extensions import db
-from titanic_web.recorder import RecorderError
+from titanic_web.recorder import RecorderError, first_line
 from titanic_web.schema import MAX_LISTED_ERRORS, InputError
 
 #: Retry-After of a page or route that could not read the database.
@@ -133,7 +133,7 @@ def register(app: Flask) -> None:
         # A database that is down, locked or too slow is the operator's to fix, and the recorder
         # keeps the answers meanwhile: a 503 that says so, a log line, not a 500 and a trace.
         app.logger.warning(
-            "database unavailable on %s %s: %s", request.method, request.path, str(exc.orig or exc).split("\n")[0]
+            "database unavailable on %s %s: %s", request.method, request.path, first_line(exc.orig or exc)
         )
         db.session.rollback()
         message = (

@@ -683,8 +683,9 @@ class Recorder:
 
     def _refused(self, exc: spool.SpoolError) -> RecorderError:
         """The error a request fails with when the spool refused its rows; remembered for readiness."""
+        log.error("%s", exc)
         self.spool_error = str(exc)
-        return _refused(exc)
+        return RecorderError(str(exc))
 
     def spool_status(self) -> dict[str, Any]:
         """Whether the spool takes rows: ``{"status": "ok"}``, or ``"failing"`` with the error.
@@ -705,8 +706,7 @@ class Recorder:
     def _spooled(self, rows: int, spooled_at: float) -> None:
         """Count rows now in the spool, and make sure the writer will deliver them."""
         self.rows_spooled += rows
-        if self.spool_error is not None:  # it takes rows again
-            self.spool_error = None
+        self.spool_error = None  # it takes rows again
         if self.metrics is not None and spooled_at >= self._backlog_published + BACKLOG_PUBLISH_SECONDS:
             self.publish_backlog()
         self.start()
@@ -931,10 +931,10 @@ class Recorder:
         deadline = time.monotonic() + timeout
         self._stopping.set()
         self._wake.set()
-        thread = self._thread
-        if thread is not None and thread.is_alive() and self._pid == os.getpid():
+        thread = self._thread if self._pid == os.getpid() else None  # a forked child's is not its own
+        if thread is not None and thread.is_alive():
             thread.join(max(0.0, deadline - time.monotonic()))
-        stalled = thread is not None and thread.is_alive() and self._pid == os.getpid()
+        stalled = thread is not None and thread.is_alive()
         if stalled:
             log.warning(
                 "recorder: the writer still waits on the database after %.1f s; its batch stays spooled", timeout
@@ -984,11 +984,6 @@ class Recorder:
 def first_line(exc: Exception) -> str:
     """The first line of an error's message that has text ('' if none): drivers add lines of context."""
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-
-
-def _refused(exc: spool.SpoolError) -> RecorderError:
-    log.error("%s", exc)
-    return RecorderError(str(exc))
 
 
 def _with_latency(rows: Sequence[Sequence[str]], latency: str) -> list[Sequence[str]]:
